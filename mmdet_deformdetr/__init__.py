@@ -4,7 +4,26 @@ Importing this package registers every module of ours in mmdet's registries. Reg
 here and nowhere else.
 """
 from mmdet.registry import MODELS
+from mmengine.runner import CheckpointLoader
 
+from .checkpoint import SCHEME, install_safe_globals, load_from_deformdetr_uri
+from .models.detector import DeformDETR
+from .models.head import DeformDETRHead
+from .models.layers import MSDeformAttn
+from .models.necks import BiFPNNeck
+from .models.transformer import DeformableDetrTransformer
 from .version import __version__
 
 __all__ = ['__version__']
+
+MODELS.register_module(module=BiFPNNeck)
+MODELS.register_module(module=MSDeformAttn)
+MODELS.register_module(module=DeformableDetrTransformer)
+MODELS.register_module(module=DeformDETRHead)
+MODELS.register_module(module=DeformDETR)
+
+# Checkpoints (issue #5): torch >= 2.6 loads with weights_only=True, which refuses mmengine's own
+# training checkpoints and the official ones; allow-list exactly the inert types they need
+# (mmdet_deformdetr/checkpoint/safe_load.py explains why this is the narrowest fix).
+install_safe_globals()
+CheckpointLoader.register_scheme(prefixes=SCHEME, loader=load_from_deformdetr_uri)

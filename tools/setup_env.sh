@@ -64,8 +64,9 @@ if ! "$PY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VERSION'
 fi
 
 log "installing mmdet-deformdetr (editable) and its dependencies"
-# torch 2.13 wants setuptools>=77 at run time (torch.utils.cpp_extension); mmcv's build wanted <70.
-pip install -q "setuptools>=77"
+# torch 2.13 wants setuptools>=77 (torch.utils.cpp_extension); mmcv's build wanted <70; mmengine
+# resolves `mmdet::` config paths with pkg_resources, which setuptools 81 removed.
+pip install -q "setuptools>=77,<81"
 pip install -q -e "$ROOT[tests]"
 
 "$PY" -c "import mmdet_deformdetr, mmcv.ops, mmdet" \

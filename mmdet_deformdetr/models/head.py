@@ -1,0 +1,207 @@
+"""``DeformDETRHead``: per-decoder-layer classification and box branches, losses, predict."""
+import copy
+import math
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from mmdet.structures import SampleList
+from mmdet.structures.bbox import bbox_cxcywh_to_xyxy
+from mmengine.model import BaseModule
+from mmengine.structures import InstanceData
+from torch import Tensor, nn
+
+from .head_loss import HungarianSetLoss
+from .layers.utils import RegressionMLP, inverse_sigmoid
+
+# prior probability of an object at initialisation (focal loss paper, Sec. 4.1)
+_PRIOR_PROB = 0.01
+# initial box size logit of plain/refine queries: sigmoid(-2) ~ 0.12 of the image
+_INITIAL_SIZE_LOGIT = -2.0
+
+
+class DeformDETRHead(BaseModule):
+    """Classification and regression branches of every decoder layer, and their losses.
+
+    Branch ``i`` reads the hidden states of decoder layer ``i``; with two-stage, branch
+    ``num_pred_layer - 1`` scores and regresses the encoder proposals (it is called by the
+    transformer, which receives the branches as arguments). Without box refinement all branches
+    are ONE module listed ``num_pred_layer`` times (shared parameters, as the official code);
+    with refinement each is its own module.
+
+    Args:
+        num_classes: foreground classes (80 for COCO in mmdet's order).
+        embed_dims: channels C of the hidden states (set by the detector).
+        num_pred_layer: decoder layers, +1 for two-stage (set by the detector).
+        with_box_refine: separate branches per layer (set by the detector).
+        as_two_stage: the last branch pair scores proposals (set by the detector).
+        sync_cls_avg_factor: average the classification normaliser over processes.
+        loss_cls, loss_bbox, loss_iou: loss configs for mmdet's ``MODELS``.
+        train_cfg: ``dict(assigner=...)``; None for inference-only models.
+        test_cfg: ``dict(max_per_img=...)`` detections kept per image.
+        init_cfg: mmengine initialisation config.
+    """
+
+    def __init__(self, num_classes: int, embed_dims: int = 256, num_pred_layer: int = 6,
+                 with_box_refine: bool = False, as_two_stage: bool = False,
+                 sync_cls_avg_factor: bool = True,
+                 loss_cls: dict = dict(type='FocalLoss', use_sigmoid=True, gamma=2.0,
+                                       alpha=0.25, loss_weight=2.0),
+                 loss_bbox: dict = dict(type='L1Loss', loss_weight=5.0),
+                 loss_iou: dict = dict(type='GIoULoss', loss_weight=2.0),
+                 train_cfg: Optional[dict] = None,
+                 test_cfg: Optional[dict] = None,
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        if as_two_stage and not with_box_refine:
+            raise ValueError('as_two_stage=True requires with_box_refine=True')
+        if train_cfg is not None and 'assigner' not in train_cfg:
+            raise ValueError(f'train_cfg must hold an assigner, got keys {sorted(train_cfg)}')
+        self.num_classes = num_classes
+        self.embed_dims = embed_dims
+        self.num_pred_layer = num_pred_layer
+        self.with_box_refine = with_box_refine
+        self.as_two_stage = as_two_stage
+        self.train_cfg = train_cfg
+        self.test_cfg = dict(max_per_img=100) if test_cfg is None else test_cfg
+        self.criterion = HungarianSetLoss(
+            num_classes, loss_cls, loss_bbox, loss_iou,
+            assigner=None if train_cfg is None else train_cfg['assigner'],
+            sync_cls_avg_factor=sync_cls_avg_factor)
+
+        cls_branch = nn.Linear(embed_dims, num_classes)
+        reg_branch = RegressionMLP(embed_dims, embed_dims, 4, num_layers=3)
+        if with_box_refine:
+            self.cls_branches = nn.ModuleList(
+                copy.deepcopy(cls_branch) for _ in range(num_pred_layer))
+            self.reg_branches = nn.ModuleList(
+                copy.deepcopy(reg_branch) for _ in range(num_pred_layer))
+        else:
+            self.cls_branches = nn.ModuleList([cls_branch] * num_pred_layer)
+            self.reg_branches = nn.ModuleList([reg_branch] * num_pred_layer)
+        self._reset_parameters()
+
+    def init_weights(self) -> None:
+        """Official initialisation, then ``init_cfg`` (if any) on top of it."""
+        self._reset_parameters()
+        super().init_weights()
+
+    def _reset_parameters(self) -> None:
+        """Classification bias from the prior 0.01; last regression layer zero, with size bias
+        -2 (plain/refine: queries start as small boxes) or 0 (two-stage: the proposal sizes
+        already are in the references)."""
+        bias = -math.log((1 - _PRIOR_PROB) / _PRIOR_PROB)
+        for cls_branch in self.cls_branches:
+            nn.init.constant_(cls_branch.bias, bias)
+        size_bias = 0.0 if self.as_two_stage else _INITIAL_SIZE_LOGIT
+        for reg_branch in self.reg_branches:
+            last = reg_branch.layers[-1]
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+            nn.init.constant_(last.bias[2:], size_bias)
+
+    def forward(self, hidden_states: Tensor, init_reference: Tensor,
+                inter_references: Tensor) -> Tuple[Tensor, Tensor]:
+        """Scores and boxes of every decoder layer.
+
+        Args:
+            hidden_states: ``(D, bs, nq, C)``.
+            init_reference: ``(bs, nq, 2|4)`` references of layer 0, in [0, 1].
+            inter_references: ``(D, bs, nq, 2|4)``; entry ``i`` is the reference of layer i+1
+                (the last one is unused).
+
+        Returns:
+            all_cls_scores ``(D, bs, nq, num_classes)`` logits;
+            all_bbox_preds ``(D, bs, nq, 4)`` normalised ``(cx, cy, w, h)``.
+        """
+        num_layers = hidden_states.shape[0]
+        if num_layers > len(self.cls_branches):
+            raise ValueError(f'{num_layers} decoder layers but {len(self.cls_branches)} branches')
+        all_cls_scores, all_bbox_preds = [], []
+        for layer in range(num_layers):
+            reference = init_reference if layer == 0 else inter_references[layer - 1]
+            # boxes in at least float32: under bf16 autocast an 8-bit mantissa would cost
+            # several pixels on an 800-pixel image
+            delta = self.reg_branches[layer](hidden_states[layer])
+            precise = torch.promote_types(delta.dtype, torch.float32)
+            delta = delta.to(precise)
+            reference_logit = inverse_sigmoid(reference.to(precise))
+            if reference.shape[-1] == 4:
+                box_logit = delta + reference_logit
+            else:
+                # a point reference locates the centre only; the size is predicted outright
+                box_logit = torch.cat([delta[..., :2] + reference_logit, delta[..., 2:]], -1)
+            all_cls_scores.append(self.cls_branches[layer](hidden_states[layer]))
+            all_bbox_preds.append(box_logit.sigmoid())
+        return torch.stack(all_cls_scores), torch.stack(all_bbox_preds)
+
+    def loss(self, hidden_states: Tensor, init_reference: Tensor, inter_references: Tensor,
+             enc_outputs_class: Optional[Tensor], enc_outputs_coord: Optional[Tensor],
+             batch_data_samples: SampleList) -> Dict[str, Tensor]:
+        """Losses of all layers (and proposals); see ``HungarianSetLoss.forward`` for names.
+
+        Args:
+            hidden_states, init_reference, inter_references: as in ``forward``.
+            enc_outputs_class: ``(bs, N, num_classes)`` two-stage proposal logits, or None.
+            enc_outputs_coord: ``(bs, N, 4)`` proposal boxes, or None.
+            batch_data_samples: with ``gt_instances`` and metainfo ``img_shape``.
+        """
+        all_cls_scores, all_bbox_preds = self(hidden_states, init_reference, inter_references)
+        return self.loss_by_feat(all_cls_scores, all_bbox_preds, enc_outputs_class,
+                                 enc_outputs_coord,
+                                 [sample.gt_instances for sample in batch_data_samples],
+                                 [sample.metainfo for sample in batch_data_samples])
+
+    def loss_by_feat(self, all_cls_scores: Tensor, all_bbox_preds: Tensor,
+                     enc_cls_scores: Optional[Tensor], enc_bbox_preds: Optional[Tensor],
+                     batch_gt_instances: List[InstanceData],
+                     batch_img_metas: List[dict]) -> Dict[str, Tensor]:
+        """Losses from the outputs of ``forward`` (shapes there) and the proposals."""
+        return self.criterion(all_cls_scores, all_bbox_preds, enc_cls_scores, enc_bbox_preds,
+                              batch_gt_instances, batch_img_metas)
+
+    def predict(self, hidden_states: Tensor, init_reference: Tensor, inter_references: Tensor,
+                batch_data_samples: SampleList, rescale: bool = True) -> List[InstanceData]:
+        """Detections of the last decoder layer.
+
+        Args:
+            hidden_states, init_reference, inter_references: as in ``forward``.
+            batch_data_samples: metainfo ``img_shape`` and (for rescale) ``scale_factor``.
+            rescale: map boxes back to the original image with ``scale_factor``.
+
+        Returns:
+            per image ``InstanceData`` with ``bboxes (k, 4)`` xyxy, ``scores (k,)``,
+            ``labels (k,)``, ``k = min(max_per_img, nq * num_classes)``.
+        """
+        all_cls_scores, all_bbox_preds = self(hidden_states, init_reference, inter_references)
+        return self.predict_by_feat(all_cls_scores, all_bbox_preds,
+                                    [sample.metainfo for sample in batch_data_samples], rescale)
+
+    def predict_by_feat(self, all_cls_scores: Tensor, all_bbox_preds: Tensor,
+                        batch_img_metas: List[dict],
+                        rescale: bool = True) -> List[InstanceData]:
+        """Top-k over sigmoid scores of all (query, class) pairs, as the official post-process.
+
+        Args:
+            all_cls_scores: ``(D, bs, nq, num_classes)``; all_bbox_preds: ``(D, bs, nq, 4)``.
+            batch_img_metas: per image ``img_shape (h, w)`` and ``scale_factor (w, h)``.
+            rescale: divide boxes by ``scale_factor``.
+        """
+        results = []
+        for cls_score, bbox_pred, img_meta in zip(all_cls_scores[-1], all_bbox_preds[-1],
+                                                  batch_img_metas):
+            num_pairs = cls_score.numel()
+            cls_score = cls_score.to(torch.promote_types(cls_score.dtype, torch.float32))
+            scores, pair_index = cls_score.sigmoid().flatten().topk(
+                min(self.test_cfg.get('max_per_img', num_pairs), num_pairs))
+            labels = pair_index % self.num_classes
+            boxes = bbox_cxcywh_to_xyxy(bbox_pred[pair_index // self.num_classes])
+            img_h, img_w = img_meta['img_shape'][:2]
+            boxes = boxes * boxes.new_tensor([img_w, img_h, img_w, img_h])
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(min=0, max=img_w)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(min=0, max=img_h)
+            if rescale:
+                if img_meta.get('scale_factor') is None:
+                    raise KeyError('rescale=True needs scale_factor in the image metainfo')
+                boxes = boxes / boxes.new_tensor(img_meta['scale_factor']).repeat(2)
+            results.append(InstanceData(bboxes=boxes, scores=scores, labels=labels))
+        return results

@@ -1,0 +1,8 @@
+"""Multi-scale deformable attention op: mmcv CUDA / our C++ CPU kernel / grid_sample reference."""
+from .ms_deform_attn import IMPLS, mmcv_cuda_available, multi_scale_deformable_attn
+from .reference import multi_scale_deformable_attn_reference
+
+__all__ = [
+    'IMPLS', 'mmcv_cuda_available', 'multi_scale_deformable_attn',
+    'multi_scale_deformable_attn_reference'
+]

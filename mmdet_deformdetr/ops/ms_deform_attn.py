@@ -1,0 +1,167 @@
+"""``multi_scale_deformable_attn``: one entry point, three implementations.
+
+``impl`` picks the implementation:
+
+* ``'cuda'``: mmcv's ``MultiScaleDeformableAttnFunction`` (CUDA tensors, mmcv built with CUDA);
+* ``'cpu'``: our C++ kernel (``csrc/ms_deform_attn_cpu.cpp``), JIT-built on first use; if it cannot
+  be built, the reference is used after one warning naming the build error;
+* ``'pytorch'``: the ``grid_sample`` reference (any device; tracing and ONNX export);
+* ``'auto'``: ``'cuda'`` for CUDA tensors when mmcv has CUDA ops, ``'cpu'`` for CPU tensors,
+  ``'pytorch'`` otherwise and while tracing or exporting.
+
+Mixed precision: whatever the input dtypes (e.g. bf16 under ``torch.autocast``), the op computes in
+float32 (float64 stays float64) with autocast disabled, and returns ``value``'s dtype. Bilinear
+sampling positions need more than bf16's 8 mantissa bits: ``x * W`` with ``W = 152`` would be off by
+up to half a pixel.
+"""
+import functools
+
+import torch
+from torch import Tensor
+
+from .cpu_kernel import MSDeformAttnCPUFunction, load_cpu_extension
+from .reference import multi_scale_deformable_attn_reference
+
+IMPLS = ('auto', 'cpu', 'cuda', 'pytorch')
+
+
+@functools.lru_cache(maxsize=None)
+def mmcv_cuda_available() -> bool:
+    """True when torch sees a GPU and mmcv's compiled ops were built with CUDA.
+
+    mmcv reports the CUDA version its extension was compiled with, or ``'not available'`` for a CPU
+    build; importing mmcv.ops may itself fail (mmcv missing, or built without ops), which counts as
+    "no".
+    """
+    if not torch.cuda.is_available():
+        return False
+    try:
+        from mmcv.ops.info import get_compiling_cuda_version
+        compiled_cuda = get_compiling_cuda_version()
+    except Exception:  # noqa: BLE001 - any failure to load mmcv's extension means "not usable"
+        return False
+    return bool(compiled_cuda) and compiled_cuda != 'not available'
+
+
+def _check_inputs(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+                  sampling_locations: Tensor, attention_weights: Tensor) -> None:
+    """Raise ValueError naming the first argument whose shape does not fit the others."""
+    if value.dim() != 4:
+        raise ValueError(f'value must be (bs, num_keys, M, D), got shape {tuple(value.shape)}')
+    bs, num_keys, num_heads, _ = value.shape
+    if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2 or \
+            spatial_shapes.is_floating_point():
+        raise ValueError('spatial_shapes must be an integer (L, 2) tensor of (H, W), got '
+                         f'{spatial_shapes.dtype} {tuple(spatial_shapes.shape)}')
+    num_levels = spatial_shapes.shape[0]
+    if tuple(level_start_index.shape) != (num_levels,):
+        raise ValueError(f'level_start_index must be ({num_levels},), got '
+                         f'{tuple(level_start_index.shape)}')
+    if sampling_locations.dim() != 6 or sampling_locations.shape[0] != bs or \
+            sampling_locations.shape[2] != num_heads or \
+            sampling_locations.shape[3] != num_levels or sampling_locations.shape[5] != 2:
+        raise ValueError(f'sampling_locations must be (bs, nq, M, L, K, 2) = ({bs}, nq, '
+                         f'{num_heads}, {num_levels}, K, 2), got '
+                         f'{tuple(sampling_locations.shape)}')
+    if attention_weights.shape != sampling_locations.shape[:5]:
+        raise ValueError(f'attention_weights must be (bs, nq, M, L, K) = '
+                         f'{tuple(sampling_locations.shape[:5])}, got '
+                         f'{tuple(attention_weights.shape)}')
+    if torch.jit.is_tracing():
+        return  # the count below would be baked into the trace as a constant
+    # One host sync on CUDA; worth it, as mmcv's kernel would read out of bounds otherwise.
+    expected_keys = int((spatial_shapes[:, 0] * spatial_shapes[:, 1]).sum())
+    if expected_keys != num_keys:
+        raise ValueError(f'value has {num_keys} keys but spatial_shapes {spatial_shapes.tolist()} '
+                         f'need sum(H * W) = {expected_keys}')
+
+
+def _select_impl(value: Tensor, impl: str) -> str:
+    """Resolve ``impl`` for ``value``'s device; raise for impossible requests."""
+    if impl not in IMPLS:
+        raise ValueError(f'impl must be one of {IMPLS}, got {impl!r}')
+    exporting = torch.jit.is_tracing() or torch.jit.is_scripting() or \
+        torch.onnx.is_in_onnx_export()
+    if impl == 'auto':
+        if exporting:
+            return 'pytorch'
+        if value.is_cuda:
+            return 'cuda' if mmcv_cuda_available() else 'pytorch'
+        return 'cpu' if value.device.type == 'cpu' else 'pytorch'
+    if impl == 'cuda' and not (value.is_cuda and mmcv_cuda_available()):
+        raise RuntimeError("impl='cuda' needs CUDA tensors and mmcv built with CUDA ops "
+                           f'(value is on {value.device}, mmcv CUDA ops available: '
+                           f'{mmcv_cuda_available()})')
+    if impl == 'cpu' and value.device.type != 'cpu':
+        raise RuntimeError(f"impl='cpu' needs CPU tensors, value is on {value.device}")
+    return impl
+
+
+def _compute_dtype(*tensors: Tensor) -> torch.dtype:
+    """float64 if any input is float64, else float32 (half and bf16 are promoted)."""
+    dtype = torch.float32
+    for tensor in tensors:
+        dtype = torch.promote_types(dtype, tensor.dtype)
+    return dtype
+
+
+def _mmcv_im2col_step(batch_size: int, im2col_step: int) -> int:
+    """Largest divisor of ``batch_size`` not above ``im2col_step``: mmcv's kernel asserts that
+    ``batch_size`` is a multiple of ``min(batch_size, im2col_step)``."""
+    step = max(1, min(batch_size, im2col_step))
+    while batch_size % step:
+        step -= 1
+    return step
+
+
+def _run(impl: str, value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+         sampling_locations: Tensor, attention_weights: Tensor, im2col_step: int) -> Tensor:
+    if impl == 'cuda':
+        from mmcv.ops.multi_scale_deform_attn import MultiScaleDeformableAttnFunction
+        return MultiScaleDeformableAttnFunction.apply(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+            _mmcv_im2col_step(value.shape[0], im2col_step))
+    if impl == 'cpu' and load_cpu_extension() is not None:
+        return MSDeformAttnCPUFunction.apply(value, spatial_shapes, level_start_index,
+                                             sampling_locations, attention_weights)
+    # 'pytorch', or 'cpu' after a failed build (load_cpu_extension has warned once).
+    return multi_scale_deformable_attn_reference(value, spatial_shapes, sampling_locations,
+                                                 attention_weights)
+
+
+def multi_scale_deformable_attn(value: Tensor, spatial_shapes: Tensor,
+                                level_start_index: Tensor, sampling_locations: Tensor,
+                                attention_weights: Tensor, im2col_step: int = 64,
+                                impl: str = 'auto') -> Tensor:
+    """Multi-scale deformable attention (Zhu et al., ICLR 2021, Eq. 3, after the projections).
+
+    Args:
+        value: ``(bs, num_keys, M, D)``, the L flattened feature maps, level after level, split in M
+            heads of D channels.
+        spatial_shapes: ``(L, 2)`` integer, ``(H, W)`` of each level; ``sum(H * W) == num_keys``.
+        level_start_index: ``(L,)`` integer, index of each level's first key.
+        sampling_locations: ``(bs, num_queries, M, L, K, 2)``, normalised ``(x, y)``: ``(0, 0)`` is
+            the top-left corner and ``(1, 1)`` the bottom-right corner of the map (grid_sample with
+            align_corners=False); bilinear corners outside the map read 0.
+        attention_weights: ``(bs, num_queries, M, L, K)``, the weight of each sampled value.
+        im2col_step: batch chunk of mmcv's CUDA kernel (rounded down to a divisor of bs); unused by
+            the other implementations.
+        impl: ``'auto'``, ``'cpu'``, ``'cuda'`` or ``'pytorch'`` (see the module docstring).
+
+    Returns:
+        ``(bs, num_queries, M * D)`` in ``value``'s dtype: per head, the attention-weighted sum of
+        the bilinearly sampled values, heads concatenated.
+    """
+    _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    if im2col_step < 1:
+        raise ValueError(f'im2col_step must be >= 1, got {im2col_step}')
+    resolved = _select_impl(value, impl)
+    compute_dtype = _compute_dtype(value, sampling_locations, attention_weights)
+    args = (resolved, value.to(compute_dtype), spatial_shapes, level_start_index,
+            sampling_locations.to(compute_dtype), attention_weights.to(compute_dtype), im2col_step)
+    if value.device.type not in ('cpu', 'cuda'):
+        return _run(*args).to(value.dtype)
+    # Autocast would run grid_sample and the weighted sum in bf16 again; keep full precision.
+    with torch.autocast(device_type=value.device.type, enabled=False):
+        return _run(*args).to(value.dtype)
+

@@ -1,0 +1,98 @@
+"""Wrong-variant checkpoints are refused with a message naming the facts, keys and a fitting
+config."""
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import build_r50, build_tiny, make_official_state_dict, save_official_file
+from mmengine.runner import load_checkpoint
+
+from mmdet_deformdetr.checkpoint import infer_variant
+
+
+def _save_ours(model: torch.nn.Module, path: Path) -> Path:
+    torch.save({'meta': {'epoch': 1}, 'state_dict': model.state_dict()}, path)
+    return path
+
+
+def test_official_two_stage_into_plain_r50(official_listing, tmp_path: Path):
+    path = save_official_file(tmp_path / 'twostage.pth',
+                              make_official_state_dict(official_listing['twostage']), 'twostage')
+    model = build_r50('plain')
+    with pytest.raises(ValueError) as error:
+        load_checkpoint(model, str(path), map_location='cpu')
+    message = str(error.value)
+    assert 'as_two_stage: checkpoint True vs model False' in message
+    assert 'with_box_refine: checkpoint True vs model False' in message
+    assert 'model = dict(with_box_refine=True, as_two_stage=True)' in message
+    assert 'transformer.enc_output' in message  # names keys only in the checkpoint
+    assert 'transformer.query_embed.weight' in message  # ... and keys only in the model
+
+
+def test_official_single_scale_into_four_level_r50(official_listing, tmp_path: Path):
+    path = save_official_file(tmp_path / 'ss.pth',
+                              make_official_state_dict(official_listing['single_scale']),
+                              'single_scale')
+    with pytest.raises(ValueError) as error:
+        load_checkpoint(build_r50('plain'), str(path), map_location='cpu')
+    message = str(error.value)
+    assert 'num_feature_levels: checkpoint 1 vs model 4' in message
+    assert 'num_feature_levels=1' in message
+    assert 'transformer.level_embed: checkpoint (1, 256) vs model (4, 256)' in message
+
+
+@pytest.mark.parametrize('saved, loaded, expected', [
+    ('two_stage', 'plain', 'as_two_stage: checkpoint True vs model False'),
+    ('refine', 'plain', 'with_box_refine: checkpoint True vs model False'),
+    ('plain', 'refine', 'with_box_refine: checkpoint False vs model True'),
+])
+def test_our_checkpoint_of_another_variant(saved, loaded, expected, tmp_path: Path):
+    source = build_tiny(saved)
+    with torch.no_grad():  # trained refine branches differ; fresh copies would be ambiguous
+        for param in source.bbox_head.parameters():
+            param.add_(torch.randn_like(param) * 0.01)
+    path = _save_ours(source, tmp_path / 'ours.pth')
+    with pytest.raises(ValueError, match=expected):
+        load_checkpoint(build_tiny(loaded), str(path), map_location='cpu')
+
+
+def test_points_mismatch_names_shapes(tmp_path: Path):
+    path = _save_ours(build_tiny('plain'), tmp_path / 'k2.pth')  # enc/dec K = 2, 2 heads
+    model = build_tiny('plain')
+    model_k1 = build_tiny_with_points(1)
+    with pytest.raises(ValueError) as error:
+        load_checkpoint(model_k1, str(path), map_location='cpu')
+    message = str(error.value)
+    assert 'enc_heads_x_points: checkpoint 4 vs model 2' in message
+    assert 'sampling_offsets.weight: checkpoint' in message
+    load_checkpoint(model, str(path), map_location='cpu', strict=True)  # same variant: fine
+
+
+def build_tiny_with_points(points: int) -> torch.nn.Module:
+    from conftest import tiny_models_module, with_conversion_hook
+    from mmdet.registry import MODELS
+
+    cfg = tiny_models_module().tiny_model_cfg('plain')
+    cfg['transformer'].update(enc_num_points=points, dec_num_points=points)
+    return with_conversion_hook(MODELS.build(cfg))
+
+
+def test_other_class_count_is_not_a_variant_error(tmp_path: Path):
+    """Fine-tuning on another dataset: the heads mismatch in size and are skipped (a warning)."""
+    path = _save_ours(build_tiny('plain'), tmp_path / 'three.pth')
+    model = build_tiny('plain')
+    model.bbox_head.cls_branches[0].weight.data = torch.zeros(5, 32)  # pretend: 5 classes
+    load_checkpoint(model, str(path), map_location='cpu')  # no ValueError
+
+
+def test_infer_variant_from_official_listing(official_listing):
+    from mmdet_deformdetr.checkpoint import convert_state_dict
+
+    expected = {'plain': ('plain', 4), 'refine': ('refine', 4), 'twostage': ('two-stage', 4),
+                'single_scale': ('plain', 1)}
+    for name, (variant_name, levels) in expected.items():
+        converted, report = convert_state_dict(make_official_state_dict(official_listing[name]))
+        variant = infer_variant(converted)
+        assert (variant.name, variant.num_feature_levels) == (variant_name, levels)
+        assert variant.enc_heads_x_points == 32 and variant.num_decoder_layers == 6
+        assert report.source_format == 'official Deformable-DETR'

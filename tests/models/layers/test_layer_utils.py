@@ -1,0 +1,82 @@
+"""Numeric helpers: inverse_sigmoid, valid ratios, reference points, proposal sine embedding."""
+import pytest
+import torch
+
+pytest.importorskip('mmcv.ops')  # importing the package imports mmdet's models
+
+from mmdet_deformdetr.models.layers.utils import (  # noqa: E402
+    RegressionMLP, build_activation, encoder_reference_points, inverse_sigmoid,
+    proposal_sine_embedding, scale_by_valid_ratios, valid_ratios_from_mask)
+
+
+def test_inverse_sigmoid_inverts_and_stays_finite_at_the_ends() -> None:
+    x = torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64)
+    torch.testing.assert_close(inverse_sigmoid(x).sigmoid(), x)
+    ends = inverse_sigmoid(torch.tensor([0.0, 1.0]))
+    assert torch.isfinite(ends).all()
+    torch.testing.assert_close(ends, torch.tensor([-11.5129, 11.5129]), atol=1e-3, rtol=0)
+
+
+def test_valid_ratios_from_mask() -> None:
+    mask = torch.ones(2, 4, 8, dtype=torch.bool)
+    mask[0] = False
+    mask[1, :2, :6] = False  # image 2 fills 2 of 4 rows and 6 of 8 columns
+    torch.testing.assert_close(valid_ratios_from_mask(mask),
+                               torch.tensor([[1.0, 1.0], [0.75, 0.5]]))
+
+
+def test_encoder_reference_points_are_valid_pixel_centres() -> None:
+    spatial_shapes = torch.tensor([[2, 4], [1, 2]])
+    valid_ratios = torch.tensor([[[1.0, 1.0], [1.0, 1.0]],
+                                 [[0.5, 0.5], [0.5, 1.0]]], dtype=torch.float64)
+    points = encoder_reference_points(spatial_shapes, valid_ratios)
+    assert points.shape == (2, 8 + 2, 2, 2) and points.dtype == torch.float64
+    # unpadded image: first token of level 0 is the centre of pixel (0, 0) of a 4 x 2 map
+    torch.testing.assert_close(points[0, 0, 0], torch.tensor([0.125, 0.25], dtype=torch.float64))
+    # padded image: normalised by the valid size (2 x 1 pixels), then scaled back per level
+    # -> seen from its own level, a token sits at its pixel centre of the padded map
+    torch.testing.assert_close(points[1, 0, 0], torch.tensor([0.125, 0.25], dtype=torch.float64))
+    # seen from level 1 (ratios 0.5, 1.0): x = 0.125 / 0.5 * 0.5, y = 0.25 / 0.5 * 1.0
+    torch.testing.assert_close(points[1, 0, 1], torch.tensor([0.125, 0.5], dtype=torch.float64))
+
+
+def test_scale_by_valid_ratios_scales_boxes_in_all_four_coordinates() -> None:
+    ratios = torch.tensor([[[0.5, 0.25]]])  # (bs=1, L=1, 2)
+    boxes = torch.tensor([[[0.4, 0.8, 0.2, 0.4]]])
+    torch.testing.assert_close(scale_by_valid_ratios(boxes, ratios),
+                               torch.tensor([[[[0.2, 0.2, 0.1, 0.1]]]]))
+    points = boxes[..., :2]
+    assert scale_by_valid_ratios(points, ratios).shape == (1, 1, 1, 2)
+    with pytest.raises(ValueError, match='2 .points. or 4'):
+        scale_by_valid_ratios(boxes[..., :3], ratios)
+
+
+@pytest.mark.parametrize('embed_dims', [32, 256, 96])
+def test_proposal_sine_embedding_has_two_embed_dims(embed_dims: int) -> None:
+    proposals = torch.randn(2, 5, 4)
+    embedding = proposal_sine_embedding(proposals, num_feats=embed_dims // 2)
+    assert embedding.shape == (2, 5, 2 * embed_dims)
+    # first pair of each coordinate: sin / cos of 2*pi*sigmoid(coordinate)
+    angle = proposals[..., 0].sigmoid() * 2 * torch.pi
+    torch.testing.assert_close(embedding[..., 0], angle.sin())
+    torch.testing.assert_close(embedding[..., 1], angle.cos())
+    with pytest.raises(ValueError, match='even'):
+        proposal_sine_embedding(proposals, num_feats=3)
+
+
+def test_regression_mlp_names_and_relu() -> None:
+    mlp = RegressionMLP(8, 8, 4, num_layers=3)
+    assert [name for name, _ in mlp.named_parameters()] == [
+        f'layers.{i}.{kind}' for i in range(3) for kind in ('weight', 'bias')]
+    with torch.no_grad():
+        for layer in mlp.layers:
+            layer.weight.copy_(torch.eye(*layer.weight.shape))
+            layer.bias.zero_()
+    x = torch.tensor([[1.0, -1.0, 2.0, -2.0, 0, 0, 0, 0]])
+    torch.testing.assert_close(mlp(x), torch.tensor([[1.0, 0.0, 2.0, 0.0]]))
+
+
+def test_build_activation_rejects_unknown_names() -> None:
+    assert isinstance(build_activation('gelu'), torch.nn.GELU)
+    with pytest.raises(ValueError, match='glu'):
+        build_activation('glu')

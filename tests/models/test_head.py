@@ -1,0 +1,115 @@
+"""DeformDETRHead on its own: box decoding from references, post-processing, loss plumbing."""
+import pytest
+import torch
+from mmengine.structures import InstanceData
+
+pytest.importorskip('mmcv.ops')  # mmdet's models need mmcv built with its ops
+
+from mmdet.structures import DetDataSample  # noqa: E402
+from tiny_models import NUM_CLASSES  # noqa: E402,F401  (mmdet scope for the loss registries)
+
+from mmdet_deformdetr.models.head import DeformDETRHead  # noqa: E402
+
+DIMS, CLASSES = 16, 4
+TRAIN_CFG = dict(assigner=dict(type='HungarianAssigner', match_costs=[
+    dict(type='FocalLossCost', weight=2.0),
+    dict(type='BBoxL1Cost', weight=5.0, box_format='xywh'),
+    dict(type='IoUCost', iou_mode='giou', weight=2.0)]))
+
+
+def make_head(**overrides) -> DeformDETRHead:
+    args = dict(num_classes=CLASSES, embed_dims=DIMS, num_pred_layer=2, train_cfg=TRAIN_CFG,
+                test_cfg=dict(max_per_img=5))
+    args.update(overrides)
+    return DeformDETRHead(**args)
+
+
+def test_point_references_locate_the_centre_only() -> None:
+    head = make_head()  # fresh init: last regression layer 0, size bias -2
+    hidden = torch.randn(2, 1, 3, DIMS)
+    init_reference = torch.tensor([[[0.2, 0.7], [0.5, 0.5], [0.9, 0.1]]])
+    _, boxes = head(hidden, init_reference, init_reference[None].expand(2, -1, -1, -1))
+    expected = torch.cat([init_reference, torch.full((1, 3, 2), torch.tensor(-2.0).sigmoid())],
+                         -1)
+    torch.testing.assert_close(boxes[0], expected)
+    torch.testing.assert_close(boxes[1], expected)
+
+
+def test_box_references_shift_all_four_logits() -> None:
+    head = make_head(with_box_refine=True, as_two_stage=True, num_pred_layer=3)
+    with torch.no_grad():
+        head.reg_branches[1].layers[-1].bias.copy_(torch.tensor([0.0, 0.0, 1.0, -1.0]))
+    hidden = torch.randn(2, 1, 1, DIMS)
+    reference = torch.tensor([[[0.4, 0.6, 0.2, 0.3]]])
+    _, boxes = head(hidden, reference, reference[None].expand(2, -1, -1, -1))
+    torch.testing.assert_close(boxes[0], reference)  # two-stage init: zero delta
+    expected = (torch.logit(reference) + torch.tensor([0.0, 0.0, 1.0, -1.0])).sigmoid()
+    torch.testing.assert_close(boxes[1], expected)
+
+
+def test_predict_by_feat_top_k_over_queries_and_classes() -> None:
+    head = make_head()
+    cls_scores = torch.full((1, 1, 3, CLASSES), -10.0)
+    cls_scores[0, 0, 2, 1] = 3.0   # best: query 2, class 1
+    cls_scores[0, 0, 0, 3] = 2.0   # second: query 0, class 3
+    boxes = torch.tensor([[[[0.5, 0.5, 0.2, 0.2], [0.5, 0.5, 1.0, 1.0], [0.25, 0.5, 0.5, 2.0]]]])
+    meta = dict(img_shape=(100, 200), scale_factor=(2.0, 4.0))
+    result = head.predict_by_feat(cls_scores, boxes, [meta], rescale=True)[0]
+    assert result.labels[:2].tolist() == [1, 3]
+    torch.testing.assert_close(result.scores[:2], torch.tensor([3.0, 2.0]).sigmoid())
+    # query 2: (0.25, 0.5, 0.5, 2.0) -> xyxy (0, -0.5, 0.5, 1.5) * (200, 100), clamped to the
+    # image, then divided by the scale factor (w 2, h 4)
+    torch.testing.assert_close(result.bboxes[0], torch.tensor([0.0, 0.0, 50.0, 25.0]))
+    torch.testing.assert_close(result.bboxes[1], torch.tensor([40.0, 10.0, 60.0, 15.0]))
+    assert len(result) == 5  # max_per_img
+
+
+def sample_with_gt(num_gt: int) -> DetDataSample:
+    sample = DetDataSample(metainfo=dict(img_shape=(64, 80)))
+    top_left = torch.rand(num_gt, 2) * 30
+    sample.gt_instances = InstanceData(bboxes=torch.cat([top_left, top_left + 20], -1),
+                                       labels=torch.randint(0, CLASSES, (num_gt,)))
+    return sample
+
+
+def test_loss_names_and_encoder_loss() -> None:
+    head = make_head(with_box_refine=True, as_two_stage=True, num_pred_layer=3)
+    hidden = torch.randn(2, 2, 6, DIMS)
+    reference = torch.rand(2, 6, 4) * 0.5 + 0.25
+    enc_class, enc_coord = torch.randn(2, 20, CLASSES), torch.rand(2, 20, 4) * 0.5 + 0.25
+    losses = head.loss(hidden, reference, reference[None].expand(2, -1, -1, -1), enc_class,
+                       enc_coord, [sample_with_gt(2), sample_with_gt(1)])
+    assert set(losses) == {'loss_cls', 'loss_bbox', 'loss_iou', 'd0.loss_cls', 'd0.loss_bbox',
+                           'd0.loss_iou', 'enc_loss_cls', 'enc_loss_bbox', 'enc_loss_iou'}
+    assert all(value > 0 for value in losses.values())
+
+
+def test_encoder_loss_labels_every_target_zero() -> None:
+    """Proposals are class-agnostic: a proposal scored high on channel 0 only, sitting on the
+    gt box, costs (almost) nothing whatever the gt class."""
+    head = make_head()
+    sample = sample_with_gt(1)
+    sample.gt_instances.labels[:] = CLASSES - 1
+    img_h, img_w = sample.img_shape
+    x1, y1, x2, y2 = sample.gt_instances.bboxes[0].tolist()
+    box = torch.tensor([[(x1 + x2) / 2 / img_w, (y1 + y2) / 2 / img_h,
+                         (x2 - x1) / img_w, (y2 - y1) / img_h]])
+    scores = torch.full((1, 1, CLASSES), -20.0)
+    scores[..., 0] = 20.0
+    losses = head.loss_by_feat(scores[None], box[None, None], scores, box[None],
+                               [sample.gt_instances], [sample.metainfo])
+    assert losses['enc_loss_cls'] < 1e-6 and losses['enc_loss_bbox'] < 1e-6
+    assert losses['loss_cls'] > 1.0  # the decoder loss wants class CLASSES - 1
+
+
+def test_bad_head_configs() -> None:
+    with pytest.raises(ValueError, match='with_box_refine'):
+        make_head(as_two_stage=True)
+    with pytest.raises(ValueError, match='sigmoid'):
+        make_head(loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=False))
+    with pytest.raises(ValueError, match='assigner'):
+        make_head(train_cfg=dict(sampler=None))
+    head = make_head(train_cfg=None)
+    with pytest.raises(RuntimeError, match='train_cfg'):
+        head.loss_by_feat(torch.zeros(1, 1, 2, CLASSES), torch.rand(1, 1, 2, 4), None, None,
+                          [sample_with_gt(1).gt_instances], [dict(img_shape=(64, 80))])

@@ -1,0 +1,95 @@
+"""Convert a Deformable DETR checkpoint of any supported family into an mmdet_deformdetr file.
+
+Families (detected from the file's contents): the official repository's ``.pth``
+(``{'model', 'optimizer', 'lr_scheduler', 'epoch', 'args'}``), mmdet 3.x zoo files, Hugging Face
+``DeformableDetrForObjectDetection`` (a directory with ``config.json`` and ``model.safetensors`` or
+``pytorch_model.bin``, or one of those files), and our own files (re-saved unchanged).
+
+Examples::
+
+    python tools/model_converters/deformable_detr_to_mmdet_deformdetr.py \
+        r50_deformable_detr-checkpoint.pth deformable-detr_r50_official.pth
+    python tools/model_converters/deformable_detr_to_mmdet_deformdetr.py \
+        hf/deformable-detr-with-box-refine/ refine_from_hf.pth --num-classes 80
+
+Reading never runs code from the file (``torch.load(weights_only=True)`` with a small allow-list;
+``--trust-global module.Class`` widens it for one run). The output is
+``{'meta': {...}, 'state_dict': {...}}`` in our keys, loadable with ``load_from=`` or
+``mmengine.runner.load_checkpoint``. A report of matched, remapped, dropped, filled (and, with
+``--config``, missing and unexpected) keys is printed.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+from mmdet_deformdetr.checkpoint import (
+    CheckpointFormat,
+    check_fits,
+    convert_state_dict,
+    detect_state_dict_format,
+    read_checkpoint,
+    split_checkpoint,
+)
+from mmdet_deformdetr.checkpoint.safe_load import trusted_global_by_name
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('src', help='checkpoint file or Hugging Face model directory')
+    parser.add_argument('dst', help='output .pth path')
+    parser.add_argument('--num-classes', type=int, default=80,
+                        help='classes of the target model: 91 COCO-id heads are remapped to '
+                        "mmdet's 80 when this is 80 (default); other counts are kept as is")
+    parser.add_argument('--config', help='our config file: check the converted keys against the '
+                        'model it builds (missing/unexpected keys, variant) before saving')
+    parser.add_argument('--trust-global', action='append', default=[], metavar='module.Name',
+                        help='allow this pickled global when reading src (only for files you '
+                        'trust); repeatable')
+    parser.add_argument('--max-keys', type=int, default=10, help='keys listed per report section')
+    return parser.parse_args(argv)
+
+
+def _target_state_dict(config_path: str):
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+
+    import mmdet_deformdetr  # noqa: F401  (registers our modules)
+
+    register_all_modules()
+    cfg = Config.fromfile(config_path)
+    cfg.model.get('backbone', {}).pop('init_cfg', None)  # no download just to read shapes
+    return MODELS.build(cfg.model).state_dict()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    extra_globals = [trusted_global_by_name(name) for name in args.trust_global]
+    checkpoint, hf_config = read_checkpoint(args.src, extra_globals=extra_globals)
+    state_dict, meta = split_checkpoint(checkpoint)
+    source_format = detect_state_dict_format(state_dict)
+    converted, report = convert_state_dict(state_dict, num_classes=args.num_classes,
+                                           source_format=source_format)
+    if hf_config is not None:
+        keep = ('with_box_refine', 'two_stage', 'num_feature_levels', 'encoder_n_points',
+                'decoder_n_points', 'num_queries', 'd_model')
+        meta.update({f'hf_config.{k}': hf_config[k] for k in keep if k in hf_config})
+    if args.config:
+        check_fits(converted, _target_state_dict(args.config), report)
+    print(report.summary(max_keys=args.max_keys))
+    meta.update(converted_from=str(args.src), source_format=source_format.value,
+                variant=report.variant)
+    if source_format is CheckpointFormat.OURS:
+        meta.setdefault('note', 'already in mmdet_deformdetr keys; re-saved without training state')
+    Path(args.dst).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({'meta': meta, 'state_dict': converted}, args.dst)
+    print(f'saved {len(converted)} tensors to {args.dst}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
