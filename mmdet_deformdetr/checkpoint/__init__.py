@@ -5,6 +5,19 @@
 - :mod:`.convert`: official / mmdet / Hugging Face -> our keys, and variant checks.
 - :mod:`.load_hook`: the pre-hook ``DeformDETR`` registers so mmengine's loaders convert on the fly.
 - :mod:`.uri_loader`: the ``deformdetr://`` mmengine loader scheme (safetensors, HF directories).
+
+Usage (after ``import mmdet_deformdetr``, which every config does through ``custom_imports``)::
+
+    load_from = 'r50_deformable_detr-checkpoint.pth'        # official file, converted on load
+    load_from = 'deformable-detr_r50_16xb2-50e_coco.pth'     # mmdet 3.x zoo file
+    load_from = 'deformdetr:///path/to/hf_model_dir'         # HF config.json + model.safetensors
+    resume = True                                            # our own checkpoints, torch >= 2.6
+
+    # offline, with a report of matched / remapped / dropped / filled keys:
+    python tools/model_converters/deformable_detr_to_mmdet_deformdetr.py SRC DST.pth
+
+A file that pickles any other type is refused (:class:`UntrustedCheckpointError` names it); trust it
+explicitly with ``safe_load(path, extra_globals=[Cls])`` or the tool's ``--trust-global``.
 """
 from .convert import check_fits, convert_state_dict, key_differences
 from .formats import CheckpointFormat, detect_state_dict_format, read_checkpoint, split_checkpoint

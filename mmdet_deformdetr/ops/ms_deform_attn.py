@@ -118,8 +118,12 @@ def _run(impl: str, value: Tensor, spatial_shapes: Tensor, level_start_index: Te
          sampling_locations: Tensor, attention_weights: Tensor, im2col_step: int) -> Tensor:
     if impl == 'cuda':
         from mmcv.ops.multi_scale_deform_attn import MultiScaleDeformableAttnFunction
+
+        # mmcv's kernel asserts contiguous inputs, and int64 shapes on the value's device.
         return MultiScaleDeformableAttnFunction.apply(
-            value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+            value.contiguous(), spatial_shapes.to(value.device, torch.long).contiguous(),
+            level_start_index.to(value.device, torch.long).contiguous(),
+            sampling_locations.contiguous(), attention_weights.contiguous(),
             _mmcv_im2col_step(value.shape[0], im2col_step))
     if impl == 'cpu' and load_cpu_extension() is not None:
         return MSDeformAttnCPUFunction.apply(value, spatial_shapes, level_start_index,
