@@ -32,8 +32,10 @@ class ModelVariant:
     embed_dims: int
     num_encoder_layers: int
     num_decoder_layers: int
-    enc_heads_x_points: int
-    dec_heads_x_points: int
+    # rows of attention_weights: num_heads x sampled levels (L, or 1 without multi-scale
+    # attention) x K points; the weights alone cannot separate the three factors
+    enc_attention_rows: int
+    dec_attention_rows: int
     num_queries: Optional[int]
     num_classes: Optional[int]
 
@@ -46,12 +48,19 @@ class ModelVariant:
         return 'refine' if self.with_box_refine else 'plain'
 
     def describe(self) -> str:
-        points = (f'K={self.enc_heads_x_points // 8}/{self.dec_heads_x_points // 8} (enc/dec, if 8 '
-                  'heads)')
+        points = (f'attention rows {self.enc_attention_rows}/{self.dec_attention_rows} (enc/dec; '
+                  f'= heads x levels x K, K={_points(self.enc_attention_rows, self)}/'
+                  f'{_points(self.dec_attention_rows, self)} with 8 heads on all levels)')
         return (f'{self.name}, {self.num_feature_levels} feature level(s), {points}, '
                 f'{self.num_encoder_layers}+{self.num_decoder_layers} layers, '
                 f'embed_dims={self.embed_dims}, num_queries={self.num_queries}, '
                 f'num_classes={self.num_classes}')
+
+
+def _points(attention_rows: int, variant: 'ModelVariant') -> str:
+    """K for ``attention_rows`` with 8 heads sampling every level, or '?' if that cannot be."""
+    per_point = 8 * variant.num_feature_levels
+    return str(attention_rows // per_point) if attention_rows % per_point == 0 else '?'
 
 
 def _count_layers(keys, prefix: str) -> int:
@@ -123,8 +132,8 @@ def infer_variant(state_dict: Mapping[str, torch.Tensor], *,
         embed_dims=int(embed_dims),
         num_encoder_layers=_count_layers(keys, 'transformer.encoder.layers.'),
         num_decoder_layers=_count_layers(keys, 'transformer.decoder.layers.'),
-        enc_heads_x_points=int(state_dict[_ENC_ATTN].shape[0]) // int(levels),
-        dec_heads_x_points=int(dec_attn.shape[0]) // int(levels) if dec_attn is not None else 0,
+        enc_attention_rows=int(state_dict[_ENC_ATTN].shape[0]),
+        dec_attention_rows=int(dec_attn.shape[0]) if dec_attn is not None else 0,
         num_queries=int(query_embed.shape[0]) if query_embed is not None else None,
         num_classes=int(cls_weight.shape[0]) if cls_weight is not None else None)
 
@@ -137,15 +146,15 @@ def suggest_config(variant: ModelVariant) -> str:
     if variant.as_two_stage:
         overrides.append('as_two_stage=True')
     if variant.num_feature_levels != 4:
-        overrides.append(f'num_feature_levels={variant.num_feature_levels}  # and the '
-                         'neck/backbone outputs to match')
+        overrides.append(f'num_feature_levels={variant.num_feature_levels}')
     if variant.num_queries is not None and variant.num_queries != 300:
         overrides.append(f'num_queries={variant.num_queries}')
     transformer = []
-    if variant.enc_heads_x_points != 32:
-        transformer.append(f'enc_num_points={variant.enc_heads_x_points // 8}')
-    if variant.dec_heads_x_points != 32:
-        transformer.append(f'dec_num_points={variant.dec_heads_x_points // 8}')
+    default_rows = 8 * variant.num_feature_levels * 4
+    if variant.enc_attention_rows != default_rows:
+        transformer.append(f'enc_num_points={_points(variant.enc_attention_rows, variant)}')
+    if variant.dec_attention_rows != default_rows:
+        transformer.append(f'dec_num_points={_points(variant.dec_attention_rows, variant)}')
     if variant.num_encoder_layers != 6:
         transformer.append(f'num_encoder_layers={variant.num_encoder_layers}')
     if variant.num_decoder_layers != 6:
@@ -154,14 +163,29 @@ def suggest_config(variant: ModelVariant) -> str:
         transformer.append(f'embed_dims={variant.embed_dims}')
     if transformer:
         overrides.append(f'transformer=dict({", ".join(transformer)})')
-    return f'model = dict({", ".join(overrides)})' if overrides else 'the primitive config as is'
+    suggestion = f'model = dict({", ".join(overrides)})' if overrides else 'no override'
+    if variant.num_feature_levels != 4:
+        suggestion += ', with the backbone out_indices and neck num_outs to match'
+    structure_is_default = not transformer and variant.num_feature_levels == 4 and (
+        variant.num_queries in (None, 300))
+    if structure_is_default and variant.name in _SHIPPED_R50_CONFIGS:
+        suggestion += f' (as configs/deformable_detr/{_SHIPPED_R50_CONFIGS[variant.name]})'
+    return suggestion
+
+
+# shipped R-50 configs of the three variants (4 levels, K=4, 6+6 layers, 256 dims, 300 queries)
+_SHIPPED_R50_CONFIGS = {
+    'plain': 'deformable-detr_r50_16xb2-50e_coco.py',
+    'refine': 'deformable-detr-refine_r50_16xb2-50e_coco.py',
+    'two-stage': 'deformable-detr-refine-twostage_r50_16xb2-50e_coco.py',
+}
 
 
 # Facts whose disagreement makes a checkpoint unusable for a model (a different class count
 # is a fine-tuning head swap, not a different variant).
 _STRUCTURAL = ('as_two_stage', 'with_box_refine', 'num_feature_levels', 'embed_dims',
-               'num_encoder_layers', 'num_decoder_layers', 'enc_heads_x_points',
-               'dec_heads_x_points')
+               'num_encoder_layers', 'num_decoder_layers', 'enc_attention_rows',
+               'dec_attention_rows')
 
 
 def variant_mismatch(checkpoint: ModelVariant, model: ModelVariant) -> Optional[str]:

@@ -9,6 +9,8 @@ from mmdet.registry import MODELS
 from mmdet.structures import OptSampleList, SampleList
 from torch import Tensor
 
+from ..checkpoint.load_hook import convert_checkpoint_pre_hook
+
 # set once on the detector and handed down in code (docs/architecture.md, config interface)
 _TRANSFORMER_DERIVED = ('num_queries', 'num_feature_levels', 'with_box_refine', 'as_two_stage')
 _HEAD_DERIVED = ('embed_dims', 'num_pred_layer', 'with_box_refine', 'as_two_stage',
@@ -77,6 +79,9 @@ class DeformDETR(BaseDetector):
                                                           **positional_encoding)
         self.train_cfg = train_cfg
         self.test_cfg = test_cfg
+        # Official, mmdet-zoo and Hugging Face state dicts are converted to our keys on load, so
+        # `load_from`, `resume` and `load_checkpoint` take them as they are (checkpoint/load_hook.py).
+        self.register_load_state_dict_pre_hook(convert_checkpoint_pre_hook)
 
     def extract_feat(self, batch_inputs: Tensor) -> Tuple[Tensor, ...]:
         """Args: batch_inputs ``(bs, 3, H, W)``. Returns L maps ``(bs, C, H_l, W_l)``."""

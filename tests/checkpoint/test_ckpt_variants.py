@@ -25,6 +25,7 @@ def test_official_two_stage_into_plain_r50(official_listing, tmp_path: Path):
     assert 'as_two_stage: checkpoint True vs model False' in message
     assert 'with_box_refine: checkpoint True vs model False' in message
     assert 'model = dict(with_box_refine=True, as_two_stage=True)' in message
+    assert 'deformable-detr-refine-twostage_r50_16xb2-50e_coco.py' in message
     assert 'transformer.enc_output' in message  # names keys only in the checkpoint
     assert 'transformer.query_embed.weight' in message  # ... and keys only in the model
 
@@ -63,7 +64,7 @@ def test_points_mismatch_names_shapes(tmp_path: Path):
     with pytest.raises(ValueError) as error:
         load_checkpoint(model_k1, str(path), map_location='cpu')
     message = str(error.value)
-    assert 'enc_heads_x_points: checkpoint 4 vs model 2' in message
+    assert 'enc_attention_rows: checkpoint 16 vs model 8' in message
     assert 'sampling_offsets.weight: checkpoint' in message
     load_checkpoint(model, str(path), map_location='cpu', strict=True)  # same variant: fine
 
@@ -94,5 +95,5 @@ def test_infer_variant_from_official_listing(official_listing):
         converted, report = convert_state_dict(make_official_state_dict(official_listing[name]))
         variant = infer_variant(converted)
         assert (variant.name, variant.num_feature_levels) == (variant_name, levels)
-        assert variant.enc_heads_x_points == 32 and variant.num_decoder_layers == 6
+        assert variant.enc_attention_rows == 8 * levels * 4 and variant.num_decoder_layers == 6
         assert report.source_format == 'official Deformable-DETR'
