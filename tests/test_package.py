@@ -6,7 +6,8 @@ import pytest
 import mmdet_deformdetr
 
 # Every module of ours, under the registry it must be found in (docs/architecture.md).
-OUR_MODELS = ['MSDeformAttn', 'DeformableDetrTransformer', 'DeformDETRHead', 'DeformDETR', 'BiFPNNeck']
+OUR_MODELS = ['MSDeformAttn', 'DeformableDetrTransformer', 'DeformDETRHead', 'DeformDETR',
+              'BiFPNNeck']
 
 
 def test_version_is_a_string():

@@ -102,7 +102,7 @@ def convert_mmdet_state_dict(state_dict: Mapping[str, Tensor]) -> 'OrderedDict[s
         ValueError: listing keys that are not part of mmdet's ``DeformableDETR`` (e.g. a file of
             another model, or one still in mmdet 2.x layout).
     """
-    converted: 'OrderedDict[str, Tensor]' = OrderedDict()
+    converted: OrderedDict[str, Tensor] = OrderedDict()
     unknown = []
     for key, value in state_dict.items():
         try:

@@ -80,7 +80,7 @@ class DeformDETR(BaseDetector):
         self.train_cfg = train_cfg
         self.test_cfg = test_cfg
         # Official, mmdet-zoo and Hugging Face state dicts are converted to our keys on load, so
-        # `load_from`, `resume` and `load_checkpoint` take them as they are (checkpoint/load_hook.py).
+        # `load_from`, `resume` and `load_checkpoint` take them as they are (see load_hook.py).
         self.register_load_state_dict_pre_hook(convert_checkpoint_pre_hook)
 
     def extract_feat(self, batch_inputs: Tensor) -> Tuple[Tensor, ...]:

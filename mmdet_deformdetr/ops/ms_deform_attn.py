@@ -25,7 +25,7 @@ from .reference import multi_scale_deformable_attn_reference
 IMPLS = ('auto', 'cpu', 'cuda', 'pytorch')
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def mmcv_cuda_available() -> bool:
     """True when torch sees a GPU and mmcv's compiled ops were built with CUDA.
 

@@ -4,7 +4,6 @@ from typing import Callable, Iterator
 
 import pytest
 import torch
-
 from mmengine.config import Config
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / 'configs' / 'deformable_detr'
@@ -14,9 +13,8 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / 'configs' / 'deformable_detr'
 def mmdet_scope() -> None:
     """mmdet's modules registered and 'mmdet' as default scope, as tools/train.py does."""
     pytest.importorskip('mmcv.ops')  # mmdet's models need mmcv built with its ops
-    from mmengine.registry import init_default_scope
-
     from mmdet.utils import register_all_modules
+    from mmengine.registry import init_default_scope
 
     register_all_modules(init_default_scope=False)
     init_default_scope('mmdet')

@@ -147,9 +147,8 @@ def test_tta_config(load_config):
 def test_learning_rates_per_parameter(load_config, shrink_backbone):
     """paramwise_cfg reaches the intended parameters of our model: backbone and the linear layers
     predicting sampling locations at lr x 0.1 (official `lr_backbone`, `lr_linear_proj_mult`)."""
-    from mmengine.optim import build_optim_wrapper
-
     from mmdet.registry import MODELS
+    from mmengine.optim import build_optim_wrapper
 
     cfg = shrink_backbone(load_config('deformable-detr_r50_16xb2-50e_coco.py'))
     model = MODELS.build(cfg.model)

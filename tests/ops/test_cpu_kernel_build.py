@@ -32,7 +32,7 @@ def test_two_processes_build_at_once(tmp_path: Path) -> None:
                          stderr=subprocess.PIPE, text=True) for _ in range(2)
     ]
     results = [child.communicate(timeout=900) for child in children]
-    for child, (stdout, stderr) in zip(children, results):
+    for child, (_, stderr) in zip(children, results):
         assert child.returncode == 0, stderr
     assert results[0][0].strip() == results[1][0].strip() != ''
     built = [path for path in tmp_path.rglob('*.so')]

@@ -33,10 +33,9 @@ from typing import List, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from mmcv.cnn import build_activation_layer, build_norm_layer
+from mmdet.utils import ConfigType, OptMultiConfig
 from mmengine.model import BaseModule
 from torch import Tensor, nn
-
-from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
 
 _EXTRA_DOWNSAMPLE = ('conv', 'maxpool')
 

@@ -5,8 +5,14 @@ import torch
 pytest.importorskip('mmcv.ops')  # importing the package imports mmdet's models
 
 from mmdet_deformdetr.models.layers.utils import (  # noqa: E402
-    RegressionMLP, build_activation, encoder_reference_points, inverse_sigmoid,
-    proposal_sine_embedding, scale_by_valid_ratios, valid_ratios_from_mask)
+    RegressionMLP,
+    build_activation,
+    encoder_reference_points,
+    inverse_sigmoid,
+    proposal_sine_embedding,
+    scale_by_valid_ratios,
+    valid_ratios_from_mask,
+)
 
 
 def test_inverse_sigmoid_inverts_and_stays_finite_at_the_ends() -> None:
