@@ -42,11 +42,6 @@ _TRANSFORMER_TOP = ('level_embed', 'reference_points.', 'enc_output.', 'enc_outp
                     'pos_trans.', 'pos_trans_norm.')
 
 
-def is_hf_state_dict(state_dict: Mapping[str, torch.Tensor]) -> bool:
-    """Whether the keys follow the Hugging Face Deformable DETR layout."""
-    return 'model.level_embed' in state_dict
-
-
 def _backbone_key(key: str) -> Optional[str]:
     """Torchvision-style ResNet name of an HF backbone key (without prefix), or None if unknown."""
     match = _HF_RESNET_STEM.match(key)

@@ -27,23 +27,25 @@ leaves the function unchanged.
 """
 import re
 from collections import OrderedDict
-from typing import List, Mapping, Tuple
+from typing import Callable, List, Mapping, Tuple, Union
 
 import torch
 from torch import Tensor
 
 _LAYER = r'(encoder|decoder)\.layers\.(\d+)\.'
 _DEFORM_ATTN = r'(?:sampling_offsets|attention_weights|value_proj|output_proj)'
-_RULES: List[Tuple['re.Pattern[str]', str]] = [
+# mmdet's reg branch is Sequential(Linear, ReLU, Linear, ReLU, Linear): Linear i sits at 2 * i
+_REG_LINEAR = {'0': 0, '2': 1, '4': 2}
+# mmdet's norms.{i} in layer order -> official names (the decoder's norm2 follows self-attention)
+_NORM_NAMES = {'encoder': {'0': 'norm1', '1': 'norm2'},
+               'decoder': {'0': 'norm2', '1': 'norm1', '2': 'norm3'}}
+_Replacement = Union[str, Callable[['re.Match[str]'], str]]
+_RULES: List[Tuple['re.Pattern[str]', _Replacement]] = [
     (re.compile(r'^(backbone|neck)\.(.+)$'), r'\1.\2'),
     (re.compile(r'^bbox_head\.cls_branches\.(\d+)\.(weight|bias)$'),
      r'bbox_head.cls_branches.\1.\2'),
-    (re.compile(r'^bbox_head\.reg_branches\.(\d+)\.0\.(weight|bias)$'),
-     r'bbox_head.reg_branches.\1.layers.0.\2'),
-    (re.compile(r'^bbox_head\.reg_branches\.(\d+)\.2\.(weight|bias)$'),
-     r'bbox_head.reg_branches.\1.layers.1.\2'),
-    (re.compile(r'^bbox_head\.reg_branches\.(\d+)\.4\.(weight|bias)$'),
-     r'bbox_head.reg_branches.\1.layers.2.\2'),
+    (re.compile(r'^bbox_head\.reg_branches\.(\d+)\.([024])\.(weight|bias)$'),
+     lambda m: f'bbox_head.reg_branches.{m[1]}.layers.{_REG_LINEAR[m[2]]}.{m[3]}'),
     (re.compile('^' + _LAYER + r'(self_attn|cross_attn)\.(' + _DEFORM_ATTN
                 + r'\.(?:weight|bias))$'),
      r'transformer.\1.layers.\2.\3.\4'),
@@ -54,16 +56,8 @@ _RULES: List[Tuple['re.Pattern[str]', str]] = [
      r'transformer.\1.layers.\2.linear1.\3'),
     (re.compile('^' + _LAYER + r'ffn\.layers\.1\.(weight|bias)$'),
      r'transformer.\1.layers.\2.linear2.\3'),
-    (re.compile(r'^encoder\.layers\.(\d+)\.norms\.0\.(weight|bias)$'),
-     r'transformer.encoder.layers.\1.norm1.\2'),
-    (re.compile(r'^encoder\.layers\.(\d+)\.norms\.1\.(weight|bias)$'),
-     r'transformer.encoder.layers.\1.norm2.\2'),
-    (re.compile(r'^decoder\.layers\.(\d+)\.norms\.0\.(weight|bias)$'),
-     r'transformer.decoder.layers.\1.norm2.\2'),
-    (re.compile(r'^decoder\.layers\.(\d+)\.norms\.1\.(weight|bias)$'),
-     r'transformer.decoder.layers.\1.norm1.\2'),
-    (re.compile(r'^decoder\.layers\.(\d+)\.norms\.2\.(weight|bias)$'),
-     r'transformer.decoder.layers.\1.norm3.\2'),
+    (re.compile('^' + _LAYER + r'norms\.(\d)\.(weight|bias)$'),
+     lambda m: f'transformer.{m[1]}.layers.{m[2]}.{_NORM_NAMES[m[1]][m[3]]}.{m[4]}'),
     (re.compile(r'^level_embed$'), 'transformer.level_embed'),
     (re.compile(r'^query_embedding\.weight$'), 'transformer.query_embed.weight'),
     (re.compile(r'^reference_points_fc\.(weight|bias)$'), r'transformer.reference_points.\1'),
@@ -83,7 +77,10 @@ def convert_mmdet_key(key: str) -> str:
     """
     for pattern, replacement in _RULES:
         if pattern.match(key):
-            return pattern.sub(replacement, key)
+            try:
+                return pattern.sub(replacement, key)
+            except KeyError:  # an index the tables above do not know (e.g. encoder norms.2)
+                raise KeyError(key) from None
     raise KeyError(key)
 
 

@@ -14,7 +14,7 @@ Works on our keys (docs/architecture.md), so it describes a converted checkpoint
 
 import re
 from dataclasses import dataclass, fields
-from typing import Mapping, Optional
+from typing import Iterable, Mapping, Optional
 
 import torch
 
@@ -41,6 +41,7 @@ class ModelVariant:
 
     @property
     def name(self) -> str:
+        """'plain', 'refine' or 'two-stage' (or both of the first two when undecidable)."""
         if self.as_two_stage:
             return 'two-stage'
         if self.with_box_refine is None:
@@ -48,6 +49,7 @@ class ModelVariant:
         return 'refine' if self.with_box_refine else 'plain'
 
     def describe(self) -> str:
+        """One line naming every fact, for error messages and conversion reports."""
         points = (f'attention rows {self.enc_attention_rows}/{self.dec_attention_rows} (enc/dec; '
                   f'= heads x levels x K, K={_points(self.enc_attention_rows, self)}/'
                   f'{_points(self.dec_attention_rows, self)} with 8 heads on all levels)')
@@ -63,7 +65,8 @@ def _points(attention_rows: int, variant: 'ModelVariant') -> str:
     return str(attention_rows // per_point) if attention_rows % per_point == 0 else '?'
 
 
-def _count_layers(keys, prefix: str) -> int:
+def _count_layers(keys: Iterable[str], prefix: str) -> int:
+    """Number of layers ``prefix{i}.`` among ``keys`` (highest index + 1; 0 if none)."""
     pattern = re.compile(re.escape(prefix) + r'(\d+)\.')
     indices = {int(m.group(1)) for key in keys if (m := pattern.match(key))}
     return max(indices) + 1 if indices else 0

@@ -11,7 +11,7 @@ from mmengine.structures import InstanceData
 from torch import Tensor, nn
 
 from .head_loss import HungarianSetLoss
-from .layers.utils import RegressionMLP, inverse_sigmoid
+from .layers.utils import RegressionMLP, apply_box_delta
 
 # prior probability of an object at initialisation (focal loss paper, Sec. 4.1)
 _PRIOR_PROB = 0.01
@@ -123,15 +123,9 @@ class DeformDETRHead(BaseModule):
             # several pixels on an 800-pixel image
             delta = self.reg_branches[layer](hidden_states[layer])
             precise = torch.promote_types(delta.dtype, torch.float32)
-            delta = delta.to(precise)
-            reference_logit = inverse_sigmoid(reference.to(precise))
-            if reference.shape[-1] == 4:
-                box_logit = delta + reference_logit
-            else:
-                # a point reference locates the centre only; the size is predicted outright
-                box_logit = torch.cat([delta[..., :2] + reference_logit, delta[..., 2:]], -1)
             all_cls_scores.append(self.cls_branches[layer](hidden_states[layer]))
-            all_bbox_preds.append(box_logit.sigmoid())
+            # a point reference locates the centre only; the size is predicted outright
+            all_bbox_preds.append(apply_box_delta(delta.to(precise), reference.to(precise)))
         return torch.stack(all_cls_scores), torch.stack(all_bbox_preds)
 
     def loss(self, hidden_states: Tensor, init_reference: Tensor, inter_references: Tensor,
@@ -185,6 +179,10 @@ class DeformDETRHead(BaseModule):
             all_cls_scores: ``(D, bs, nq, num_classes)``; all_bbox_preds: ``(D, bs, nq, 4)``.
             batch_img_metas: per image ``img_shape (h, w)`` and ``scale_factor (w, h)``.
             rescale: divide boxes by ``scale_factor``.
+
+        Returns:
+            per image ``InstanceData`` as :meth:`predict`: ``bboxes (k, 4)`` xyxy pixels clamped
+            to ``img_shape`` (then rescaled), ``scores (k,)`` sorted descending, ``labels (k,)``.
         """
         results = []
         for cls_score, bbox_pred, img_meta in zip(all_cls_scores[-1], all_bbox_preds[-1],

@@ -8,7 +8,6 @@ from torch import Tensor, nn
 
 from .layers.decoder import DeformableDecoder
 from .layers.encoder import DeformableEncoder
-from .layers.levelwise_attn import LevelwiseDeformAttn
 from .layers.msdeform_attn import MSDeformAttn
 from .layers.utils import valid_ratios_from_mask
 from .two_stage import encoder_proposals, proposal_queries
@@ -128,7 +127,7 @@ class DeformableDetrTransformer(BaseModule):
             if param.dim() > 1:
                 nn.init.xavier_uniform_(param)
         for module in self.modules():
-            if isinstance(module, (MSDeformAttn, LevelwiseDeformAttn)):
+            if isinstance(module, MSDeformAttn):  # LevelwiseDeformAttn included
                 module.init_weights()
         nn.init.normal_(self.level_embed)
         if not self.as_two_stage:
@@ -151,7 +150,7 @@ class DeformableDetrTransformer(BaseModule):
 
         Returns:
             dict with ``hidden_states (D, bs, nq, C)``, ``init_reference (bs, nq, 2|4)``,
-            ``inter_references (D, bs, nq, 2|4)`` (sigmoid space, detached),
+            ``inter_references (D, bs, nq, 2|4)`` (sigmoid space; detached when refined),
             ``enc_outputs_class (bs, N, num_classes)`` and ``enc_outputs_coord (bs, N, 4)``
             sigmoid ``(cx, cy, w, h)`` (two-stage only, else None).
         """

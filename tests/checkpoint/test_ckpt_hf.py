@@ -11,7 +11,7 @@ from typing import Dict
 
 import pytest
 import torch
-from conftest import r50_model_cfg, with_conversion_hook
+from ckpt_helpers import r50_model_cfg
 from mmdet.registry import MODELS
 from mmengine.runner import load_checkpoint
 from test_ckpt_official import COCO_IDS
@@ -59,7 +59,7 @@ def build_ours(variant: str, num_classes: int) -> torch.nn.Module:
     cfg['transformer'].update(embed_dims=D_MODEL, num_encoder_layers=LAYERS,
                               num_decoder_layers=LAYERS, feedforward_channels=32, dropout=0.0)
     torch.manual_seed(123)
-    return with_conversion_hook(MODELS.build(cfg)).eval()
+    return MODELS.build(cfg).eval()
 
 
 def hub_layout(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import _models_test_dir, tiny_models_module, with_conversion_hook
+from ckpt_helpers import models_test_dir, tiny_models_module
 from mmdet.registry import MODELS
 from mmengine.runner import load_checkpoint
 
@@ -17,8 +17,8 @@ CASES = [('plain', 64, 4, 12), ('refine', 64, 4, 12), ('two_stage', 256, 8, 30)]
 
 def _mmdet_cfg_like(ours_cfg: dict) -> dict:
     # shared with the model parity test rather than restated (tests/models/test_parity_mmdet.py)
-    if _models_test_dir() not in sys.path:
-        sys.path.insert(0, _models_test_dir())
+    if models_test_dir() not in sys.path:
+        sys.path.insert(0, models_test_dir())
     from test_parity_mmdet import mmdet_cfg_like
 
     return mmdet_cfg_like(ours_cfg)
@@ -57,7 +57,7 @@ def _check_zoo_roundtrip(variant: str, embed_dims: int, num_heads: int, num_quer
                 'state_dict': reference.state_dict()}, path)
 
     torch.manual_seed(123)  # different init: everything must come from the file
-    ours = with_conversion_hook(MODELS.build(ours_cfg))
+    ours = MODELS.build(ours_cfg)
     load_checkpoint(ours, str(path), map_location='cpu', strict=True)
 
     reference, ours = reference.double().eval(), ours.double().eval()

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_r50, make_official_state_dict, save_official_file
+from ckpt_helpers import build_r50, make_official_state_dict, save_official_file
 from mmengine.runner import load_checkpoint
 
 # mmdet class c <-> COCO category id, written out here independently of the package's table

@@ -13,7 +13,7 @@ from typing import Dict, List
 
 import pytest
 import torch
-from conftest import tiny_models_module
+from ckpt_helpers import tiny_models_module
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
 from torch.utils.data import Dataset

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_r50, make_official_state_dict, r50_model_cfg, save_official_file
+from ckpt_helpers import build_r50, make_official_state_dict, r50_model_cfg, save_official_file
 from mmengine.config import Config
 from mmengine.runner import load_checkpoint
 
@@ -24,7 +24,7 @@ def _tool():
 def test_detector_registers_the_conversion_hook():
     """DeformDETR.__init__ must register convert_checkpoint_pre_hook (2 lines, see load_hook.py);
     without it load_from / resume of official, mmdet or HF files does not convert."""
-    from conftest import tiny_models_module
+    from ckpt_helpers import tiny_models_module
     from mmdet.registry import MODELS
 
     model = MODELS.build(tiny_models_module().tiny_model_cfg('plain'))

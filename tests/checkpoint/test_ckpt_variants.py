@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_r50, build_tiny, make_official_state_dict, save_official_file
+from ckpt_helpers import build_r50, build_tiny, make_official_state_dict, save_official_file
 from mmengine.runner import load_checkpoint
 
 from mmdet_deformdetr.checkpoint import infer_variant
@@ -70,12 +70,12 @@ def test_points_mismatch_names_shapes(tmp_path: Path):
 
 
 def build_tiny_with_points(points: int) -> torch.nn.Module:
-    from conftest import tiny_models_module, with_conversion_hook
+    from ckpt_helpers import tiny_models_module
     from mmdet.registry import MODELS
 
     cfg = tiny_models_module().tiny_model_cfg('plain')
     cfg['transformer'].update(enc_num_points=points, dec_num_points=points)
-    return with_conversion_hook(MODELS.build(cfg))
+    return MODELS.build(cfg)
 
 
 def test_other_class_count_is_not_a_variant_error(tmp_path: Path):

@@ -8,37 +8,19 @@ from pathlib import Path
 import mmdet
 import pytest
 import torch
+from ckpt_helpers import build_r50
 from mmdet.registry import MODELS
 from mmengine.config import Config
 
 from mmdet_deformdetr.checkpoint.convert_mmdet import convert_mmdet_key, convert_mmdet_state_dict
 
 MMDET_CONFIGS = Path(mmdet.__file__).parent / '.mim' / 'configs' / 'deformable_detr'
+# variant -> (mmdet zoo config, our R-50 build of the same variant in ckpt_helpers.R50_VARIANTS)
 ZOO = {
-    'plain': ('deformable-detr_r50_16xb2-50e_coco.py', dict()),
-    'refine': ('deformable-detr-refine_r50_16xb2-50e_coco.py', dict(with_box_refine=True)),
-    'two_stage': ('deformable-detr-refine-twostage_r50_16xb2-50e_coco.py',
-                  dict(with_box_refine=True, as_two_stage=True)),
+    'plain': ('deformable-detr_r50_16xb2-50e_coco.py', 'plain'),
+    'refine': ('deformable-detr-refine_r50_16xb2-50e_coco.py', 'refine'),
+    'two_stage': ('deformable-detr-refine-twostage_r50_16xb2-50e_coco.py', 'twostage'),
 }
-
-
-def ours_r50(**flags) -> torch.nn.Module:
-    """Our R-50 model per the config interface of docs/architecture.md (no pretrained init)."""
-    cfg = dict(
-        type='DeformDETR', num_queries=300, num_feature_levels=4, **flags,
-        backbone=dict(type='ResNet', depth=50, num_stages=4, out_indices=(1, 2, 3),
-                      frozen_stages=1, norm_cfg=dict(type='BN', requires_grad=False),
-                      norm_eval=True, style='pytorch'),
-        neck=dict(type='ChannelMapper', in_channels=[512, 1024, 2048], kernel_size=1,
-                  out_channels=256, bias=True, act_cfg=None,
-                  norm_cfg=dict(type='GN', num_groups=32), num_outs=4),
-        positional_encoding=dict(normalize=True, offset=-0.5, temperature=10000),
-        transformer=dict(type='DeformableDetrTransformer', embed_dims=256, num_heads=8,
-                         num_encoder_layers=6, num_decoder_layers=6, feedforward_channels=1024,
-                         dropout=0.1, enc_num_points=4, dec_num_points=4),
-        bbox_head=dict(type='DeformDETRHead', num_classes=80),
-        test_cfg=dict(max_per_img=100))
-    return MODELS.build(cfg)
 
 
 def mmdet_zoo_model(config_name: str) -> torch.nn.Module:
@@ -50,12 +32,12 @@ def mmdet_zoo_model(config_name: str) -> torch.nn.Module:
 @pytest.mark.skipif(not MMDET_CONFIGS.is_dir(), reason='mmdet installed without its configs')
 @pytest.mark.parametrize('variant', list(ZOO))
 def test_zoo_layout_maps_onto_ours(variant: str) -> None:
-    config_name, flags = ZOO[variant]
+    config_name, our_build = ZOO[variant]
     reference_state = mmdet_zoo_model(config_name).state_dict()
     # the zoo neck has no conv bias (GroupNorm follows); ours has the official one
     assert 'neck.convs.0.conv.bias' not in reference_state
     converted = convert_mmdet_state_dict(reference_state)
-    ours = ours_r50(**flags)
+    ours = build_r50(our_build)
     expected = {key: tuple(value.shape) for key, value in ours.state_dict().items()}
     assert {key: tuple(value.shape) for key, value in converted.items()} == expected
     ours.load_state_dict(converted, strict=True)
@@ -91,6 +73,14 @@ def test_zoo_layout_maps_onto_ours(variant: str) -> None:
 ])
 def test_key_rules(mmdet_key: str, our_key: str) -> None:
     assert convert_mmdet_key(mmdet_key) == our_key
+
+
+@pytest.mark.parametrize('mmdet_key', ['encoder.layers.0.norms.2.weight',
+                                       'decoder.layers.0.norms.3.bias',
+                                       'bbox_head.reg_branches.0.1.weight'])
+def test_indices_outside_the_tables_are_unknown_keys(mmdet_key: str) -> None:
+    with pytest.raises(KeyError, match=mmdet_key.replace('.', r'\.')):
+        convert_mmdet_key(mmdet_key)
 
 
 def test_foreign_keys_are_refused() -> None:

@@ -6,10 +6,10 @@ from torch import Tensor, nn
 
 from .levelwise_attn import LevelwiseDeformAttn
 from .msdeform_attn import MSDeformAttn
-from .utils import build_activation, inverse_sigmoid, scale_by_valid_ratios
+from .utils import LayerStack, ResidualFFN, apply_box_delta, scale_by_valid_ratios
 
 
-class DeformableDecoderLayer(nn.Module):
+class DeformableDecoderLayer(ResidualFFN):
     """Post-norm decoder layer, in the official order and with the official norm names:
     ``norm2(x + self_attn(x))``, ``norm1(x + cross_attn(x, memory))``, ``norm3(x + ffn(x))``.
 
@@ -39,11 +39,7 @@ class DeformableDecoderLayer(nn.Module):
                                         num_levels=num_levels, num_points=num_points,
                                         dropout=dropout)
         self.norm1 = nn.LayerNorm(embed_dims)
-        self.linear1 = nn.Linear(embed_dims, feedforward_channels)
-        self.activation = build_activation(activation)
-        self.ffn_hidden_dropout = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(feedforward_channels, embed_dims)
-        self.ffn_output_dropout = nn.Dropout(dropout)
+        self._build_ffn(embed_dims, feedforward_channels, dropout, activation)
         self.norm3 = nn.LayerNorm(embed_dims)
 
     def forward(self, query: Tensor, query_pos: Tensor, reference_points: Tensor,
@@ -70,28 +66,16 @@ class DeformableDecoderLayer(nn.Module):
                                    level_start_index=level_start_index,
                                    value_padding_mask=memory_padding_mask, query_pos=query_pos)
         query = self.norm1(query + attended)
-        ffn_out = self.linear2(self.ffn_hidden_dropout(self.activation(self.linear1(query))))
-        return self.norm3(query + self.ffn_output_dropout(ffn_out))
+        return self.norm3(self.ffn_residual(query))
 
 
-class DeformableDecoder(nn.Module):
+class DeformableDecoder(LayerStack):
     """``num_layers`` decoder layers, optionally refining the references after each layer.
 
-    Args:
-        num_layers: number of layers.
-        embed_dims, num_heads, num_levels, num_points, feedforward_channels, dropout, activation,
-        multi_scale_attention: passed to every ``DeformableDecoderLayer``.
+    Arguments as :class:`LayerStack`, passed to every ``DeformableDecoderLayer``.
     """
 
-    def __init__(self, num_layers: int, embed_dims: int, num_heads: int, num_levels: int,
-                 num_points: int, feedforward_channels: int, dropout: float, activation: str,
-                 multi_scale_attention: bool = True) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(
-            DeformableDecoderLayer(embed_dims, num_heads, num_levels, num_points,
-                                   feedforward_channels, dropout, activation,
-                                   multi_scale_attention)
-            for _ in range(num_layers))
+    layer_cls = DeformableDecoderLayer
 
     def forward(self, query: Tensor, query_pos: Tensor, reference_points: Tensor,
                 memory: Tensor, memory_padding_mask: Optional[Tensor], spatial_shapes: Tensor,
@@ -114,8 +98,10 @@ class DeformableDecoder(nn.Module):
 
         Returns:
             hidden_states ``(num_layers, bs, nq, C)``, output of every layer;
-            inter_references ``(num_layers, bs, nq, 2|4)`` the references after every layer
-            (detached; 4-d once refined).
+            inter_references ``(num_layers, bs, nq, 2|4)`` the references after every layer:
+            refined ones are detached and 4-d; without ``reg_branches`` the input references
+            repeated, still attached (the official code: every layer's box loss then trains the
+            reference-point predictor).
         """
         if reg_branches is not None and len(reg_branches) < len(self.layers):
             raise ValueError(f'{len(self.layers)} decoder layers need as many reg_branches, '
@@ -144,9 +130,4 @@ class DeformableDecoder(nn.Module):
         Returns:
             ``(bs, nq, 4)`` detached boxes in [0, 1].
         """
-        logits = inverse_sigmoid(reference_points)
-        if reference_points.shape[-1] == 4:
-            refined = delta + logits
-        else:
-            refined = torch.cat([delta[..., :2] + logits, delta[..., 2:]], -1)
-        return refined.sigmoid().detach()
+        return apply_box_delta(delta, reference_points).detach()

@@ -5,10 +5,10 @@ import torch
 from torch import Tensor, nn
 
 from .msdeform_attn import MSDeformAttn
-from .utils import build_activation, encoder_reference_points
+from .utils import LayerStack, ResidualFFN, encoder_reference_points
 
 
-class DeformableEncoderLayer(nn.Module):
+class DeformableEncoderLayer(ResidualFFN):
     """Post-norm encoder layer: ``norm1(x + attn(x))`` then ``norm2(x + ffn(x))``.
 
     Args:
@@ -34,11 +34,7 @@ class DeformableEncoderLayer(nn.Module):
             num_levels=num_levels if multi_scale_attention else 1,
             num_points=num_points, dropout=dropout, batch_first=True)
         self.norm1 = nn.LayerNorm(embed_dims)
-        self.linear1 = nn.Linear(embed_dims, feedforward_channels)
-        self.activation = build_activation(activation)
-        self.ffn_hidden_dropout = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(feedforward_channels, embed_dims)
-        self.ffn_output_dropout = nn.Dropout(dropout)
+        self._build_ffn(embed_dims, feedforward_channels, dropout, activation)
         self.norm2 = nn.LayerNorm(embed_dims)
 
     def forward(self, query: Tensor, query_pos: Tensor, reference_points: Tensor,
@@ -65,8 +61,7 @@ class DeformableEncoderLayer(nn.Module):
             attended = self._attend_own_level(query, query_pos, reference_points,
                                               spatial_shapes, level_start_index, padding_mask)
         query = self.norm1(query + attended)
-        ffn_out = self.linear2(self.ffn_hidden_dropout(self.activation(self.linear1(query))))
-        return self.norm2(query + self.ffn_output_dropout(ffn_out))
+        return self.norm2(self.ffn_residual(query))
 
     def _attend_own_level(self, query: Tensor, query_pos: Tensor, reference_points: Tensor,
                           spatial_shapes: Tensor, level_start_index: Tensor,
@@ -90,24 +85,13 @@ class DeformableEncoderLayer(nn.Module):
         return torch.cat(outputs, 1)
 
 
-class DeformableEncoder(nn.Module):
+class DeformableEncoder(LayerStack):
     """``num_layers`` encoder layers sharing one set of reference points.
 
-    Args:
-        num_layers: number of layers.
-        embed_dims, num_heads, num_levels, num_points, feedforward_channels, dropout, activation,
-        multi_scale_attention: passed to every ``DeformableEncoderLayer``.
+    Arguments as :class:`LayerStack`, passed to every ``DeformableEncoderLayer``.
     """
 
-    def __init__(self, num_layers: int, embed_dims: int, num_heads: int, num_levels: int,
-                 num_points: int, feedforward_channels: int, dropout: float, activation: str,
-                 multi_scale_attention: bool = True) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(
-            DeformableEncoderLayer(embed_dims, num_heads, num_levels, num_points,
-                                   feedforward_channels, dropout, activation,
-                                   multi_scale_attention)
-            for _ in range(num_layers))
+    layer_cls = DeformableEncoderLayer
 
     def forward(self, feat: Tensor, feat_pos: Tensor, padding_mask: Optional[Tensor],
                 spatial_shapes: Tensor, level_start_index: Tensor,

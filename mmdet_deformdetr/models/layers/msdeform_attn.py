@@ -146,10 +146,8 @@ class MSDeformAttn(BaseModule):
         precise = torch.promote_types(query.dtype, torch.float32)
         offsets = self.sampling_offsets(query).to(precise).view(
             bs, num_queries, self.num_heads, self.num_levels, self.num_points, 2)
-        weights = self.attention_weights(query).to(precise).view(
-            bs, num_queries, self.num_heads, self.num_levels * self.num_points)
-        weights = weights.softmax(-1).view(
-            bs, num_queries, self.num_heads, self.num_levels, self.num_points)
+        weights = self._normalise_weights(self.attention_weights(query).to(precise).view(
+            bs, num_queries, self.num_heads, self.num_levels, self.num_points))
         reference_points = reference_points.to(precise)
         if reference_points.shape[-1] == 2:
             # Offsets are in pixels of each level: normalise by (W, H).
@@ -165,6 +163,18 @@ class MSDeformAttn(BaseModule):
                                              impl=self.impl)
         output = self.dropout(self.output_proj(output))
         return output if self.batch_first else output.transpose(0, 1)
+
+    def _normalise_weights(self, logits: Tensor) -> Tensor:
+        """Attention weights from logits: one softmax per head over all ``L * K`` points (Eq. 3),
+        so a query trades information between levels.
+
+        Args:
+            logits: ``(bs, nq, M, L, K)``.
+
+        Returns:
+            ``(bs, nq, M, L, K)`` weights summing to 1 per query and head.
+        """
+        return logits.flatten(-2).softmax(-1).view_as(logits)
 
     def _check_shapes(self, query: Tensor, value: Tensor, reference_points: Tensor,
                       spatial_shapes: Tensor, value_padding_mask: Optional[Tensor]) -> None:

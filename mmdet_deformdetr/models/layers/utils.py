@@ -1,11 +1,12 @@
 """Small numeric helpers shared by the transformer, the decoder and the head.
 
-Everything here is a pure function of its tensor arguments (no parameters), so each helper can be
-tested on its own. Coordinates are normalised to [0, 1] and ordered ``(x, y)`` / ``(cx, cy, w, h)``
-unless stated otherwise.
+The functions are pure functions of their tensor arguments, so each can be tested on its own;
+the modules (``RegressionMLP``, ``ResidualFFN``, ``LayerStack``) are the small building blocks
+shared by the head and by the encoder and decoder. Coordinates are normalised to [0, 1] and ordered
+``(x, y)`` / ``(cx, cy, w, h)`` unless stated otherwise.
 """
 import math
-from typing import List
+from typing import ClassVar, List, Type
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +25,26 @@ def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
     """
     x = x.clamp(min=0, max=1)
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+def apply_box_delta(delta: Tensor, reference: Tensor) -> Tensor:
+    """Boxes predicted relative to a reference: ``sigmoid(delta + logit(reference))``.
+
+    Used by the head (every layer's boxes) and by the decoder (iterative refinement), as in the
+    official code.
+
+    Args:
+        delta: ``(..., 4)`` predicted logit offsets ``(cx, cy, w, h)``.
+        reference: ``(..., 4)`` boxes or ``(..., 2)`` points ``(cx, cy)`` in [0, 1]; a point
+            locates the centre only, and the size is then ``sigmoid(delta[..., 2:])``.
+
+    Returns:
+        ``(..., 4)`` boxes ``(cx, cy, w, h)`` in [0, 1], in the promoted dtype of the inputs.
+    """
+    reference_logit = inverse_sigmoid(reference)
+    if reference.shape[-1] == 4:
+        return (delta + reference_logit).sigmoid()
+    return torch.cat([delta[..., :2] + reference_logit, delta[..., 2:]], -1).sigmoid()
 
 
 def valid_ratios_from_mask(mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -163,3 +184,50 @@ def build_activation(name: str) -> nn.Module:
     if name not in _ACTIVATIONS:
         raise ValueError(f'activation must be one of {sorted(_ACTIVATIONS)}, got {name!r}')
     return _ACTIVATIONS[name]()
+
+
+class ResidualFFN(nn.Module):
+    """The FFN sub-layer of encoder and decoder layers, without its norm:
+    ``query + dropout(linear2(dropout(activation(linear1(query)))))``.
+
+    A mixin base of the layers rather than a child module, so that ``linear1`` / ``linear2`` stay
+    direct attributes of each layer (the official state-dict keys ``layers.{i}.linear1.*``); each
+    layer owns its norm (``norm2`` in the encoder, ``norm3`` in the decoder) and calls
+    ``norm(self.ffn_residual(query))``.
+    """
+
+    def _build_ffn(self, embed_dims: int, feedforward_channels: int, dropout: float,
+                   activation: str) -> None:
+        """Create ``linear1``, ``activation``, the two dropouts and ``linear2`` on the layer."""
+        self.linear1 = nn.Linear(embed_dims, feedforward_channels)
+        self.activation = build_activation(activation)
+        self.ffn_hidden_dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(feedforward_channels, embed_dims)
+        self.ffn_output_dropout = nn.Dropout(dropout)
+
+    def ffn_residual(self, query: Tensor) -> Tensor:
+        """Args: query ``(bs, n, C)``. Returns ``(bs, n, C)``, residual added, not normalised."""
+        hidden = self.ffn_hidden_dropout(self.activation(self.linear1(query)))
+        return query + self.ffn_output_dropout(self.linear2(hidden))
+
+
+class LayerStack(nn.Module):
+    """``num_layers`` separate layers of the subclass's ``layer_cls``, built with the same
+    arguments (the encoder and the decoder; their ``forward`` says how the layers are chained).
+
+    Args:
+        num_layers: number of layers.
+        embed_dims, num_heads, num_levels, num_points, feedforward_channels, dropout, activation,
+        multi_scale_attention: passed to every layer.
+    """
+
+    layer_cls: ClassVar[Type[nn.Module]]
+
+    def __init__(self, num_layers: int, embed_dims: int, num_heads: int, num_levels: int,
+                 num_points: int, feedforward_channels: int, dropout: float, activation: str,
+                 multi_scale_attention: bool = True) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            self.layer_cls(embed_dims, num_heads, num_levels, num_points, feedforward_channels,
+                           dropout, activation, multi_scale_attention)
+            for _ in range(num_layers))
