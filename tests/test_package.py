@@ -1,5 +1,7 @@
 """The installed package: version, registration, and the environment it promises."""
 import importlib
+import subprocess
+import sys
 
 import pytest
 
@@ -42,3 +44,14 @@ def test_mmcv_built_with_ops():
     from mmcv.utils import ext_loader
     ext = ext_loader.load_ext('_ext', ['nms'])
     assert hasattr(ext, 'nms')
+
+
+def test_module_prints_versions():
+    import mmcv
+    import mmdet
+    import torch
+    out = subprocess.run([sys.executable, '-m', 'mmdet_deformdetr'], check=True,
+                         capture_output=True, text=True).stdout
+    for version in (torch.__version__, mmcv.__version__, mmdet.__version__,
+                    mmdet_deformdetr.__version__):
+        assert version in out

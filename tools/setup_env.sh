@@ -71,5 +71,6 @@ pip install -q -e "$ROOT[tests]"
 
 "$PY" -c "import mmdet_deformdetr, mmcv.ops, mmdet" \
   || { log "the environment at $VENV does not import; see the messages above"; exit 1; }
+"$PY" -m mmdet_deformdetr >&2
 echo "$fingerprint:$ROOT" > "$stamp"
 log "environment ready in $(( $(date +%s) - start )) s: $VENV"
