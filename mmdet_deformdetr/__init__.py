@@ -4,9 +4,11 @@ Importing this package registers every module of ours in mmdet's registries. Reg
 here and nowhere else.
 """
 from mmdet.registry import MODELS
+from mmengine.registry import MODEL_WRAPPERS, OPTIM_WRAPPERS
 from mmengine.runner import CheckpointLoader
 
 from .checkpoint import SCHEME, install_safe_globals, load_from_deformdetr_uri
+from .engine import CPUAutocastOptimWrapper, CPUDistributedDataParallel
 from .models.detector import DeformDETR
 from .models.head import DeformDETRHead
 from .models.layers import MSDeformAttn
@@ -27,3 +29,8 @@ MODELS.register_module(module=DeformDETR)
 # (mmdet_deformdetr/checkpoint/safe_load.py explains why this is the narrowest fix).
 install_safe_globals()
 CheckpointLoader.register_scheme(prefixes=SCHEME, loader=load_from_deformdetr_uri)
+
+# Engine fixes for CPU runs (issue #6; mmdet_deformdetr/engine/ documents each): a DDP wrapper that
+# accepts mmengine's device_ids for CPU modules, and bf16 autocast for --amp without CUDA.
+MODEL_WRAPPERS.register_module(module=CPUDistributedDataParallel)
+OPTIM_WRAPPERS.register_module(module=CPUAutocastOptimWrapper)

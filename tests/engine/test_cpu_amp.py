@@ -1,0 +1,95 @@
+"""CPUAutocastOptimWrapper (``tools/train.py --amp`` without CUDA) and its selection."""
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.optim import OptimWrapper, build_optim_wrapper
+
+from mmdet_deformdetr.engine import CPUAutocastOptimWrapper, select_amp_optim_wrapper
+
+TINY_CONFIG = Path(__file__).resolve().parents[1] / 'tools' / 'tiny_deformdetr_coco.py'
+
+
+def test_mmengine_amp_wrapper_refuses_cpu():
+    """The problem being fixed (skipped where CUDA is available)."""
+    if torch.cuda.is_available():
+        pytest.skip('AmpOptimWrapper works with CUDA')
+    from mmengine.optim import AmpOptimWrapper
+    with pytest.raises(Exception, match='(?i)cuda|available'):
+        AmpOptimWrapper(optimizer=torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1))
+
+
+@pytest.mark.parametrize('cuda, expected', [(True, 'AmpOptimWrapper'),
+                                            (False, 'CPUAutocastOptimWrapper')])
+def test_select_amp_optim_wrapper(cuda, expected):
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    assert select_amp_optim_wrapper(cfg, cuda_available=cuda) == expected
+    assert cfg.optim_wrapper.type == expected
+    assert ('loss_scale' in cfg.optim_wrapper) == cuda  # bf16 needs no loss scaling
+    assert cfg.optim_wrapper.clip_grad == dict(max_norm=0.1, norm_type=2)  # the rest is kept
+
+
+def test_optim_context_autocasts_to_bf16_and_keeps_fp32_state():
+    linear = torch.nn.Linear(8, 4)
+    optim_wrapper = CPUAutocastOptimWrapper(torch.optim.SGD(linear.parameters(), lr=0.1))
+    assert isinstance(optim_wrapper, OptimWrapper)
+    before = linear.weight.detach().clone()
+    with optim_wrapper.optim_context(linear):
+        assert torch.is_autocast_enabled('cpu')
+        output = linear(torch.randn(3, 8))
+    assert not torch.is_autocast_enabled('cpu')  # restored on exit
+    assert output.dtype == torch.bfloat16
+    optim_wrapper.backward(output.float().pow(2).mean())
+    assert linear.weight.dtype == linear.weight.grad.dtype == torch.float32
+    optim_wrapper.step()
+    assert not torch.equal(before, linear.weight)
+
+
+@pytest.mark.cuda
+def test_gpu_model_is_refused():
+    if not torch.cuda.is_available():
+        pytest.skip('needs CUDA')
+    linear = torch.nn.Linear(2, 2).cuda()
+    optim_wrapper = CPUAutocastOptimWrapper(torch.optim.SGD(linear.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match='AmpOptimWrapper'):
+        with optim_wrapper.optim_context(linear):
+            pass
+
+
+@pytest.mark.parametrize('variant', ['plain', 'refine', 'two_stage'])
+def test_tiny_deformdetr_trains_under_cpu_autocast(variant):
+    """Two train_step calls of a tiny DeformDETR with the wrapper built from the config as the
+    Runner builds it (paramwise lr, gradient clipping). Every trainable parameter must move: one
+    without a gradient would also break DDP (find_unused_parameters=False)."""
+    from mmdet.registry import MODELS
+    from mmdet.testing import demo_mm_inputs
+
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    cfg.model.update(with_box_refine=variant != 'plain', as_two_stage=variant == 'two_stage')
+    cfg.model.bbox_head.num_classes = 3
+    select_amp_optim_wrapper(cfg, cuda_available=False)
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    assert isinstance(optim_wrapper, CPUAutocastOptimWrapper)
+
+    # record the dtype the transformer's linear layers compute in
+    linear_dtypes = set()
+    for module in model.transformer.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.register_forward_hook(lambda _m, _i, out: linear_dtypes.add(out.dtype))
+    trainable = {name: param.detach().clone() for name, param in model.named_parameters()
+                 if param.requires_grad}
+    for step in range(2):
+        torch.manual_seed(step)
+        data = demo_mm_inputs(batch_size=2, image_shapes=[(3, 64, 80), (3, 48, 64)],
+                              num_items=[3, 2], num_classes=3)
+        log_vars = model.train_step(data, optim_wrapper)
+        assert all(torch.isfinite(value) for value in log_vars.values()), log_vars
+    assert torch.bfloat16 in linear_dtypes
+    changed = [name for name, param in model.named_parameters()
+               if name in trainable and not torch.equal(trainable[name], param)]
+    # every trainable parameter was updated (AdamW moves any parameter with a gradient)
+    assert sorted(changed) == sorted(trainable)
+    assert all(param.dtype == torch.float32 for param in model.parameters())

@@ -1,0 +1,41 @@
+"""Helpers for the tools tests: run tools/*.py and tools/*.sh as the user would, on the tiny
+Deformable DETR of tiny_deformdetr_coco.py. Imported as ``from tool_helpers import ...`` (pytest
+puts this folder on sys.path; the name is unique across tests/)."""
+
+import os
+import socket
+import subprocess
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TINY_CONFIG = Path(__file__).resolve().parent / 'tiny_deformdetr_coco.py'
+VARIANT_OPTIONS: Dict[str, List[str]] = {
+    'plain': [],
+    'refine': ['model.with_box_refine=True'],
+    'two_stage': ['model.with_box_refine=True', 'model.as_two_stage=True'],
+}
+
+
+def free_port() -> int:
+    """A free TCP port for torchrun's rendezvous, so parallel runs on the machine do not clash."""
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def run_tool(command: Sequence[str], timeout: float = 240, env: Dict[str, str] = None
+             ) -> subprocess.CompletedProcess:
+    """Run a tool from the repository root, niced, one intra-op thread per process (the machine
+    is a shared 2-core CPU); fail with the output's tail when it exits non-zero."""
+    full_env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1', **(env or {}))
+    result = subprocess.run(['nice', '-n', '5', *command], cwd=REPO_ROOT, env=full_env,
+                            capture_output=True, text=True, timeout=timeout)
+    output = result.stdout + result.stderr
+    if result.returncode != 0:
+        pytest.fail(f'{" ".join(command)} exited with {result.returncode}:\n{output[-6000:]}')
+    result.output = output
+    return result
+
