@@ -7,6 +7,8 @@ The name carries a hash of the sources and of the compiler flags, so an edited k
 different CPU never picks up a stale library.
 """
 import hashlib
+import os
+import shutil
 import threading
 import warnings
 from pathlib import Path
@@ -44,6 +46,19 @@ def _extension_name(flags: List[str]) -> str:
     return f'mmdet_deformdetr_msda_cpu_{digest.hexdigest()[:10]}'
 
 
+def _ensure_ninja_on_path() -> None:
+    """torch's JIT build runs ``ninja`` from PATH. The pip package ``ninja`` (one of our
+    dependencies) lives in the environment's bin folder, which is not on PATH when a user runs
+    ``.venv/bin/python`` directly; add that folder only when no ninja is found."""
+    if shutil.which('ninja') is not None:
+        return
+    try:
+        import ninja
+    except ImportError:
+        return  # the build then fails with torch's own "Ninja is required" message
+    os.environ['PATH'] = ninja.BIN_DIR + os.pathsep + os.environ.get('PATH', '')
+
+
 def load_cpu_extension() -> Optional[ModuleType]:
     """Build (first call only) and return the C++ extension, or None if it cannot be built.
 
@@ -58,6 +73,7 @@ def load_cpu_extension() -> Optional[ModuleType]:
             try:
                 from torch.utils.cpp_extension import load
                 flags = _compiler_flags()
+                _ensure_ninja_on_path()
                 _extension = load(name=_extension_name(flags), sources=[str(_SOURCE)],
                                   extra_cflags=flags, extra_ldflags=['-fopenmp'], verbose=False)
             except Exception as error:  # noqa: BLE001 - any build failure means "fall back"

@@ -256,3 +256,14 @@ def test_kernel_refuses_levels_outside_value() -> None:
     starts = starts + 5
     with pytest.raises(RuntimeError, match='does not fit'):
         msda(value, shapes, starts, locations, weights, impl='cpu')
+
+
+def test_pip_ninja_is_put_on_path_when_none_is_found(tmp_path, monkeypatch):
+    # `.venv/bin/python ...` runs without the venv's bin folder on PATH, where pip's ninja lives.
+    import shutil
+
+    from mmdet_deformdetr.ops import cpu_kernel
+    monkeypatch.setenv('PATH', str(tmp_path))
+    assert shutil.which('ninja') is None
+    cpu_kernel._ensure_ninja_on_path()
+    assert shutil.which('ninja') is not None
