@@ -1,8 +1,8 @@
 """A synthetic COCO-format detection dataset of coloured shapes, deterministic from a seed.
 
 Used by the demo (``tools/run_demo.sh``) and by tests that need small real-looking data without
-downloads. Every image is drawn from its own random stream ``default_rng([seed, split, index])``, so an
-image does not depend on how many images came before it or on the order of generation.
+downloads. Every image is drawn from its own random stream ``default_rng([seed, split, index])``, so
+an image does not depend on how many images came before it or on the order of generation.
 
 Layout written under ``out_dir``::
 
@@ -12,9 +12,9 @@ Layout written under ``out_dir``::
       annotations/instances_train.json, instances_val.json   COCO detection format
       dataset_meta.json             the generation parameters; a matching file means "cached"
 
-Annotations hold the full (unoccluded) box of every shape in ``[x, y, w, h]`` pixels, ``area`` is the
-visible pixel area (as COCO's ``area`` is the mask area), and a shape is only placed when it leaves
-every earlier shape at least ``min_visible`` of its pixels visible, so overlaps stay partial.
+Annotations hold the full (unoccluded) box of every shape in ``[x, y, w, h]`` pixels, ``area`` is
+the visible pixel area (as COCO's ``area`` is the mask area), and a shape is only placed when it
+leaves every earlier shape at least ``min_visible`` of its pixels visible, so overlaps stay partial.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import numpy as np
 
 CLASSES: tuple[str, ...] = ('circle', 'square', 'triangle', 'star', 'hexagon')
 _SPLIT_IDS = {'train': 0, 'val': 1}
-_FORMAT_VERSION = 1  # bump when the drawing code changes, so cached datasets are regenerated
+_FORMAT_VERSION = 2  # bump when the drawing code changes, so cached datasets are regenerated
 
 
 @dataclass
@@ -140,8 +140,13 @@ def _draw_mask(name: str, outline: Optional[np.ndarray], centre: np.ndarray, siz
     return mask.astype(bool)
 
 
-def render_image(cfg: ShapesConfig, split: str, index: int) -> tuple[np.ndarray, list[dict]]:
+def render_image(cfg: ShapesConfig, split: str, index: int,
+                 return_masks: bool = False) -> tuple[np.ndarray, list[dict]]:
     """Draw one image.
+
+    Args:
+        return_masks: also return each object's ``mask`` (visible pixels, (H, W) bool) and
+            ``full_area`` (its pixel count before later shapes covered it), for tests.
 
     Returns:
         image: (H, W, 3) uint8 RGB.
@@ -152,13 +157,14 @@ def render_image(cfg: ShapesConfig, split: str, index: int) -> tuple[np.ndarray,
     image = _background(size, rng)
     num_objects = int(rng.integers(1, cfg.max_objects + 1))
     placed: list[dict] = []  # each: mask (visible pixels so far), bbox, category_id
-    log_min, log_max = math.log(cfg.min_size), math.log(cfg.max_size)
     for _ in range(num_objects * 4):  # a few attempts per object; crowded images just get fewer
         if len(placed) == num_objects:
             break
         label = int(rng.integers(len(cfg.classes)))
         name = cfg.classes[label]
-        shape_size = math.exp(rng.uniform(log_min, log_max))  # log-uniform: as many small as large
+        # Uniform in side length: about a fifth of the shapes are under 32 px. (Log-uniform sizes
+        # made half of them tiny, where a star, a hexagon and a circle are a few identical pixels.)
+        shape_size = rng.uniform(cfg.min_size, cfg.max_size)
         outline = _shape_outline(name, shape_size, rng)
         half = shape_size / 2
         centre = rng.uniform(half, size - half, size=2)
@@ -186,6 +192,9 @@ def render_image(cfg: ShapesConfig, split: str, index: int) -> tuple[np.ndarray,
     image = cv2.GaussianBlur(image, (3, 3), 0.6)
     objects = [dict(category_id=p['category_id'], bbox=p['bbox'], area=float(p['mask'].sum()))
                for p in placed]
+    if return_masks:
+        for obj, p in zip(objects, placed):
+            obj.update(mask=p['mask'], full_area=p['full_area'])
     return image, objects
 
 
