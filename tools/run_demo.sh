@@ -10,9 +10,5 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bash "$ROOT/tools/setup_env.sh"
 VENV=${DEFORMDETR_VENV:-$ROOT/.venv}
-# The C++ attention kernel is JIT-built into torch's extension cache. Its build folder is named by a
-# hash of the sources, not of their path, so another checkout sharing ~/.cache/torch_extensions
-# rebuilds it (about a minute) whenever the two alternate; a cache per checkout avoids that.
-export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$ROOT/build/torch_extensions}
 cd "$ROOT"
 exec "$VENV/bin/python" tools/demo.py "$@"

@@ -40,7 +40,10 @@ def _compiler_flags() -> List[str]:
 
 def _extension_name(flags: List[str]) -> str:
     # torch rebuilds when a listed source changes, but not when an included header does: hash both.
+    # The source folder is hashed too: torch's cached build records its source paths, so two
+    # checkouts sharing one name would rebuild each other's library every time they alternate.
     digest = hashlib.sha1(' '.join(flags).encode())
+    digest.update(str(_CSRC).encode())
     for path in sorted(_CSRC.glob('*.[ch]*')):
         digest.update(path.read_bytes())
     return f'mmdet_deformdetr_msda_cpu_{digest.hexdigest()[:10]}'
