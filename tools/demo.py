@@ -26,7 +26,7 @@ DEFAULT_CONFIG = ROOT / 'configs/demo/deformable-detr-refine-twostage_r18_shapes
 # ~0.85 s per iteration on 2 idle cores, ~15 s per evaluation of the 200 val images
 PRESETS = {
     'quick': (100, 1, 1000, 200),
-    'default': (1100, 2, 1000, 200),
+    'default': (1200, 2, 1000, 200),
     'long': (2400, 4, 1000, 200),
 }
 

@@ -38,7 +38,7 @@ classes = ('circle', 'square', 'triangle', 'star', 'hexagon')
 data_root = 'data/shapes_seed0/'
 img_scale = (256, 256)
 embed_dims = 128
-max_iters = 1100  # tools/demo.py rewrites the schedule for --quick / --long / --iters
+max_iters = 1200  # tools/demo.py rewrites the schedule for --quick / --long / --iters
 warmup_iters = 100
 
 model = dict(
