@@ -12,7 +12,6 @@ mmdet zoo, Hugging Face).
 """
 import argparse
 import os
-import os.path as osp
 
 from mmdet.engine.hooks.utils import trigger_visualization_hook
 from mmdet.evaluation import DumpDetResults
@@ -22,7 +21,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmdet_deformdetr  # noqa: F401  (registers our modules, safe checkpoint loading)
-from mmdet_deformdetr.engine import configure_cpu_distributed
+from mmdet_deformdetr.engine import configure_cpu_distributed, load_tool_config
 
 
 def parse_args() -> argparse.Namespace:
@@ -51,14 +50,7 @@ def parse_args() -> argparse.Namespace:
 
 def build_cfg(args: argparse.Namespace) -> Config:
     """The config with the command line applied, in mmdet's order of precedence."""
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_tool_config(args.config, args.launcher, args.cfg_options, args.work_dir)
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)

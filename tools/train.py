@@ -11,7 +11,6 @@ Importing ``mmdet_deformdetr`` also installs the safe checkpoint loading that ``
 """
 import argparse
 import os
-import os.path as osp
 
 from mmdet.utils import setup_cache_size_limit_of_dynamo
 from mmengine.config import Config, DictAction
@@ -19,7 +18,11 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmdet_deformdetr  # noqa: F401  (registers our modules, safe checkpoint loading)
-from mmdet_deformdetr.engine import configure_cpu_distributed, select_amp_optim_wrapper
+from mmdet_deformdetr.engine import (
+    configure_cpu_distributed,
+    load_tool_config,
+    select_amp_optim_wrapper,
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -49,15 +52,7 @@ def parse_args() -> argparse.Namespace:
 
 def build_cfg(args: argparse.Namespace) -> Config:
     """The config with the command line applied, in mmdet's order of precedence."""
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    # work_dir: command line > config > ./work_dirs/<config name>
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_tool_config(args.config, args.launcher, args.cfg_options, args.work_dir)
     if args.amp:
         select_amp_optim_wrapper(cfg)
     if args.auto_scale_lr:

@@ -10,6 +10,7 @@ Registration of the two classes happens in ``mmdet_deformdetr/__init__.py``.
 from .cpu_amp import CPUAutocastOptimWrapper, select_amp_optim_wrapper
 from .cpu_ddp import CPUDistributedDataParallel
 from .cpu_dist import configure_cpu_distributed
+from .tool_config import load_tool_config
 
 __all__ = ['CPUAutocastOptimWrapper', 'CPUDistributedDataParallel', 'configure_cpu_distributed',
-           'select_amp_optim_wrapper']
+           'load_tool_config', 'select_amp_optim_wrapper']
