@@ -1,10 +1,38 @@
-import os
+"""Fixtures every test folder shares: mmdet's registry scope, one torch thread, and the data kept
+in ``tests/data`` (nothing outside the repository is read)."""
+import json
 from pathlib import Path
+from typing import Dict, Iterator, List
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get('DEFORMDETR_SHARED', REPO_ROOT.parent / 'shared'))
+DATA_DIR = REPO_ROOT / 'tests' / 'data'
+
+
+@pytest.fixture(scope='session', autouse=True)
+def mmdet_scope() -> None:
+    """Our modules and mmdet's registered, 'mmdet' the default scope: what tools/train.py has."""
+    from mmdet.utils import register_all_modules
+    from mmengine.registry import init_default_scope
+
+    import mmdet_deformdetr  # noqa: F401  (registers our modules, allow-lists checkpoint types)
+
+    register_all_modules(init_default_scope=False)
+    init_default_scope('mmdet')
+
+
+@pytest.fixture(autouse=True)
+def single_torch_thread() -> Iterator[None]:
+    """One intra-op thread per test, restored afterwards. On the 2-core machine, shared with other
+    jobs, torch's default of one thread per core made a tiny model's loss take 2-60 s instead of
+    0.4 s (OpenMP workers waiting for cores held by other processes). Results do not depend on the
+    thread count; a test that measures threading sets its own count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope='session')
@@ -13,17 +41,14 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(scope='session')
-def tiny_coco() -> Path:
-    """Root of the 50 + 50 image COCO 2017 slice in ../shared/data/tiny_coco (read-only)."""
-    root = SHARED / 'data' / 'tiny_coco'
-    if not (root / 'annotations' / 'instances_val2017.json').is_file():
-        pytest.skip(f'tiny_coco not found at {root}')
-    return root
+def coco_photos() -> Path:
+    """Root of the six COCO val photographs kept in the repository: ``images/*.jpg`` and
+    ``annotations/instances.json`` (licences in ``LICENSE.md``)."""
+    return DATA_DIR / 'coco_photos'
 
 
 @pytest.fixture(scope='session')
-def reference_dir() -> Path:
-    root = SHARED / 'reference'
-    if not root.is_dir():
-        pytest.skip(f'reference facts not found at {root}')
-    return root
+def official_listing() -> Dict[str, Dict[str, List[int]]]:
+    """Key -> shape of the official state dict, per build: plain, refine, two_stage,
+    single_scale."""
+    return json.loads((DATA_DIR / 'official_deformable_detr_state_dict.json').read_text())

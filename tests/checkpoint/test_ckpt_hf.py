@@ -11,17 +11,15 @@ from typing import Dict
 
 import pytest
 import torch
-from ckpt_helpers import r50_model_cfg
 from mmdet.registry import MODELS
 from mmengine.runner import load_checkpoint
-from test_ckpt_official import COCO_IDS
 
-transformers = pytest.importorskip('transformers')
-pytest.importorskip('safetensors')
+from tests.helpers.checkpoints import COCO_IDS
+from tests.helpers.models import r50_model_cfg
 
 TOLERANCE = 1e-4
 VARIANTS = {'plain': dict(), 'refine': dict(with_box_refine=True),
-            'twostage': dict(with_box_refine=True, two_stage=True)}
+            'two_stage': dict(with_box_refine=True, two_stage=True)}
 D_MODEL, NUM_QUERIES, LAYERS = 64, 20, 2
 
 
@@ -112,7 +110,7 @@ def test_transformers5_save_pretrained_dir_loads_and_matches(variant, tmp_path: 
     assert_same_outputs(hf_model, ours, variant, remap=True)
 
 
-@pytest.mark.parametrize('variant', ['plain', 'twostage'])
+@pytest.mark.parametrize('variant', ['plain', 'two_stage'])
 def test_hub_layout_bin_loads_and_matches(variant, tmp_path: Path):
     """A ``pytorch_model.bin`` with the Hub's names; the label count (3) is kept as is."""
     hf_model = build_hf(variant, num_labels=3)

@@ -1,27 +1,18 @@
 """mmdet 3.x zoo files (``{'meta', 'state_dict'}`` of mmdet's ``DeformableDETR``) load into ours
 through ``mmengine.runner.load_checkpoint`` and predict the same."""
 import copy
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from ckpt_helpers import models_test_dir, tiny_models_module
 from mmdet.registry import MODELS
 from mmengine.runner import load_checkpoint
+
+from tests.helpers.models import make_batch, mmdet_cfg_like, tiny_model_cfg
 
 TOLERANCE = 1e-4
 # as the model parity test: two-stage needs embed_dims 256 in mmdet's proposal embedding
 CASES = [('plain', 64, 4, 12), ('refine', 64, 4, 12), ('two_stage', 256, 8, 30)]
-
-
-def _mmdet_cfg_like(ours_cfg: dict) -> dict:
-    # shared with the model parity test rather than restated (tests/models/test_parity_mmdet.py)
-    if models_test_dir() not in sys.path:
-        sys.path.insert(0, models_test_dir())
-    from test_parity_mmdet import mmdet_cfg_like
-
-    return mmdet_cfg_like(ours_cfg)
 
 
 @pytest.mark.parametrize('variant,embed_dims,num_heads,num_queries', CASES,
@@ -38,10 +29,9 @@ def test_mmdet_zoo_file_without_neck_bias(tmp_path: Path):
 
 def _check_zoo_roundtrip(variant: str, embed_dims: int, num_heads: int, num_queries: int,
                          tmp_path: Path, neck_bias: bool) -> None:
-    tiny = tiny_models_module()
-    ours_cfg = tiny.tiny_model_cfg(variant, embed_dims=embed_dims, num_heads=num_heads,
-                                   num_queries=num_queries)
-    mmdet_cfg = _mmdet_cfg_like(ours_cfg)
+    ours_cfg = tiny_model_cfg(variant, embed_dims=embed_dims, num_heads=num_heads,
+                              num_queries=num_queries)
+    mmdet_cfg = mmdet_cfg_like(ours_cfg)
     mmdet_cfg['neck']['bias'] = neck_bias
     torch.manual_seed(0)
     reference = MODELS.build(mmdet_cfg)
@@ -61,7 +51,7 @@ def _check_zoo_roundtrip(variant: str, embed_dims: int, num_heads: int, num_quer
     load_checkpoint(ours, str(path), map_location='cpu', strict=True)
 
     reference, ours = reference.double().eval(), ours.double().eval()
-    data = tiny.make_batch(ours, image_shapes=((96, 96), (80, 72)), training=False)
+    data = make_batch(ours, image_shapes=((96, 96), (80, 72)), training=False)
     inputs = data['inputs'].double()
     with torch.no_grad():
         expected = reference.predict(inputs, copy.deepcopy(data['data_samples']))

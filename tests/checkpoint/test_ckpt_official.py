@@ -3,20 +3,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from ckpt_helpers import build_r50, make_official_state_dict, save_official_file
 from mmengine.runner import load_checkpoint
 
-# mmdet class c <-> COCO category id, written out here independently of the package's table
-COCO_IDS = [i for lo, hi in [(1, 11), (13, 25), (27, 28), (31, 44), (46, 65), (67, 67), (70, 70),
-                             (72, 82), (84, 90)] for i in range(lo, hi + 1)]
-VARIANTS = ['plain', 'refine', 'twostage', 'single_scale']
+from tests.helpers.checkpoints import (
+    COCO_IDS,
+    build_official_r50,
+    make_official_state_dict,
+    save_official_file,
+)
+
+VARIANTS = ['plain', 'refine', 'two_stage', 'single_scale']
 
 
 @pytest.mark.parametrize('variant', VARIANTS)
 def test_official_file_loads_strictly_with_class_remap(variant, official_listing, tmp_path: Path):
     official = make_official_state_dict(official_listing[variant], seed=1)
     path = save_official_file(tmp_path / 'official.pth', official, variant)
-    model = build_r50(variant)
+    model = build_official_r50(variant)
 
     # mmengine's own loader (torch.load with torch's default weights_only=True) reads the file,
     # argparse.Namespace being allow-listed; strict=True: no missing or unexpected keys
@@ -32,7 +35,7 @@ def test_official_file_loads_strictly_with_class_remap(variant, official_listing
         for j in range(3):
             assert torch.equal(ours[f'bbox_head.reg_branches.{i}.layers.{j}.weight'],
                                official[f'bbox_embed.{i}.layers.{j}.weight'])
-    if variant == 'twostage':
+    if variant == 'two_stage':
         # proposal branch: channel 0 is the official objectness logit (kept as channels 0..79)
         assert torch.equal(ours['bbox_head.cls_branches.6.weight'],
                            official['class_embed.6.weight'][:80])
@@ -71,6 +74,6 @@ def test_official_file_with_91_class_model_keeps_channels(official_listing, tmp_
     """A model with 91 classes (COCO-id label space) takes the heads unchanged."""
     official = make_official_state_dict(official_listing['plain'], seed=2)
     path = save_official_file(tmp_path / 'official.pth', official, 'plain')
-    model = build_r50('plain', num_classes=91)
+    model = build_official_r50('plain', num_classes=91)
     load_checkpoint(model, str(path), map_location='cpu', strict=True)
     assert torch.equal(model.bbox_head.cls_branches[3].weight, official['class_embed.3.weight'])

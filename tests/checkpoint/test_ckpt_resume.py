@@ -13,10 +13,11 @@ from typing import Dict, List
 
 import pytest
 import torch
-from ckpt_helpers import tiny_models_module
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
 from torch.utils.data import Dataset
+
+from tests.helpers.models import tiny_model_cfg
 
 pytestmark = pytest.mark.slow
 
@@ -57,9 +58,8 @@ class Recorder(Hook):
 
 
 def make_runner(work_dir: Path, recorder: Recorder, load_from=None, resume=False) -> Runner:
-    tiny = tiny_models_module()
     return Runner(
-        model=tiny.tiny_model_cfg('refine'),
+        model=tiny_model_cfg('refine'),
         work_dir=str(work_dir),
         train_dataloader=dict(dataset=TinyDetectionSet(), batch_size=2, num_workers=0,
                               sampler=dict(type='DefaultSampler', shuffle=True, seed=0),

@@ -4,11 +4,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from ckpt_helpers import build_r50, make_official_state_dict, r50_model_cfg, save_official_file
 from mmengine.config import Config
 from mmengine.runner import load_checkpoint
 
 from mmdet_deformdetr.checkpoint import convert_checkpoint_pre_hook
+from tests.helpers.checkpoints import (
+    build_official_r50,
+    make_official_state_dict,
+    save_official_file,
+)
+from tests.helpers.models import r50_model_cfg, tiny_model_cfg
 
 TOOL = (Path(__file__).resolve().parents[2] / 'tools' / 'model_converters'
         / 'deformable_detr_to_mmdet_deformdetr.py')
@@ -24,10 +29,9 @@ def _tool():
 def test_detector_registers_the_conversion_hook():
     """DeformDETR.__init__ must register convert_checkpoint_pre_hook (2 lines, see load_hook.py);
     without it load_from / resume of official, mmdet or HF files does not convert."""
-    from ckpt_helpers import tiny_models_module
     from mmdet.registry import MODELS
 
-    model = MODELS.build(tiny_models_module().tiny_model_cfg('plain'))
+    model = MODELS.build(tiny_model_cfg('plain'))
     hooks = [getattr(h, 'hook', h) for h in model._load_state_dict_pre_hooks.values()]
     assert convert_checkpoint_pre_hook in hooks
 
@@ -37,7 +41,7 @@ def test_tool_converts_official_file_and_reports(official_listing, tmp_path: Pat
     src = save_official_file(tmp_path / 'official.pth', official, 'refine')
     dst = tmp_path / 'converted.pth'
     config = tmp_path / 'refine_cfg.py'
-    Config(dict(model=r50_model_cfg('refine'))).dump(str(config))
+    Config(dict(model=r50_model_cfg('refine').to_dict())).dump(str(config))
     assert _tool().main([str(src), str(dst), '--config', str(config)]) == 0
     report = capsys.readouterr().out
     assert 'missing in checkpoint: 0' in report and 'unexpected for model: 0' in report
@@ -50,7 +54,7 @@ def test_tool_converts_official_file_and_reports(official_listing, tmp_path: Pat
     saved = torch.load(dst, map_location='cpu', weights_only=True)
     assert saved['meta']['source_format'] == 'official Deformable-DETR'
     assert saved['meta']['official_args.with_box_refine'] is True
-    model = build_r50('refine')
+    model = build_official_r50('refine')
     # the converted file needs no hook: our keys
     model._load_state_dict_pre_hooks.clear()
     load_checkpoint(model, str(dst), map_location='cpu', strict=True)
@@ -72,6 +76,6 @@ def test_tool_refuses_untrusted_file(tmp_path: Path):
 def test_deformdetr_scheme_reads_official_file(official_listing, tmp_path: Path):
     official = make_official_state_dict(official_listing['plain'], seed=4)
     src = save_official_file(tmp_path / 'official.pth', official, 'plain')
-    model = build_r50('plain')
+    model = build_official_r50('plain')
     load_checkpoint(model, f'deformdetr://{src}', map_location='cpu', strict=True)
     assert torch.equal(model.transformer.query_embed.weight, official['query_embed.weight'])

@@ -4,10 +4,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from ckpt_helpers import build_r50, build_tiny, make_official_state_dict, save_official_file
 from mmengine.runner import load_checkpoint
 
 from mmdet_deformdetr.checkpoint import infer_variant
+from tests.helpers.checkpoints import (
+    build_official_r50,
+    make_official_state_dict,
+    save_official_file,
+)
+from tests.helpers.models import build_tiny_model, tiny_model_cfg
 
 
 def _save_ours(model: torch.nn.Module, path: Path) -> Path:
@@ -17,8 +22,8 @@ def _save_ours(model: torch.nn.Module, path: Path) -> Path:
 
 def test_official_two_stage_into_plain_r50(official_listing, tmp_path: Path):
     path = save_official_file(tmp_path / 'twostage.pth',
-                              make_official_state_dict(official_listing['twostage']), 'twostage')
-    model = build_r50('plain')
+                              make_official_state_dict(official_listing['two_stage']), 'two_stage')
+    model = build_official_r50('plain')
     with pytest.raises(ValueError) as error:
         load_checkpoint(model, str(path), map_location='cpu')
     message = str(error.value)
@@ -35,7 +40,7 @@ def test_official_single_scale_into_four_level_r50(official_listing, tmp_path: P
                               make_official_state_dict(official_listing['single_scale']),
                               'single_scale')
     with pytest.raises(ValueError) as error:
-        load_checkpoint(build_r50('plain'), str(path), map_location='cpu')
+        load_checkpoint(build_official_r50('plain'), str(path), map_location='cpu')
     message = str(error.value)
     assert 'num_feature_levels: checkpoint 1 vs model 4' in message
     assert 'num_feature_levels=1' in message
@@ -48,18 +53,18 @@ def test_official_single_scale_into_four_level_r50(official_listing, tmp_path: P
     ('plain', 'refine', 'with_box_refine: checkpoint False vs model True'),
 ])
 def test_our_checkpoint_of_another_variant(saved, loaded, expected, tmp_path: Path):
-    source = build_tiny(saved)
+    source = build_tiny_model(saved)
     with torch.no_grad():  # trained refine branches differ; fresh copies would be ambiguous
         for param in source.bbox_head.parameters():
             param.add_(torch.randn_like(param) * 0.01)
     path = _save_ours(source, tmp_path / 'ours.pth')
     with pytest.raises(ValueError, match=expected):
-        load_checkpoint(build_tiny(loaded), str(path), map_location='cpu')
+        load_checkpoint(build_tiny_model(loaded), str(path), map_location='cpu')
 
 
 def test_points_mismatch_names_shapes(tmp_path: Path):
-    path = _save_ours(build_tiny('plain'), tmp_path / 'k2.pth')  # enc/dec K = 2, 2 heads
-    model = build_tiny('plain')
+    path = _save_ours(build_tiny_model('plain'), tmp_path / 'k2.pth')  # enc/dec K = 2, 2 heads
+    model = build_tiny_model('plain')
     model_k1 = build_tiny_with_points(1)
     with pytest.raises(ValueError) as error:
         load_checkpoint(model_k1, str(path), map_location='cpu')
@@ -70,18 +75,17 @@ def test_points_mismatch_names_shapes(tmp_path: Path):
 
 
 def build_tiny_with_points(points: int) -> torch.nn.Module:
-    from ckpt_helpers import tiny_models_module
     from mmdet.registry import MODELS
 
-    cfg = tiny_models_module().tiny_model_cfg('plain')
+    cfg = tiny_model_cfg('plain')
     cfg['transformer'].update(enc_num_points=points, dec_num_points=points)
     return MODELS.build(cfg)
 
 
 def test_other_class_count_is_not_a_variant_error(tmp_path: Path):
     """Fine-tuning on another dataset: the heads mismatch in size and are skipped (a warning)."""
-    path = _save_ours(build_tiny('plain'), tmp_path / 'three.pth')
-    model = build_tiny('plain')
+    path = _save_ours(build_tiny_model('plain'), tmp_path / 'three.pth')
+    model = build_tiny_model('plain')
     model.bbox_head.cls_branches[0].weight.data = torch.zeros(5, 32)  # pretend: 5 classes
     load_checkpoint(model, str(path), map_location='cpu')  # no ValueError
 
@@ -89,7 +93,7 @@ def test_other_class_count_is_not_a_variant_error(tmp_path: Path):
 def test_infer_variant_from_official_listing(official_listing):
     from mmdet_deformdetr.checkpoint import convert_state_dict
 
-    expected = {'plain': ('plain', 4), 'refine': ('refine', 4), 'twostage': ('two-stage', 4),
+    expected = {'plain': ('plain', 4), 'refine': ('refine', 4), 'two_stage': ('two-stage', 4),
                 'single_scale': ('plain', 1)}
     for name, (variant_name, levels) in expected.items():
         converted, report = convert_state_dict(make_official_state_dict(official_listing[name]))

@@ -8,18 +8,18 @@ from pathlib import Path
 import mmdet
 import pytest
 import torch
-from ckpt_helpers import build_r50
 from mmdet.registry import MODELS
 from mmengine.config import Config
 
 from mmdet_deformdetr.checkpoint.convert_mmdet import convert_mmdet_key, convert_mmdet_state_dict
+from tests.helpers.models import build_r50
 
 MMDET_CONFIGS = Path(mmdet.__file__).parent / '.mim' / 'configs' / 'deformable_detr'
-# variant -> (mmdet zoo config, our R-50 build of the same variant in ckpt_helpers.R50_VARIANTS)
+# variant -> (mmdet zoo config, our R-50 build of the same variant)
 ZOO = {
     'plain': ('deformable-detr_r50_16xb2-50e_coco.py', 'plain'),
     'refine': ('deformable-detr-refine_r50_16xb2-50e_coco.py', 'refine'),
-    'two_stage': ('deformable-detr-refine-twostage_r50_16xb2-50e_coco.py', 'twostage'),
+    'two_stage': ('deformable-detr-refine-twostage_r50_16xb2-50e_coco.py', 'two_stage'),
 }
 
 

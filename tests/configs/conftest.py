@@ -1,35 +1,10 @@
-"""Helpers for the config tests: load a config of ours and shrink its backbone for fast runs."""
-from pathlib import Path
-from typing import Callable, Iterator
+"""Fixtures for the config tests: load a config of ours and shrink its backbone for fast runs."""
+from typing import Callable
 
 import pytest
-import torch
 from mmengine.config import Config
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / 'configs' / 'deformable_detr'
-
-
-@pytest.fixture(scope='session', autouse=True)
-def mmdet_scope() -> None:
-    """mmdet's modules registered and 'mmdet' as default scope, as tools/train.py does."""
-    pytest.importorskip('mmcv.ops')  # mmdet's models need mmcv built with its ops
-    from mmdet.utils import register_all_modules
-    from mmengine.registry import init_default_scope
-
-    register_all_modules(init_default_scope=False)
-    init_default_scope('mmdet')
-
-
-@pytest.fixture(scope='module', autouse=True)
-def single_torch_thread() -> Iterator[None]:
-    """One intra-op thread while these tests run, restored afterwards. On the shared 2-core
-    machine, torch's default of one thread per core made a tiny model's loss take 2-60 s instead
-    of 0.4 s (OpenMP workers waiting for cores held by other processes); results do not depend on
-    the thread count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+from tests.helpers.models import CONFIG_DIR
 
 
 @pytest.fixture(scope='session')

@@ -4,7 +4,7 @@ The official counts (reference README: 40.07M plain, 40.85M refine, 41.18M two-s
 single-scale) are every parameter of the official model: its frozen BatchNorm keeps weight, bias and
 statistics as buffers, and the frozen stem and layer1 convs still count. They are recomputed here
 from the official state-dict listing
-(/work/shared/reference/official_deformable_detr_state_dict.json).
+(tests/data/official_deformable_detr_state_dict.json).
 
 Our count is of *trainable* parameters. The documented differences, and nothing else:
 - the stem and layer1 convs, frozen in both (mmdet's `frozen_stages=1`), are not counted;
@@ -15,30 +15,24 @@ Our count is of *trainable* parameters. The documented differences, and nothing 
 - input_proj: the official 1x1 and 3x3 convs have a bias; our ChannelMapper has `bias=True`, so
   there is no difference (asserted below, since GroupNorm does not make the bias redundant).
 """
-import json
 import math
 import re
 from typing import Dict, List
 
 import pytest
 
-OFFICIAL_MILLIONS = {'plain': 40.07, 'refine': 40.85, 'twostage': 41.18, 'single_scale': 34.07}
+OFFICIAL_MILLIONS = {'plain': 40.07, 'refine': 40.85, 'two_stage': 41.18, 'single_scale': 34.07}
 EMBED_DIMS = 256
 OFFICIAL_CLASSES, OUR_CLASSES = 91, 80
 # build -> (config relative to configs/deformable_detr, distinct classification branches, overrides)
 CASES = {
     'plain': ('deformable-detr_r50_16xb2-50e_coco.py', 1, {}),
     'refine': ('deformable-detr-refine_r50_16xb2-50e_coco.py', 6, {}),
-    'twostage': ('deformable-detr-refine-twostage_r50_16xb2-50e_coco.py', 7, {}),
+    'two_stage': ('deformable-detr-refine-twostage_r50_16xb2-50e_coco.py', 7, {}),
     # the single-scale ablation with the official single-scale build's K = 4
     'single_scale': ('ablations/deformable-detr_r50-c5_ssattn-k1_16xb2-50e_coco.py', 1,
                      dict(enc_num_points=4, dec_num_points=4)),
 }
-
-
-def _official_state(reference_dir, build: str) -> Dict[str, List[int]]:
-    with open(reference_dir / 'official_deformable_detr_state_dict.json') as file:
-        return json.load(file)[build]
 
 
 def _official_parameters(state: Dict[str, List[int]], build: str) -> Dict[str, int]:
@@ -57,14 +51,14 @@ def _official_parameters(state: Dict[str, List[int]], build: str) -> Dict[str, i
 
 
 @pytest.mark.parametrize('build', sorted(CASES))
-def test_official_counts_match_readme(reference_dir, build):
+def test_official_counts_match_readme(official_listing, build):
     """The counting rule above reproduces the published numbers."""
-    parameters = _official_parameters(_official_state(reference_dir, build), build)
+    parameters = _official_parameters(official_listing[build], build)
     assert round(sum(parameters.values()) / 1e6, 2) == OFFICIAL_MILLIONS[build]
 
 
 @pytest.mark.parametrize('build', sorted(CASES))
-def test_trainable_parameters_match_official(reference_dir, load_config, build):
+def test_trainable_parameters_match_official(official_listing, load_config, build):
     from mmdet.registry import MODELS
 
     relative_path, num_cls_branches, transformer_overrides = CASES[build]
@@ -72,7 +66,7 @@ def test_trainable_parameters_match_official(reference_dir, load_config, build):
     cfg.model.transformer.update(transformer_overrides)
     model = MODELS.build(cfg.model)
 
-    official = _official_parameters(_official_state(reference_dir, build), build)
+    official = _official_parameters(official_listing[build], build)
     frozen_stem_and_layer1 = sum(
         numel for key, numel in official.items()
         if key.startswith(('backbone.0.body.conv1.', 'backbone.0.body.layer1.')))

@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from mmdet_deformdetr.datasets import CLASSES, ShapesConfig, generate_shapes_dataset, render_image
 
@@ -89,7 +88,6 @@ def test_backgrounds_are_textured_and_colours_vary():
 
 
 def test_loads_through_mmdet_coco_dataset_pipeline(tmp_path):
-    pytest.importorskip('mmcv.ops')
     from mmdet.registry import DATASETS
     from mmdet.utils import register_all_modules
     from mmengine.config import Config

@@ -1,5 +1,4 @@
 """CPUAutocastOptimWrapper (``tools/train.py --amp`` without CUDA) and its selection."""
-from pathlib import Path
 
 import pytest
 import torch
@@ -7,8 +6,7 @@ from mmengine.config import Config
 from mmengine.optim import OptimWrapper, build_optim_wrapper
 
 from mmdet_deformdetr.engine import CPUAutocastOptimWrapper, select_amp_optim_wrapper
-
-TINY_CONFIG = Path(__file__).resolve().parents[1] / 'tools' / 'tiny_deformdetr_coco.py'
+from tests.helpers.tools import TINY_CONFIG
 
 
 def test_mmengine_amp_wrapper_refuses_cpu():

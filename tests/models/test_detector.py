@@ -4,12 +4,10 @@ import copy
 
 import pytest
 import torch
+from mmdet.registry import MODELS
+from mmdet.structures import DetDataSample
 
-pytest.importorskip('mmcv.ops')  # mmdet's models need mmcv built with its ops
-
-from mmdet.registry import MODELS  # noqa: E402
-from mmdet.structures import DetDataSample  # noqa: E402
-from tiny_models import NUM_CLASSES, build_tiny_model, make_batch, tiny_model_cfg  # noqa: E402
+from tests.helpers.models import NUM_CLASSES, build_tiny_model, make_batch, tiny_model_cfg
 
 # (variant, multi_scale_attention); the tiny models use embed_dims=32, so the two-stage cases
 # also cover embed_dims != 256 (where mmdet's proposal embedding breaks)

@@ -1,14 +1,10 @@
 """DeformDETRHead on its own: box decoding from references, post-processing, loss plumbing."""
 import pytest
 import torch
+from mmdet.structures import DetDataSample
 from mmengine.structures import InstanceData
 
-pytest.importorskip('mmcv.ops')  # mmdet's models need mmcv built with its ops
-
-from mmdet.structures import DetDataSample  # noqa: E402
-from tiny_models import NUM_CLASSES  # noqa: E402,F401  (mmdet scope for the loss registries)
-
-from mmdet_deformdetr.models.head import DeformDETRHead  # noqa: E402
+from mmdet_deformdetr.models.head import DeformDETRHead
 
 DIMS, CLASSES = 16, 4
 TRAIN_CFG = dict(assigner=dict(type='HungarianAssigner', match_costs=[

@@ -11,13 +11,10 @@ from typing import Tuple
 
 import pytest
 import torch
+from mmdet.registry import MODELS
 
-pytest.importorskip('mmcv.ops')  # mmdet's models need mmcv built with its ops
-
-from mmdet.registry import MODELS  # noqa: E402
-from tiny_models import init_weights_quietly, make_batch, tiny_model_cfg  # noqa: E402
-
-from mmdet_deformdetr.checkpoint.convert_mmdet import convert_mmdet_state_dict  # noqa: E402
+from mmdet_deformdetr.checkpoint.convert_mmdet import convert_mmdet_state_dict
+from tests.helpers.models import init_weights_quietly, make_batch, tiny_model_cfg
 
 TOLERANCE = 1e-4
 

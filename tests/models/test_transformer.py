@@ -5,11 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-pytest.importorskip('mmcv.ops')  # importing the package imports mmdet's models
-
-from mmdet_deformdetr.models.layers.utils import RegressionMLP  # noqa: E402
-from mmdet_deformdetr.models.transformer import DeformableDetrTransformer  # noqa: E402
-from mmdet_deformdetr.models.two_stage import encoder_proposals, proposal_queries  # noqa: E402
+from mmdet_deformdetr.models.layers.utils import RegressionMLP
+from mmdet_deformdetr.models.transformer import DeformableDetrTransformer
+from mmdet_deformdetr.models.two_stage import encoder_proposals, proposal_queries
 
 DIMS = 32
 SIZES = [(8, 8), (4, 4), (2, 2), (1, 1)]

@@ -1,20 +1,22 @@
-"""Fixtures for the tools tests (helpers live in tool_helpers.py)."""
+"""Fixtures for the tools tests (helpers live in tests/helpers/tools.py)."""
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Iterator, List
+from typing import Callable, List
 
 import pytest
-from tool_helpers import TINY_CONFIG, run_tool
+
+from tests.helpers.tools import TINY_CONFIG, run_tool
 
 
 @pytest.fixture(scope='session')
-def tiny_data_options(tiny_coco: Path) -> List[str]:
-    """--cfg-options pointing the tiny config's dataloaders and evaluators at tiny_coco."""
-    root = f'{tiny_coco}/'
-    ann_val = f'{tiny_coco}/annotations/instances_val2017.json'
+def tiny_data_options(coco_photos: Path) -> List[str]:
+    """--cfg-options pointing the tiny config's dataloaders and evaluators at the photographs in
+    tests/data/coco_photos."""
+    root = f'{coco_photos}/'
+    ann_file = f'{coco_photos}/annotations/instances.json'
     return [f'{split}_dataloader.dataset.data_root={root}' for split in ('train', 'val', 'test')
-            ] + [f'val_evaluator.ann_file={ann_val}', f'test_evaluator.ann_file={ann_val}']
+            ] + [f'val_evaluator.ann_file={ann_file}', f'test_evaluator.ann_file={ann_file}']
 
 
 @pytest.fixture(scope='session')
@@ -27,43 +29,27 @@ def python_tool() -> Callable[..., subprocess.CompletedProcess]:
     return run
 
 
-@pytest.fixture(scope='module', autouse=True)
-def single_torch_thread() -> Iterator[None]:
-    """One intra-op thread for in-process models (shared 2-core machine), restored afterwards."""
-    import torch
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope='session')
 def make_tiny_checkpoint(tmp_path_factory) -> Callable[[str], Path]:
     """``make(variant)``: a checkpoint of the tiny model (80 COCO classes, random weights, COCO's
     class names in its meta), saved as mmengine saves one; cached per variant. Enough for the test
     tools, the inferencers and fine-tuning, with no training."""
-    pytest.importorskip('mmcv.ops')
     import torch
     from mmdet.datasets import CocoDataset
     from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
     from mmengine.config import Config
-    from mmengine.registry import DefaultScope
     from mmengine.runner import save_checkpoint
 
-    import mmdet_deformdetr  # noqa: F401
+    from tests.helpers.models import VARIANTS
 
-    register_all_modules(init_default_scope=False)
     cache = {}
 
     def make(variant: str = 'plain') -> Path:
         if variant not in cache:
             cfg = Config.fromfile(str(TINY_CONFIG))
-            cfg.model.update(with_box_refine=variant != 'plain',
-                             as_two_stage=variant == 'two_stage')
-            with DefaultScope.overwrite_default_scope('mmdet'):
-                torch.manual_seed(0)
-                model = MODELS.build(cfg.model)
+            cfg.model.update(VARIANTS[variant])
+            torch.manual_seed(0)
+            model = MODELS.build(cfg.model)
             path = tmp_path_factory.mktemp(f'tiny_{variant}') / f'tiny_{variant}.pth'
             save_checkpoint(dict(state_dict=model.state_dict(),
                                  meta=dict(dataset_meta=dict(CocoDataset.METAINFO))), str(path))

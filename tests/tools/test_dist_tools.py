@@ -4,7 +4,7 @@ Each variant (plain / refine / two-stage) trains 2 iterations of the tiny config
 mmengine's default find_unused_parameters=False: a parameter without a gradient in iteration 1
 makes DDP raise in iteration 2 ("Expected to have finished reduction ..."), so a passing run is the
 check that no variant has unused parameters. dist_test.sh then evaluates the two-stage checkpoint
-with CocoMetric on 4 tiny_coco val images (2 per process).
+with CocoMetric on 4 of the photographs in tests/data/coco_photos (2 per process).
 """
 import pickle
 import sys
@@ -13,7 +13,8 @@ from typing import Dict, List
 
 import pytest
 import torch
-from tool_helpers import TINY_CONFIG, VARIANT_OPTIONS, free_port, run_tool
+
+from tests.helpers.tools import TINY_CONFIG, VARIANT_OPTIONS, free_port, run_tool
 
 pytestmark = [pytest.mark.slow, pytest.mark.dist]
 

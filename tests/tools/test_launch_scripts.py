@@ -6,7 +6,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tool_helpers import REPO_ROOT
+
+from tests.helpers.tools import REPO_ROOT
 
 
 def _bash(script: str, *args: str, env: dict = None) -> subprocess.CompletedProcess:

@@ -1,13 +1,13 @@
 """projects/: every project config loads and builds, and the fine-tuning project trains a few
-iterations with tools/train.py (tiny model, tiny_coco, from a tiny 80-class COCO checkpoint)."""
-from pathlib import Path
+iterations with tools/train.py (tiny model, the photographs of tests/data/coco_photos, from a tiny
+80-class COCO checkpoint)."""
 
 import pytest
 import torch
-from tool_helpers import REPO_ROOT
+
+from tests.helpers.tools import REPO_ROOT, TINY_FINETUNE_CONFIG
 
 PROJECT_CONFIGS = sorted((REPO_ROOT / 'projects').glob('*/configs/**/*.py'))
-TINY_FINETUNE = Path(__file__).resolve().parent / 'tiny_finetune_custom.py'
 
 
 def test_projects_have_readme_and_configs():
@@ -20,7 +20,6 @@ def test_projects_have_readme_and_configs():
 
 @pytest.mark.parametrize('config', PROJECT_CONFIGS, ids=lambda path: path.name)
 def test_project_config_builds(config):
-    pytest.importorskip('mmcv.ops')
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     from mmengine.config import Config
@@ -38,7 +37,7 @@ def test_finetune_custom_dataset_trains(python_tool, tiny_data_options, make_tin
                                         tmp_path):
     coco_checkpoint = make_tiny_checkpoint('two_stage')  # 80 classes, as a COCO zoo file
     result = python_tool(
-        'tools/train.py', str(TINY_FINETUNE), '--work-dir', str(tmp_path), '--cfg-options',
+        'tools/train.py', str(TINY_FINETUNE_CONFIG), '--work-dir', str(tmp_path), '--cfg-options',
         f'load_from={coco_checkpoint}', *tiny_data_options)
 
     output = result.output

@@ -6,7 +6,8 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from tool_helpers import REPO_ROOT, TINY_CONFIG
+
+from tests.helpers.tools import REPO_ROOT, TINY_CONFIG
 
 TTA_CONFIG = (REPO_ROOT / 'configs' / 'deformable_detr' /
               'deformable-detr-refine-twostage_x101-64x4d-dconv-c3-c5_16xb2-50e-tta_coco.py')
@@ -22,13 +23,11 @@ def _load_tool(name: str) -> ModuleType:
 
 @pytest.fixture(scope='module')
 def train_tool() -> ModuleType:
-    pytest.importorskip('mmcv.ops')
     return _load_tool('train')
 
 
 @pytest.fixture(scope='module')
 def test_tool() -> ModuleType:
-    pytest.importorskip('mmcv.ops')
     return _load_tool('test')
 
 

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from tool_helpers import TINY_CONFIG
+
+from tests.helpers.tools import TINY_CONFIG
 
 MMDET_TEST_PY = Path(__import__('mmdet').__file__).parent / '.mim' / 'tools' / 'test.py'
 
@@ -55,8 +56,8 @@ def test_mmdet_shipped_test_py_runs_our_config(python_tool, tiny_data_options, t
     assert 'coco/bbox_mAP:' in result.output
 
 
-def test_infer_py_draws_detections(python_tool, tiny_coco, tiny_checkpoint, tmp_path):
-    image = sorted((tiny_coco / 'val2017').glob('*.jpg'))[0]
+def test_infer_py_draws_detections(python_tool, coco_photos, tiny_checkpoint, tmp_path):
+    image = sorted((coco_photos / 'images').glob('*.jpg'))[0]
     python_tool('tools/infer.py', str(image), str(TINY_CONFIG), str(tiny_checkpoint),
                 '--out-dir', str(tmp_path), '--device', 'cpu', '--pred-score-thr', '0',
                 '--save-pred')
@@ -65,13 +66,12 @@ def test_infer_py_draws_detections(python_tool, tiny_coco, tiny_checkpoint, tmp_
     assert len(predictions['scores']) == 10  # test_cfg.max_per_img of the tiny config
 
 
-def test_det_inferencer_with_our_config(tiny_coco, tiny_checkpoint):
-    pytest.importorskip('mmcv.ops')
+def test_det_inferencer_with_our_config(coco_photos, tiny_checkpoint):
     from mmdet.apis import DetInferencer
 
     import mmdet_deformdetr  # noqa: F401
 
-    image = sorted((tiny_coco / 'val2017').glob('*.jpg'))[0]
+    image = sorted((coco_photos / 'images').glob('*.jpg'))[0]
     inferencer = DetInferencer(model=str(TINY_CONFIG), weights=str(tiny_checkpoint),
                                device='cpu', show_progress=False)
     assert type(inferencer.model).__name__ == 'DeformDETR'

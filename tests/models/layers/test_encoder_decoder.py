@@ -2,12 +2,10 @@
 import pytest
 import torch
 
-pytest.importorskip('mmcv.ops')  # importing the package imports mmdet's models
-
-from mmdet_deformdetr.models.layers.decoder import DeformableDecoder  # noqa: E402
-from mmdet_deformdetr.models.layers.encoder import DeformableEncoder  # noqa: E402
-from mmdet_deformdetr.models.layers.levelwise_attn import LevelwiseDeformAttn  # noqa: E402
-from mmdet_deformdetr.ops import multi_scale_deformable_attn_reference  # noqa: E402
+from mmdet_deformdetr.models.layers.decoder import DeformableDecoder
+from mmdet_deformdetr.models.layers.encoder import DeformableEncoder
+from mmdet_deformdetr.models.layers.levelwise_attn import LevelwiseDeformAttn
+from mmdet_deformdetr.ops import multi_scale_deformable_attn_reference
 
 DIMS, HEADS, POINTS = 16, 2, 2
 SHAPES = torch.tensor([[4, 6], [2, 3]])

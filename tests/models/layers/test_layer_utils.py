@@ -2,9 +2,7 @@
 import pytest
 import torch
 
-pytest.importorskip('mmcv.ops')  # importing the package imports mmdet's models
-
-from mmdet_deformdetr.models.layers.utils import (  # noqa: E402
+from mmdet_deformdetr.models.layers.utils import (
     RegressionMLP,
     build_activation,
     encoder_reference_points,

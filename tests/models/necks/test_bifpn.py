@@ -5,14 +5,10 @@ from typing import List, Sequence, Tuple
 
 import pytest
 import torch
+from mmdet.registry import MODELS
 
-pytest.importorskip('mmcv.ops')
-
-from mmdet.registry import MODELS  # noqa: E402
-
-import mmdet_deformdetr  # noqa: E402,F401  (registers BiFPNNeck)
-from mmdet_deformdetr.models.necks import BiFPNNeck  # noqa: E402
-from mmdet_deformdetr.models.necks.bifpn import _FusionNode  # noqa: E402
+from mmdet_deformdetr.models.necks import BiFPNNeck
+from mmdet_deformdetr.models.necks.bifpn import _FusionNode
 
 GN = dict(type='GN', num_groups=4)
 

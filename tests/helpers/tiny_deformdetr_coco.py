@@ -2,7 +2,7 @@
 # our primitive config with a ResNet-18 (no pretrained weights), 32-dim embeddings, 1 + 1 layers,
 # 10 queries, ~100 px images and a 2-iteration schedule that saves a checkpoint. Variants come from
 # the command line (--cfg-options model.with_box_refine=True model.as_two_stage=True), and so does
-# the data root (the tests pass the tiny_coco fixture: data_root=... for the three dataloaders and
+# the data root (the tests pass tests/data/coco_photos: data_root=... for the three dataloaders and
 # the evaluators' ann_file), so nothing here depends on where the data lives.
 _base_ = '../../configs/deformable_detr/deformable-detr_r50_16xb2-50e_coco.py'
 
@@ -34,12 +34,12 @@ test_pipeline = [
 ]
 train_dataloader = dict(
     batch_size=1, num_workers=0, persistent_workers=False,
-    dataset=dict(ann_file='annotations/instances_train2017.json',
-                 data_prefix=dict(img='train2017/'), indices=8, pipeline=train_pipeline))
+    dataset=dict(ann_file='annotations/instances.json', data_prefix=dict(img='images/'),
+                 pipeline=train_pipeline))
 val_dataloader = dict(
     batch_size=1, num_workers=0, persistent_workers=False,
-    dataset=dict(ann_file='annotations/instances_val2017.json',
-                 data_prefix=dict(img='val2017/'), indices=4, pipeline=test_pipeline))
+    dataset=dict(ann_file='annotations/instances.json', data_prefix=dict(img='images/'),
+                 indices=4, pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
 # validation only in the tests that ask for it (tools/test.py, tools/dist_test.sh)

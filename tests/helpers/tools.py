@@ -1,6 +1,5 @@
-"""Helpers for the tools tests: run tools/*.py and tools/*.sh as the user would, on the tiny
-Deformable DETR of tiny_deformdetr_coco.py. Imported as ``from tool_helpers import ...`` (pytest
-puts this folder on sys.path; the name is unique across tests/)."""
+"""Run tools/*.py and tools/*.sh as the user would, on the tiny Deformable DETR of
+``tiny_deformdetr_coco.py`` (which reads the photographs in ``tests/data/coco_photos``)."""
 
 import os
 import socket
@@ -12,6 +11,8 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_CONFIG = Path(__file__).resolve().parent / 'tiny_deformdetr_coco.py'
+TINY_FINETUNE_CONFIG = Path(__file__).resolve().parent / 'tiny_finetune_custom.py'
+COCO_PHOTOS = REPO_ROOT / 'tests' / 'data' / 'coco_photos'
 VARIANT_OPTIONS: Dict[str, List[str]] = {
     'plain': [],
     'refine': ['model.with_box_refine=True'],
