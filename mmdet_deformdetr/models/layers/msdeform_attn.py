@@ -77,10 +77,11 @@ class MSDeformAttn(BaseModule):
         (zero logits). Projections are Xavier-uniform with zero bias.
         """
         nn.init.zeros_(self.sampling_offsets.weight)
-        angles = torch.arange(self.num_heads, dtype=torch.float64) * (2 * math.pi / self.num_heads)
+        # float32 arithmetic in the official order, so the bias equals the official one bit for bit
+        angles = torch.arange(self.num_heads, dtype=torch.float32) * (2.0 * math.pi / self.num_heads)
         directions = torch.stack([angles.cos(), angles.sin()], dim=-1)  # (M, 2) as (x, y)
         directions = directions / directions.abs().max(dim=-1, keepdim=True).values
-        distances = torch.arange(1, self.num_points + 1, dtype=torch.float64)  # (K,)
+        distances = torch.arange(1, self.num_points + 1, dtype=torch.float32)  # (K,)
         offsets = directions[:, None, None, :] * distances[None, None, :, None]  # (M, 1, K, 2)
         offsets = offsets.expand(self.num_heads, self.num_levels, self.num_points, 2)
         with torch.no_grad():
