@@ -3,12 +3,17 @@
 Importing this package registers every module of ours in mmdet's registries. Registration happens
 here and nowhere else.
 """
-from mmdet.registry import MODELS
+from mmdet.registry import HOOKS, MODELS
 from mmengine.registry import MODEL_WRAPPERS, OPTIM_WRAPPERS
 from mmengine.runner import CheckpointLoader
 
 from .checkpoint import SCHEME, install_safe_globals, load_from_deformdetr_uri
-from .engine import CPUAutocastOptimWrapper, CPUDistributedDataParallel
+from .engine import (
+                     AtomicCheckpointHook,
+                     CPUAutocastOptimWrapper,
+                     CPUDistributedDataParallel,
+                     StopOnNonFiniteHook,
+)
 from .models.detector import DeformDETR
 from .models.head import DeformDETRHead
 from .models.layers import MSDeformAttn
@@ -34,3 +39,9 @@ CheckpointLoader.register_scheme(prefixes=SCHEME, loader=load_from_deformdetr_ur
 # accepts mmengine's device_ids for CPU modules, and bf16 autocast for --amp without CUDA.
 MODEL_WRAPPERS.register_module(module=CPUDistributedDataParallel)
 OPTIM_WRAPPERS.register_module(module=CPUAutocastOptimWrapper)
+
+# Fault tolerance of long runs (mmdet_deformdetr/engine/ documents each): checkpoints that a kill
+# mid-save cannot cost, and a stop at the first non-finite loss / gradient norm / weight. The
+# configs select them as default_hooks.checkpoint and default_hooks.check_finite.
+HOOKS.register_module(module=AtomicCheckpointHook)
+HOOKS.register_module(module=StopOnNonFiniteHook)

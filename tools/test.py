@@ -11,38 +11,38 @@ runs (``tools/dist_test.sh``) use gloo and a DDP wrapper that accepts CPU module
 mmdet zoo, Hugging Face).
 """
 import argparse
-import os
+import sys
+from pathlib import Path
 
 from mmdet.engine.hooks.utils import trigger_visualization_hook
 from mmdet.evaluation import DumpDetResults
 from mmdet.utils import setup_cache_size_limit_of_dynamo
-from mmengine.config import Config, ConfigDict, DictAction
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
+from mmengine.config import Config, ConfigDict
 
-import mmdet_deformdetr  # noqa: F401  (registers our modules, safe checkpoint loading)
-from mmdet_deformdetr.engine import configure_cpu_distributed, load_tool_config
+# the repository root, for tools.tool_common (run as a script, only tools/ is on sys.path)
+if str(Path(__file__).resolve().parents[1]) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import mmdet_deformdetr  # noqa: E402,F401  (registers our modules, safe checkpoint loading)
+from tools.tool_common import (  # noqa: E402
+    add_common_arguments,
+    build_runner,
+    load_tool_config,
+    parse_with_local_rank,
+)
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='MMDet test (and eval) a model')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
-    parser.add_argument('--work-dir', help='the dir to save the evaluation metrics')
     parser.add_argument('--out', type=str, help='dump predictions to a .pkl file')
     parser.add_argument('--show', action='store_true', help='show prediction results')
     parser.add_argument('--show-dir', help='save painted images in work_dir/timestamp/SHOW_DIR')
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value (nested keys with dots, lists '
-                        'as key="[a,b]", no spaces)')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    add_common_arguments(parser, work_dir_help='the dir to save the evaluation metrics')
+    args = parse_with_local_rank(parser)
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         parser.error(f'--out must name a .pkl or .pickle file, got {args.out}')
     return args
@@ -69,8 +69,7 @@ def main() -> None:
     args = parse_args()
     setup_cache_size_limit_of_dynamo()
     cfg = build_cfg(args)
-    configure_cpu_distributed(cfg)
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    runner = build_runner(cfg)
     if args.out is not None:
         # a metric that only writes the predictions, as mmdet's tools/test.py
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))

@@ -6,29 +6,35 @@
 The command line is mmdet's ``tools/train.py``. Differences, all for CPU-only machines (see
 ``mmdet_deformdetr/engine/``): ``--amp`` selects bf16 autocast instead of fp16 + loss scaling, and
 multi-process runs (``tools/dist_train.sh``) use gloo and a DDP wrapper that accepts CPU modules.
+``--resume`` without a checkpoint to resume from is an error (mmengine would start at iteration 0).
 Importing ``mmdet_deformdetr`` also installs the safe checkpoint loading that ``--resume`` and
 ``load_from`` need on torch >= 2.6.
 """
 import argparse
-import os
+import sys
+from pathlib import Path
 
 from mmdet.utils import setup_cache_size_limit_of_dynamo
-from mmengine.config import Config, DictAction
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
+from mmengine.config import Config
 
-import mmdet_deformdetr  # noqa: F401  (registers our modules, safe checkpoint loading)
-from mmdet_deformdetr.engine import (
-    configure_cpu_distributed,
+# the repository root, for tools.tool_common (run as a script, only tools/ is on sys.path)
+if str(Path(__file__).resolve().parents[1]) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import mmdet_deformdetr  # noqa: E402,F401  (registers our modules, safe checkpoint loading)
+from mmdet_deformdetr.engine import select_amp_optim_wrapper  # noqa: E402
+from tools.tool_common import (  # noqa: E402
+    add_common_arguments,
+    build_runner,
+    check_resume,
     load_tool_config,
-    select_amp_optim_wrapper,
+    parse_with_local_rank,
 )
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Train a detector')
     parser.add_argument('config', help='train config file path')
-    parser.add_argument('--work-dir', help='the dir to save logs and models')
     parser.add_argument('--amp', action='store_true', default=False,
                         help='mixed precision: fp16 with dynamic loss scale on CUDA, '
                         'bf16 autocast on CPU')
@@ -37,17 +43,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from this checkpoint, or without a path from the latest '
                         'checkpoint in the work dir')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value (nested keys with dots, lists '
-                        'as key="[a,b]", no spaces)')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    add_common_arguments(parser, work_dir_help='the dir to save logs and models')
+    return parse_with_local_rank(parser)
 
 
 def build_cfg(args: argparse.Namespace) -> Config:
@@ -73,9 +70,11 @@ def main() -> None:
     args = parse_args()
     setup_cache_size_limit_of_dynamo()
     cfg = build_cfg(args)
-    configure_cpu_distributed(cfg)
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    runner.train()
+    try:
+        check_resume(cfg)
+    except FileNotFoundError as error:  # a usage error: the message, no traceback
+        sys.exit(f'tools/train.py: error: {error}')
+    build_runner(cfg).train()
 
 
 if __name__ == '__main__':

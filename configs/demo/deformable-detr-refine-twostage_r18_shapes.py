@@ -136,7 +136,8 @@ auto_scale_lr = dict(enable=False, base_batch_size=8)
 default_hooks = dict(
     # log_metric_by_epoch=False: validation metrics are logged at their iteration (else at epoch 0)
     logger=dict(type='LoggerHook', interval=20, log_metric_by_epoch=False),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1),
+    checkpoint=dict(type='AtomicCheckpointHook', by_epoch=False, interval=max_iters,
+                    max_keep_ckpts=1),
     visualization=dict(type='DetVisualizationHook', draw=False))
 log_processor = dict(type='LogProcessor', window_size=20, by_epoch=False)
 vis_backends = [dict(type='LocalVisBackend')]

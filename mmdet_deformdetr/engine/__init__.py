@@ -1,16 +1,23 @@
-"""Narrow fixes around mmengine, each documented in its module.
+"""Training-engine pieces around mmengine, each documented in its module.
 
+- ``AtomicCheckpointHook``: checkpoints written to a temporary file and renamed into place,
+  ``last_checkpoint`` after them, old ones deleted last: a kill mid-save loses nothing.
+- ``StopOnNonFiniteHook``: stops at the first NaN / Inf loss term, gradient norm or weight, before
+  any checkpoint of it is written.
 - ``CPUDistributedDataParallel``: DDP wrapper accepting mmengine's ``device_ids`` for CPU modules.
 - ``CPUAutocastOptimWrapper``: ``--amp`` on the CPU (bfloat16 autocast, no loss scaling).
 - ``configure_cpu_distributed``: what the tools apply for CPU multi-process runs (gloo, the wrapper,
   process-group initialisation without ``torch.cuda.set_device``).
 
-Registration of the two classes happens in ``mmdet_deformdetr/__init__.py``.
+Registration of the classes happens in ``mmdet_deformdetr/__init__.py``; the command-line helpers
+of ``tools/train.py`` / ``tools/test.py`` live with the tools (``tools/tool_common.py``).
 """
-from .cpu_amp import CPUAutocastOptimWrapper, select_amp_optim_wrapper
+from .atomic_checkpoint import AtomicCheckpointHook
+from .cpu_amp import CPUAutocastOptimWrapper, cpu_bf16_support, select_amp_optim_wrapper
 from .cpu_ddp import CPUDistributedDataParallel
 from .cpu_dist import configure_cpu_distributed
-from .tool_config import load_tool_config
+from .finite_check import NonFiniteTrainingError, StopOnNonFiniteHook
 
-__all__ = ['CPUAutocastOptimWrapper', 'CPUDistributedDataParallel', 'configure_cpu_distributed',
-           'load_tool_config', 'select_amp_optim_wrapper']
+__all__ = ['AtomicCheckpointHook', 'CPUAutocastOptimWrapper', 'CPUDistributedDataParallel',
+           'NonFiniteTrainingError', 'StopOnNonFiniteHook', 'configure_cpu_distributed',
+           'cpu_bf16_support', 'select_amp_optim_wrapper']

@@ -48,6 +48,6 @@ train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=2, val_begi
 param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False, begin=0, end=2)]
 default_hooks = dict(
     logger=dict(interval=1),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=2))
+    checkpoint=dict(by_epoch=False, interval=2))  # the primitive's AtomicCheckpointHook
 log_processor = dict(by_epoch=False)
 randomness = dict(seed=0)

@@ -42,5 +42,5 @@ train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=2, val_inte
 param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False, begin=0, end=2)]
 default_hooks = dict(
     logger=dict(interval=1),
-    checkpoint=dict(_delete_=True, type='CheckpointHook', by_epoch=False, interval=2))
+    checkpoint=dict(_delete_=True, type='AtomicCheckpointHook', by_epoch=False, interval=2))
 log_processor = dict(by_epoch=False)

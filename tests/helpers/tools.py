@@ -27,15 +27,28 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_tool(command: Sequence[str], timeout: float = 240, env: Dict[str, str] = None
-             ) -> subprocess.CompletedProcess:
-    """Run a tool from the repository root, niced, one intra-op thread per process (the machine
-    is a shared 2-core CPU); fail with the output's tail when it exits non-zero."""
-    full_env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1', **(env or {}))
-    result = subprocess.run(['nice', '-n', '5', *command], cwd=REPO_ROOT, env=full_env,
+def tool_env(env: Dict[str, str] = None) -> Dict[str, str]:
+    """The environment tools run in: one intra-op thread per process (the machine is a shared
+    2-core CPU), unbuffered output (a killed process's log is complete up to the kill)."""
+    return dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1', **(env or {}))
+
+
+def coco_photo_options(root: Path = COCO_PHOTOS) -> List[str]:
+    """--cfg-options pointing the tiny configs' dataloaders and evaluators at the photographs
+    in ``root`` (tests/data/coco_photos)."""
+    ann_file = f'{root}/annotations/instances.json'
+    return [f'{split}_dataloader.dataset.data_root={root}/' for split in ('train', 'val', 'test')
+            ] + [f'val_evaluator.ann_file={ann_file}', f'test_evaluator.ann_file={ann_file}']
+
+
+def run_tool(command: Sequence[str], timeout: float = 240, env: Dict[str, str] = None,
+             check: bool = True) -> subprocess.CompletedProcess:
+    """Run a tool from the repository root, niced (see ``tool_env``); unless ``check`` is False,
+    fail with the output's tail when it exits non-zero. ``result.output``: stdout + stderr."""
+    result = subprocess.run(['nice', '-n', '5', *command], cwd=REPO_ROOT, env=tool_env(env),
                             capture_output=True, text=True, timeout=timeout)
     output = result.stdout + result.stderr
-    if result.returncode != 0:
+    if check and result.returncode != 0:
         pytest.fail(f'{" ".join(command)} exited with {result.returncode}:\n{output[-6000:]}')
     result.output = output
     return result

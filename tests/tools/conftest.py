@@ -6,17 +6,14 @@ from typing import Callable, List
 
 import pytest
 
-from tests.helpers.tools import TINY_CONFIG, run_tool
+from tests.helpers.tools import TINY_CONFIG, coco_photo_options, run_tool
 
 
 @pytest.fixture(scope='session')
 def tiny_data_options(coco_photos: Path) -> List[str]:
     """--cfg-options pointing the tiny config's dataloaders and evaluators at the photographs in
     tests/data/coco_photos."""
-    root = f'{coco_photos}/'
-    ann_file = f'{coco_photos}/annotations/instances.json'
-    return [f'{split}_dataloader.dataset.data_root={root}' for split in ('train', 'val', 'test')
-            ] + [f'val_evaluator.ann_file={ann_file}', f'test_evaluator.ann_file={ann_file}']
+    return coco_photo_options(coco_photos)
 
 
 @pytest.fixture(scope='session')
@@ -63,3 +60,11 @@ def make_tiny_checkpoint(tmp_path_factory) -> Callable[[str], Path]:
 def tiny_checkpoint(make_tiny_checkpoint) -> Path:
     """The plain tiny model's checkpoint (see make_tiny_checkpoint)."""
     return make_tiny_checkpoint('plain')
+
+
+@pytest.fixture(scope='session')
+def fault_reference(tmp_path_factory) -> Path:
+    """Work dir of an uninterrupted run of tests/helpers/tiny_faults_coco.py (8 iterations),
+    which the fault tests' killed and resumed runs must end equal to."""
+    from tests.helpers.faults import reference_run
+    return reference_run(tmp_path_factory.mktemp('fault_reference'))
