@@ -23,10 +23,13 @@ way files are written, on a local file system:
 3. outdated checkpoints (``max_keep_ckpts``, the previous best) are deleted only after 1 and 2.
 
 A kill therefore leaves at most a ``.writing`` file (removed, with a log line, when training
-restarts) next to the previous good checkpoint that ``last_checkpoint`` still names. On other
-storage backends (``backend_args`` for petrel, S3 ...) an object ``put`` is already all or nothing;
-there only the order changes (deletions last). The fsync protects against a machine crash, not a
-killed process (the page cache survives the process); it costs one flush per save.
+restarts) next to the previous good checkpoint that ``last_checkpoint`` still names, or, between
+2 and 3, outdated checkpoints not deleted yet: each checkpoint records in its message hub
+(``outdated_ckpts``) what its save is about to delete, and a run resumed from it deletes those.
+
+On other storage backends (``backend_args`` for petrel, S3 ...) an object ``put`` is already all
+or nothing; there only the order changes (deletions last). The fsync protects against a machine
+crash, not a killed process (the page cache survives the process); it costs one flush per save.
 """
 import os
 import os.path as osp
@@ -39,6 +42,8 @@ from mmengine.hooks import CheckpointHook
 
 #: suffix of the temporary files a save writes before renaming them into place
 PARTIAL_SUFFIX = '.writing'
+#: message-hub key: the checkpoints a save deletes once it is complete
+OUTDATED_KEY = 'outdated_ckpts'
 
 
 def _fsync_path(path: str) -> None:
@@ -154,6 +159,13 @@ class AtomicCheckpointHook(CheckpointHook):
                 f'Removed {len(removed)} incomplete file(s) that an interrupted checkpoint save '
                 f'left in {self.out_dir}: {", ".join(removed)}. The checkpoints themselves are '
                 f'complete (they are renamed into place only once fully written).')
+        outdated = [path for path in runner.message_hub.get_info(OUTDATED_KEY, [])
+                    if self.file_backend.exists(path)]
+        for path in outdated:
+            _remove_checkpoint(self.file_backend, path)
+        if outdated:
+            runner.logger.info(f'Deleted the outdated checkpoint(s) that an interrupted save had '
+                               f'not deleted yet: {", ".join(outdated)}.')
 
     def _save_atomically(self, runner, out_dir: str, filename: str, *args: Any,
                          **kwargs: Any) -> None:
@@ -188,6 +200,10 @@ class AtomicCheckpointHook(CheckpointHook):
         outdated checkpoints (mmengine 0.10.7 deletes first and writes in place)."""
         runner = getattr(runner, 'wrapped_runner', runner)  # called from _save_best_checkpoint
         outdated = self._advance_kept(runner, step)
+        # recorded in the checkpoint: a run resumed from it deletes them if a kill came first
+        # (inside a best save, the previous best is among the deferred removals)
+        runner.message_hub.update_info(
+            OUTDATED_KEY, outdated + list(getattr(self.file_backend, 'paths', [])))
         filename = self.filename_tmpl.format(step)
         self.last_ckpt = self.file_backend.join_path(self.out_dir, filename)
         runner.message_hub.update_info('last_ckpt', self.last_ckpt)

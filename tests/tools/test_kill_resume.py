@@ -101,7 +101,8 @@ def test_resume_with_something_to_resume_from_passes(tmp_path, load_from):
 
 
 def test_train_py_resume_in_an_empty_work_dir_fails_before_training(tmp_path):
-    output = run_train(tmp_path, expect_rc=1, resume='auto')
-    assert (f'tools/train.py: error: --resume: nothing to resume in the work dir {tmp_path}: '
-            f'{tmp_path}/last_checkpoint does not exist') in output
+    work_dir = tmp_path / 'run'
+    output = run_train(work_dir, expect_rc=1, resume='auto')
+    assert (f'tools/train.py: error: --resume: nothing to resume in the work dir {work_dir}: '
+            f'{work_dir}/last_checkpoint does not exist') in output
     assert 'Traceback' not in output and 'Iter(train)' not in output
