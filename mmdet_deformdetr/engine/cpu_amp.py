@@ -9,18 +9,22 @@ multi-scale deformable attention op computes in float32 under autocast (see
 ``mmdet_deformdetr/ops/ms_deform_attn.py``).
 
 bf16 is fast only on CPUs with bfloat16 arithmetic: x86 with AVX512-BF16 or AMX-BF16, Arm with the
-BF16 extension. Elsewhere (e.g. AVX2-only x86) oneDNN emulates it and training got ~13x slower
-than float32 (18 s vs 1.3 s per iteration of the demo model on a 2-core AVX2 EPYC), so the wrapper
-logs a WARNING when it is built on such a CPU, decided from ``/proc/cpuinfo``'s flags
-(``cpu_bf16_support``). Decision: ``--amp`` still selects bf16 there (a loud warning, not a silent
-switch to float32), because ``--amp`` must mean the same numerics on every machine: a run resumed
-or repeated elsewhere gives comparable results, and a user who wants bf16 (memory) keeps it. The
-warning names the faster path (train without ``--amp``). ``tools/analysis_tools/
-benchmark_cpu_amp.py`` measures the ratio on the machine at hand.
+BF16 extension. Elsewhere (e.g. AVX2-only x86) it is emulated and training got ~13x slower than
+float32 (18 s vs 1.3 s per iteration of the demo model on a 2-core AVX2 EPYC; 9.8x on an AMX Xeon
+with torch and oneDNN limited to AVX2, where unlimited bf16 took 0.91x float32's time). So the
+wrapper logs a WARNING when it is built where bf16 is not native, decided from ``/proc/cpuinfo``'s
+flags and the instruction sets torch actually uses (``cpu_bf16_support``).
+
+Decision: ``--amp`` still selects bf16 there (a loud warning, not a silent switch to float32):
+``--amp`` must mean the same numerics on every machine, so that a run resumed or repeated
+elsewhere gives comparable results, and a user who wants bf16 (memory) keeps it. The warning
+names the faster path (train without ``--amp``); ``tools/analysis_tools/benchmark_cpu_amp.py``
+measures the ratio on the machine at hand.
 """
 import logging
+import os
 from contextlib import contextmanager
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, Mapping, Optional, Tuple
 
 import torch
 from mmengine.config import Config
@@ -29,37 +33,58 @@ from mmengine.optim import OptimWrapper
 
 #: /proc/cpuinfo flags of native bfloat16 arithmetic: x86 ('flags') and Arm ('Features')
 NATIVE_BF16_FLAGS = {'avx512_bf16', 'amx_bf16', 'bf16'}
+#: torch CPU capabilities of x86 builds whose kernels have no bfloat16 instructions
+X86_CAPABILITIES_WITHOUT_BF16 = {'DEFAULT', 'NO AVX', 'AVX', 'AVX2'}
+#: words of the oneDNN ISA limits (ONEDNN_MAX_CPU_ISA) that still include bfloat16 instructions
+ONEDNN_ISAS_WITH_BF16 = ('BF16', 'AMX', 'FP16', 'AVX10', 'ALL', 'DEFAULT')
 
 
-def cpu_bf16_support(cpuinfo: Optional[str] = None) -> Tuple[Optional[bool], str]:
-    """Whether this CPU computes in bfloat16 natively, and the evidence in words.
+def cpu_bf16_support(cpuinfo: Optional[str] = None, capability: Optional[str] = None,
+                     environ: Optional[Mapping[str, str]] = None) -> Tuple[Optional[bool], str]:
+    """Whether bfloat16 runs on native instructions here, and the evidence in words.
+
+    Native means: the CPU has them (``/proc/cpuinfo``: x86 ``avx512_bf16`` / ``amx_bf16``, Arm
+    ``bf16``) and torch uses them: on x86 its kernels are dispatched above AVX2
+    (``torch.backends.cpu.get_cpu_capability()``; ``ATEN_CPU_CAPABILITY=avx2`` lowers it) and
+    oneDNN (matmul, convolution) is not limited below BF16 by ``ONEDNN_MAX_CPU_ISA``. Measured:
+    limiting both to AVX2 on an AMX Xeon made the demo model's bf16 iteration 9.8x slower than
+    float32, as on the AVX2 EPYC the warning was written for.
 
     Args:
-        cpuinfo: the text of ``/proc/cpuinfo`` (read when None; a parameter for tests).
+        cpuinfo, capability, environ: ``/proc/cpuinfo``'s text, torch's CPU capability and the
+            environment; read from this machine when None (parameters for tests).
 
     Returns:
-        ``(True | False | None, evidence)``: None when the flags cannot be read (no
+        ``(True | False | None, evidence)``; None when the CPU flags cannot be read (no
         ``/proc/cpuinfo``, e.g. macOS): then nothing is claimed.
     """
-    capability = torch.backends.cpu.get_cpu_capability()
+    capability = capability or torch.backends.cpu.get_cpu_capability()
+    environ = os.environ if environ is None else environ
     if cpuinfo is None:
         try:
             with open('/proc/cpuinfo') as file:
                 cpuinfo = file.read()
         except OSError:
             return None, f'no /proc/cpuinfo; torch CPU capability {capability}'
-    flags = set()
+    flags, x86 = set(), False
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(':')
         if key.strip() in ('flags', 'Features'):
             flags.update(value.split())
+            x86 = x86 or key.strip() == 'flags'
     if not flags:
         return None, f'no CPU flags in /proc/cpuinfo; torch CPU capability {capability}'
     native = sorted(flags & NATIVE_BF16_FLAGS)
-    if native:
-        return True, f'/proc/cpuinfo lists {", ".join(native)}; torch CPU capability {capability}'
-    return False, (f'/proc/cpuinfo lists none of {", ".join(sorted(NATIVE_BF16_FLAGS))}; '
-                   f'torch CPU capability {capability}')
+    if not native:
+        return False, (f'/proc/cpuinfo lists none of {", ".join(sorted(NATIVE_BF16_FLAGS))}; '
+                       f'torch CPU capability {capability}')
+    evidence = f'/proc/cpuinfo lists {", ".join(native)}; torch CPU capability {capability}'
+    onednn = environ.get('ONEDNN_MAX_CPU_ISA') or environ.get('DNNL_MAX_CPU_ISA')
+    if x86 and capability.upper() in X86_CAPABILITIES_WITHOUT_BF16:
+        return False, f'{evidence}, which has no bfloat16 kernels'
+    if x86 and onednn and not any(word in onednn.upper() for word in ONEDNN_ISAS_WITH_BF16):
+        return False, f'{evidence}; oneDNN limited to {onednn} (ONEDNN_MAX_CPU_ISA)'
+    return True, evidence
 
 
 class CPUAutocastOptimWrapper(OptimWrapper):

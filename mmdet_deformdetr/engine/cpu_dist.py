@@ -15,6 +15,14 @@ assumptions in mmdet / mmengine, each fixed here as narrowly as possible:
    config).
 
 Nothing happens when CUDA is available or the launcher is ``none``.
+
+Faults: when a rank dies, torchrun stops the others and exits non-zero (measured: ~2 s after a
+SIGKILL of one of 2 CPU ranks; tests/tools/test_dist_faults.py). A rank that hangs instead (or a
+peer on another machine that vanishes) leaves the others blocked in a gloo collective until
+``env_cfg.dist_cfg.timeout`` (seconds, mmengine's convention): written into the config as 1800
+(torch's gloo default) when unset, so that the dumped config shows it and
+``--cfg-options env_cfg.dist_cfg.timeout=S`` lowers it. Keep it above the longest phase one rank
+spends alone (a checkpoint save, the COCO evaluation on rank 0).
 """
 import datetime
 import os
@@ -24,13 +32,17 @@ import torch
 import torch.distributed as torch_dist
 from mmengine.config import Config
 
+#: seconds a gloo collective waits for a missing peer (torch's default for gloo, made explicit)
+DEFAULT_GLOO_TIMEOUT_S = 1800
+
 
 def configure_cpu_distributed(cfg: Config, cuda_available: Optional[bool] = None) -> bool:
     """Adapt ``cfg`` (launcher already set) for a CPU multi-process run and join the group.
 
     Args:
         cfg: the full config; ``cfg.launcher`` is ``'none'``, ``'pytorch'``, ``'slurm'`` or
-            ``'mpi'``. Modified in place: ``env_cfg.dist_cfg.backend`` and ``model_wrapper_cfg``.
+            ``'mpi'``. Modified in place: ``env_cfg.dist_cfg.backend`` (and ``timeout`` when
+            unset) and ``model_wrapper_cfg``.
         cuda_available: defaults to ``torch.cuda.is_available()``; a parameter for tests.
 
     Returns:
@@ -55,6 +67,8 @@ def configure_cpu_distributed(cfg: Config, cuda_available: Optional[bool] = None
     env_cfg = cfg.setdefault('env_cfg', {})
     dist_cfg = env_cfg.setdefault('dist_cfg', {})
     dist_cfg['backend'] = 'gloo'
+    if dist_cfg.get('timeout') is None:
+        dist_cfg['timeout'] = DEFAULT_GLOO_TIMEOUT_S
 
     wrapper_cfg = cfg.get('model_wrapper_cfg') or {}
     wrapper_type = wrapper_cfg.get('type', 'CPUDistributedDataParallel')

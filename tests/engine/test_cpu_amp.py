@@ -1,11 +1,18 @@
-"""CPUAutocastOptimWrapper (``tools/train.py --amp`` without CUDA) and its selection."""
+"""CPUAutocastOptimWrapper (``tools/train.py --amp`` without CUDA), its selection, and its
+warning on CPUs without native bfloat16."""
+import logging
 
 import pytest
 import torch
 from mmengine.config import Config
 from mmengine.optim import OptimWrapper, build_optim_wrapper
 
-from mmdet_deformdetr.engine import CPUAutocastOptimWrapper, select_amp_optim_wrapper
+from mmdet_deformdetr.engine import (
+    CPUAutocastOptimWrapper,
+    cpu_amp,
+    cpu_bf16_support,
+    select_amp_optim_wrapper,
+)
 from tests.helpers.tools import TINY_CONFIG
 
 
@@ -91,3 +98,42 @@ def test_tiny_deformdetr_trains_under_cpu_autocast(variant):
     # every trainable parameter was updated (AdamW moves any parameter with a gradient)
     assert sorted(changed) == sorted(trainable)
     assert all(param.dtype == torch.float32 for param in model.parameters())
+
+
+EPYC_AVX2 = 'processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma bmi2 sha_ni\n'
+XEON_AMX = 'processor\t: 0\nflags\t\t: avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n'
+ARM_BF16 = 'processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n'
+ARM_OLD = 'processor\t: 0\nFeatures\t: fp asimd evtstrm crc32\n'
+
+
+@pytest.mark.parametrize('cpuinfo, capability, environ, native, evidence', [
+    (EPYC_AVX2, 'AVX2', {}, False, '/proc/cpuinfo lists none of amx_bf16, avx512_bf16, bf16'),
+    (XEON_AMX, 'AVX512', {}, True, '/proc/cpuinfo lists amx_bf16, avx512_bf16; torch CPU '
+     'capability AVX512'),
+    # the flags are there, but torch's kernels (ATEN_CPU_CAPABILITY=avx2) or oneDNN do not use them
+    (XEON_AMX, 'AVX2', {}, False, 'capability AVX2, which has no bfloat16 kernels'),
+    (XEON_AMX, 'AVX512', dict(ONEDNN_MAX_CPU_ISA='AVX2'), False, 'oneDNN limited to AVX2'),
+    (XEON_AMX, 'AVX512', dict(ONEDNN_MAX_CPU_ISA='AVX512_CORE_AMX'), True, 'lists amx_bf16'),
+    (ARM_BF16, 'DEFAULT', {}, True, '/proc/cpuinfo lists bf16'),
+    (ARM_OLD, 'DEFAULT', {}, False, 'lists none of'),
+    ('processor\t: 0\n', 'AVX2', {}, None, 'no CPU flags in /proc/cpuinfo'),
+])
+def test_cpu_bf16_support(cpuinfo, capability, environ, native, evidence):
+    found, words = cpu_bf16_support(cpuinfo, capability, environ)
+    assert found is native
+    assert evidence in words and 'torch CPU capability' in words
+
+
+@pytest.mark.parametrize('native, warned', [(False, True), (True, False), (None, False)])
+def test_wrapper_warns_on_a_cpu_without_native_bf16(monkeypatch, native, warned):
+    logged = []
+    monkeypatch.setattr(cpu_amp, 'cpu_bf16_support', lambda: (native, 'flags x'))
+    monkeypatch.setattr(cpu_amp, 'print_log', lambda message, **kwargs: logged.append(
+        (message, kwargs['level'])))
+    CPUAutocastOptimWrapper(torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1))
+    assert bool(logged) == warned
+    if warned:
+        message, level = logged[0]
+        assert level == logging.WARNING
+        assert 'SLOWER than float32 on this CPU' in message and '(flags x)' in message
+        assert 'Train without --amp' in message

@@ -63,10 +63,17 @@ def test_pytorch_launcher_on_cpu_selects_gloo_and_wrapper(gloo_group):
     cfg = _cfg(launcher='pytorch', find_unused_parameters=True,
                model_wrapper_cfg=dict(detect_anomalous_params=True))
     assert configure_cpu_distributed(cfg, cuda_available=False)  # group exists: not re-created
-    assert cfg.env_cfg.dist_cfg.backend == 'gloo'
+    assert cfg.env_cfg.dist_cfg == dict(backend='gloo', timeout=1800)  # torch's, made explicit
     assert cfg.model_wrapper_cfg == dict(
         type='CPUDistributedDataParallel', broadcast_buffers=False, find_unused_parameters=True,
         detect_anomalous_params=True)
+
+
+def test_configured_gloo_timeout_is_kept(gloo_group):
+    cfg = _cfg(launcher='pytorch')
+    cfg.env_cfg.dist_cfg.timeout = 60
+    configure_cpu_distributed(cfg, cuda_available=False)
+    assert cfg.env_cfg.dist_cfg == dict(backend='gloo', timeout=60)
 
 
 def test_foreign_wrapper_type_fails_clearly():

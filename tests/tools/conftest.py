@@ -2,7 +2,7 @@
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, Dict, List
 
 import pytest
 
@@ -20,8 +20,9 @@ def tiny_data_options(coco_photos: Path) -> List[str]:
 def python_tool() -> Callable[..., subprocess.CompletedProcess]:
     """run_tool for a Python script with the interpreter running the tests (the venv's)."""
 
-    def run(script: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-        return run_tool([sys.executable, script, *args], timeout=timeout)
+    def run(script: str, *args: str, timeout: float = 240,
+            env: Dict[str, str] = None) -> subprocess.CompletedProcess:
+        return run_tool([sys.executable, script, *args], timeout=timeout, env=env)
 
     return run
 

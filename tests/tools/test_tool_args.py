@@ -1,6 +1,7 @@
 """Command lines of tools/train.py and tools/test.py -> config, without running anything:
 mmdet's precedence rules (work_dir, resume), --amp / --auto-scale-lr / --tta / --show-dir."""
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -86,3 +87,18 @@ def test_test_tta_without_tta_settings_fails_clearly(test_tool, monkeypatch):
 def test_test_out_must_be_pickle(test_tool, monkeypatch):
     with pytest.raises(SystemExit):
         _cfg(test_tool, monkeypatch, str(TINY_CONFIG), 'ckpt.pth', '--out', 'results.json')
+
+
+@pytest.mark.parametrize('tool_name, argv', [('train', []), ('test', ['ckpt.pth'])])
+@pytest.mark.parametrize('flag', ['--local-rank', '--local_rank'])
+def test_local_rank_flag_sets_local_rank_unless_the_launcher_did(request, monkeypatch, tool_name,
+                                                                 argv, flag):
+    """The arguments both tools share (tools/tool_common.py), as mmdet's tools handle them."""
+    tool = request.getfixturevalue(f'{tool_name}_tool')
+    monkeypatch.setattr(sys, 'argv', [f'{tool_name}.py', str(TINY_CONFIG), *argv, flag, '3'])
+    monkeypatch.delenv('LOCAL_RANK', raising=False)
+    assert tool.parse_args().local_rank == 3
+    assert os.environ['LOCAL_RANK'] == '3'
+    monkeypatch.setenv('LOCAL_RANK', '1')  # set by torchrun: kept
+    tool.parse_args()
+    assert os.environ['LOCAL_RANK'] == '1'

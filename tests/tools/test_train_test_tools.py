@@ -13,12 +13,16 @@ MMDET_TEST_PY = Path(__import__('mmdet').__file__).parent / '.mim' / 'tools' / '
 
 @pytest.mark.slow
 def test_train_amp_auto_scale_lr_then_resume(python_tool, tiny_data_options, tmp_path):
-    """--amp picks CPU bf16 autocast; --auto-scale-lr scales by 1 image / 32; --resume (auto)
-    continues from iter_2.pth in the work dir (mmengine's resume through our safe loader)."""
+    """--amp picks CPU bf16 autocast, and warns loudly where bf16 is not native (forced here
+    with ATEN_CPU_CAPABILITY=avx2, as on an AVX2-only CPU); --auto-scale-lr scales by 1 image /
+    32; --resume (auto) continues from iter_2.pth in the work dir (mmengine's resume through our
+    safe loader)."""
     common = [str(TINY_CONFIG), '--work-dir', str(tmp_path)]
     first = python_tool('tools/train.py', *common, '--amp', '--auto-scale-lr',
-                        '--cfg-options', *tiny_data_options)
+                        '--cfg-options', *tiny_data_options, env=dict(ATEN_CPU_CAPABILITY='avx2'))
     assert "type='CPUAutocastOptimWrapper'" in first.output
+    assert ('WARNING - --amp / CPUAutocastOptimWrapper: bf16 autocast will be much SLOWER than '
+            'float32 on this CPU') in first.output
     assert 'Scaling the original LR by 0.03125' in first.output  # 1 image / base batch 32
     assert (tmp_path / 'iter_2.pth').is_file()
 
