@@ -24,12 +24,7 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mmdet_deformdetr  # noqa: E402,F401  (registers our modules, safe checkpoint loading)
-from tools.tool_common import (  # noqa: E402
-    add_common_arguments,
-    build_runner,
-    load_tool_config,
-    parse_with_local_rank,
-)
+from tools import tool_common  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -41,8 +36,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--show-dir', help='save painted images in work_dir/timestamp/SHOW_DIR')
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation')
-    add_common_arguments(parser, work_dir_help='the dir to save the evaluation metrics')
-    args = parse_with_local_rank(parser)
+    tool_common.add_common_arguments(parser, work_dir_help='the dir to save the evaluation metrics')
+    args = tool_common.parse_with_local_rank(parser)
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         parser.error(f'--out must name a .pkl or .pickle file, got {args.out}')
     return args
@@ -50,7 +45,7 @@ def parse_args() -> argparse.Namespace:
 
 def build_cfg(args: argparse.Namespace) -> Config:
     """The config with the command line applied, in mmdet's order of precedence."""
-    cfg = load_tool_config(args.config, args.launcher, args.cfg_options, args.work_dir)
+    cfg = tool_common.load_tool_config(args.config, args.launcher, args.cfg_options, args.work_dir)
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)
@@ -69,7 +64,7 @@ def main() -> None:
     args = parse_args()
     setup_cache_size_limit_of_dynamo()
     cfg = build_cfg(args)
-    runner = build_runner(cfg)
+    runner = tool_common.build_runner(cfg)
     if args.out is not None:
         # a metric that only writes the predictions, as mmdet's tools/test.py
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))

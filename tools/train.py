@@ -23,13 +23,7 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:
 
 import mmdet_deformdetr  # noqa: E402,F401  (registers our modules, safe checkpoint loading)
 from mmdet_deformdetr.engine import select_amp_optim_wrapper  # noqa: E402
-from tools.tool_common import (  # noqa: E402
-    add_common_arguments,
-    build_runner,
-    check_resume,
-    load_tool_config,
-    parse_with_local_rank,
-)
+from tools import tool_common  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -43,13 +37,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from this checkpoint, or without a path from the latest '
                         'checkpoint in the work dir')
-    add_common_arguments(parser, work_dir_help='the dir to save logs and models')
-    return parse_with_local_rank(parser)
+    tool_common.add_common_arguments(parser, work_dir_help='the dir to save logs and models')
+    return tool_common.parse_with_local_rank(parser)
 
 
 def build_cfg(args: argparse.Namespace) -> Config:
     """The config with the command line applied, in mmdet's order of precedence."""
-    cfg = load_tool_config(args.config, args.launcher, args.cfg_options, args.work_dir)
+    cfg = tool_common.load_tool_config(args.config, args.launcher, args.cfg_options, args.work_dir)
     if args.amp:
         select_amp_optim_wrapper(cfg)
     if args.auto_scale_lr:
@@ -71,10 +65,10 @@ def main() -> None:
     setup_cache_size_limit_of_dynamo()
     cfg = build_cfg(args)
     try:
-        check_resume(cfg)
+        tool_common.check_resume(cfg)
     except FileNotFoundError as error:  # a usage error: the message, no traceback
         sys.exit(f'tools/train.py: error: {error}')
-    build_runner(cfg).train()
+    tool_common.build_runner(cfg).train()
 
 
 if __name__ == '__main__':
