@@ -15,7 +15,9 @@ iteration is in the log first):
   ...; one host sync for all of them);
 - the gradient norm, when the optimizer wrapper clips gradients (``clip_grad``: every config
   of this project) and so records ``train/grad_norm``: one non-finite gradient makes the norm
-  non-finite. Without it the weights are checked instead, every iteration;
+  non-finite. Without it the weights are checked instead, every iteration; with fp16 loss
+  scaling (``AmpOptimWrapper``) a non-finite norm is an overflow whose step the scaler skips, so
+  the weights are checked then too, instead of stopping;
 - the weights of any checkpoint about to be written (``before_save_checkpoint``), whichever hook
   saves it: non-finite weights are never written over good ones.
 
@@ -87,11 +89,15 @@ class StopOnNonFiniteHook(Hook):
                          outputs: Optional[Dict[str, object]] = None) -> None:
         bad = [f'{name}={value}' for name, value in _non_finite_scalars(dict(outputs or {}))]
         grad_norm = runner.message_hub.log_scalars.get('train/grad_norm')
-        if grad_norm is not None:
-            value = float(grad_norm.current())
-            if not math.isfinite(value):
-                bad.append(f'grad_norm={value}')
-        if not bad and (grad_norm is None or self.check_weights == 'always'):
+        trust_grad_norm = grad_norm is not None and self.check_weights == 'auto'
+        if grad_norm is not None and not math.isfinite(float(grad_norm.current())):
+            if hasattr(runner.optim_wrapper, 'loss_scaler'):
+                # fp16 with loss scaling (AmpOptimWrapper): an overflow is expected now and then;
+                # the scaler skips that step and lowers the scale, so only the weights can tell
+                trust_grad_norm = False
+            else:
+                bad.append(f'grad_norm={float(grad_norm.current())}')
+        if not bad and not trust_grad_norm:
             weights = non_finite_tensors(_unwrap(runner.model).named_parameters())
             if weights:
                 bad.append(f'weights {_listed(weights)}')

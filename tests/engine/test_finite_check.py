@@ -22,7 +22,7 @@ def _runner(tmp_path: Path, grad_norm=None, weight: float = 1.0) -> SimpleNamesp
     with torch.no_grad():
         model.weight.fill_(weight)
     return SimpleNamespace(message_hub=hub, model=model, iter=6, epoch=0, work_dir=str(tmp_path),
-                           train_loop=SimpleNamespace(max_epochs=1),
+                           train_loop=SimpleNamespace(max_epochs=1), optim_wrapper=object(),
                            logger=logging.getLogger('finite_check_test'))
 
 
@@ -55,6 +55,18 @@ def test_finite_values_pass_and_weights_are_checked_per_mode(tmp_path):
         StopOnNonFiniteHook('always').after_train_iter(with_nan_weights, 0, outputs=finite)
     with pytest.raises(ValueError, match="'auto' or 'always'"):
         StopOnNonFiniteHook('sometimes')
+
+
+def test_fp16_overflow_skipped_by_the_loss_scaler_is_not_a_stop(tmp_path):
+    """AmpOptimWrapper: an inf gradient norm means the scaler skipped the step; the weights
+    decide."""
+    finite = _losses(loss=2.0)
+    overflow = _runner(tmp_path, grad_norm=INF)
+    overflow.optim_wrapper = SimpleNamespace(loss_scaler=object())
+    StopOnNonFiniteHook().after_train_iter(overflow, 0, outputs=finite)
+    overflow.model.weight.data.fill_(NAN)
+    with pytest.raises(NonFiniteTrainingError, match='not finite: weights weight'):
+        StopOnNonFiniteHook().after_train_iter(overflow, 0, outputs=finite)
 
 
 def test_checkpoint_with_non_finite_weights_is_not_saved(tmp_path):
