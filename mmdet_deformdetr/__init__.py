@@ -3,11 +3,12 @@
 Importing this package registers every module of ours in mmdet's registries. Registration happens
 here and nowhere else.
 """
-from mmdet.registry import MODELS
+from mmdet.registry import DATASETS, HOOKS, MODELS
 from mmengine.registry import MODEL_WRAPPERS, OPTIM_WRAPPERS
 from mmengine.runner import CheckpointLoader
 
 from .checkpoint import SCHEME, install_safe_globals, load_from_deformdetr_uri
+from .datasets import CheckedCocoDataset, CheckNumClassesHook
 from .engine import CPUAutocastOptimWrapper, CPUDistributedDataParallel
 from .models.detector import DeformDETR
 from .models.head import DeformDETRHead
@@ -34,3 +35,8 @@ CheckpointLoader.register_scheme(prefixes=SCHEME, loader=load_from_deformdetr_ur
 # accepts mmengine's device_ids for CPU modules, and bf16 autocast for --amp without CUDA.
 MODEL_WRAPPERS.register_module(module=CPUDistributedDataParallel)
 OPTIM_WRAPPERS.register_module(module=CPUAutocastOptimWrapper)
+
+# Bad data (issue #11; mmdet_deformdetr/datasets/ documents each case): mmdet's CocoDataset with
+# checks that name the file and the fix, and a start-of-run check of num_classes against the data.
+DATASETS.register_module(module=CheckedCocoDataset)
+HOOKS.register_module(module=CheckNumClassesHook)
