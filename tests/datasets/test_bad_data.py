@@ -3,6 +3,7 @@ LoadImageFromFile): what the user sees for each defect (issue #11; README "What 
 data")."""
 import io
 import logging
+import re
 from pathlib import Path
 
 import cv2
@@ -153,7 +154,6 @@ def test_undecodable_or_wrong_size_image_is_skipped_in_training(tmp_path, coco_p
     index = index_of(dataset, IMAGE_DEFECTS[defect][0])
     assert dataset.prepare_data(index) is None  # mmengine then fetches another image
     path = root / 'images' / IMAGE_DEFECTS[defect][0]
-    import re
     assert re.search(rf'CheckedCocoDataset: skipped {path}: {what}', mm_log.getvalue())
     assert '1 image(s) skipped so far in this process' in mm_log.getvalue()
     # __getitem__ (what the DataLoader calls) returns another, good image
