@@ -39,6 +39,8 @@ class CheckNumClassesHook(Hook):
         if dataloader is None:
             return
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        if not hasattr(model, 'bbox_head') and hasattr(model, 'module'):  # DetTTAModel
+            model = model.module
         head = getattr(model, 'bbox_head', None)
         classes = dataloader.dataset.metainfo.get('classes')
         if head is None or not hasattr(head, 'num_classes') or classes is None:

@@ -263,7 +263,8 @@ def test_level_start_index_disagreeing_with_shapes_is_refused(impl: str, starts:
         msda(value, shapes, torch.tensor(starts), locations, weights, impl=impl)
 
 
-@pytest.mark.parametrize('starts,match', [([0, 20, 39], 'disagrees'), ([0, 24, 42], 'does not fit')])
+@pytest.mark.parametrize('starts,match', [([0, 20, 39], 'disagrees'),
+                                          ([0, 24, 42], 'does not fit')])
 def test_kernel_itself_refuses_bad_level_start_index(starts: list, match: str) -> None:
     """The C++ kernel checks on its own (callers of MSDeformAttnCPUFunction skip the wrapper)."""
     value, shapes, _, locations, weights = make_inputs(*CASES['three_levels'])
