@@ -4,7 +4,7 @@ import torch
 from mmdet.structures import DetDataSample
 from mmengine.structures import InstanceData
 
-from mmdet_deformdetr.models.head import DeformDETRHead
+from mmdet_deformdetr.models.head import DeformDETRHead, RegressionMLP
 
 DIMS, CLASSES = 16, 4
 TRAIN_CFG = dict(assigner=dict(type='HungarianAssigner', match_costs=[
@@ -98,14 +98,30 @@ def test_encoder_loss_labels_every_target_zero() -> None:
     assert losses['loss_cls'] > 1.0  # the decoder loss wants class CLASSES - 1
 
 
-def test_bad_head_configs() -> None:
-    with pytest.raises(ValueError, match='with_box_refine'):
-        make_head(as_two_stage=True)
-    with pytest.raises(ValueError, match='sigmoid'):
-        make_head(loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=False))
-    with pytest.raises(ValueError, match='assigner'):
-        make_head(train_cfg=dict(sampler=None))
+@pytest.mark.parametrize('overrides,message', [
+    (dict(as_two_stage=True), 'model.with_box_refine=True'),
+    (dict(loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=False)), 'sigmoid'),
+    (dict(train_cfg=dict(sampler=None)), 'assigner'),
+], ids=['two_stage-without-refine', 'softmax-loss', 'no-assigner'])
+def test_bad_head_configs(overrides: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_head(**overrides)
+
+
+def test_head_without_train_cfg_refuses_losses() -> None:
     head = make_head(train_cfg=None)
     with pytest.raises(RuntimeError, match='train_cfg'):
         head.loss_by_feat(torch.zeros(1, 1, 2, CLASSES), torch.rand(1, 1, 2, 4), None, None,
                           [sample_with_gt(1).gt_instances], [dict(img_shape=(64, 80))])
+
+
+def test_regression_mlp_names_and_relu() -> None:
+    mlp = RegressionMLP(8, 8, 4, num_layers=3)
+    assert [name for name, _ in mlp.named_parameters()] == [
+        f'layers.{i}.{kind}' for i in range(3) for kind in ('weight', 'bias')]
+    with torch.no_grad():
+        for layer in mlp.layers:
+            layer.weight.copy_(torch.eye(*layer.weight.shape))
+            layer.bias.zero_()
+    x = torch.tensor([[1.0, -1.0, 2.0, -2.0, 0, 0, 0, 0]])
+    torch.testing.assert_close(mlp(x), torch.tensor([[1.0, 0.0, 2.0, 0.0]]))
