@@ -129,7 +129,7 @@ def main() -> None:
 def run(cfg: Config, args: argparse.Namespace, start: float, data_time: float) -> None:
     from mmengine.runner import Runner
 
-    from mmdet_deformdetr.demo import (
+    from shapes_demo import (
         MetricsKeeper,
         ThreadCountTuner,
         draw_prediction_grid,

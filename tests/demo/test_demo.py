@@ -48,7 +48,7 @@ def test_other_coco_dataset_through_cfg_options():
 
 
 def test_plot_training_curves_from_scalars(tmp_path):
-    from mmdet_deformdetr.demo import plot_training_curves
+    from tools.shapes_demo import plot_training_curves
     rows = [dict(step=i, loss=10.0 / i, loss_cls=1.0 / i, lr=1e-4) for i in range(10, 101, 10)]
     rows += [{'step': 50, 'coco/bbox_mAP': 0.2}, {'step': 100, 'coco/bbox_mAP': 0.4}]
     scalars = tmp_path / 'scalars.json'
@@ -63,8 +63,8 @@ def test_thread_count_tuner_keeps_the_faster_count(monkeypatch):
 
     import torch
 
-    from mmdet_deformdetr.demo import ThreadCountTuner
-    from mmdet_deformdetr.demo import threads as threads_module
+    from tools.shapes_demo import ThreadCountTuner
+    from tools.shapes_demo import threads as threads_module
     clock = [0.0]
     monkeypatch.setattr(threads_module.time, 'perf_counter', lambda: clock[0])
     before = torch.get_num_threads()
