@@ -128,7 +128,6 @@ def main() -> None:
 
 def run(cfg: Config, args: argparse.Namespace, start: float, data_time: float) -> None:
     from mmengine.runner import Runner
-
     from shapes_demo import (
         MetricsKeeper,
         ThreadCountTuner,
