@@ -28,12 +28,12 @@ would report a plausible mAP from random heads, so the test tools call
 
 import logging
 import os
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
-from .families import OURS, convert_state_dict, identify, identify_checkpoint
+from .families import OURS, Identified, convert_state_dict, identify, identify_checkpoint
 from .report import ConversionReport
 from .safe_load import CheckpointError
 from .variant import infer_variant, is_full_detector, variant_mismatch, variant_of_model
@@ -92,19 +92,31 @@ def check_fits(converted: Mapping[str, torch.Tensor],
         return
     model_variant = (variant_of_model(target, target_state) if isinstance(target, nn.Module)
                      else infer_variant(target_state, by_identity=True))
-    message = variant_mismatch(infer_variant(converted), model_variant)
+    message = variant_mismatch(infer_variant(converted), model_variant, converted)
     if message is not None:
         raise CheckpointMismatchError(
             message + '\n' + '\n'.join(key_differences(converted, target_state)))
 
 
-def _class_counts(converted: Mapping[str, torch.Tensor],
-                  target: Mapping[str, torch.Tensor]) -> Optional[tuple]:
-    """(checkpoint's, model's) class count when they differ, else None."""
-    if _CLASSES_KEY not in converted or _CLASSES_KEY not in target:
-        return None
-    counts = (converted[_CLASSES_KEY].shape[0], target[_CLASSES_KEY].shape[0])
-    return counts if counts[0] != counts[1] else None
+class _Fitted(NamedTuple):
+    converted: Dict[str, torch.Tensor]  # our keys, class heads remapped where that is possible
+    report: ConversionReport
+    target: Dict[str, torch.Tensor]  # model.state_dict()
+    class_counts: Optional[Tuple[int, int]]  # (checkpoint's, model's) when they differ
+
+
+def _fit(found: Identified, model: nn.Module) -> _Fitted:
+    """Convert ``found`` for ``model`` and refuse another variant (:func:`check_fits`)."""
+    target = model.state_dict()
+    num_classes = target[_CLASSES_KEY].shape[0] if _CLASSES_KEY in target else None
+    converted, report = convert_state_dict(found.state_dict, num_classes=num_classes,
+                                           family=found.family)
+    check_fits(converted, model, report)
+    counts = None
+    if _CLASSES_KEY in converted and _CLASSES_KEY in target:
+        counts = (converted[_CLASSES_KEY].shape[0], target[_CLASSES_KEY].shape[0])
+    return _Fitted(converted, report, target, counts if counts and counts[0] != counts[1]
+                   else None)
 
 
 def convert_checkpoint_pre_hook(module: nn.Module, state_dict: Dict[str, Any], prefix: str,
@@ -122,12 +134,7 @@ def convert_checkpoint_pre_hook(module: nn.Module, state_dict: Dict[str, Any], p
     found = identify(own)
     if found is None:
         return  # a partial or foreign dict: let the normal missing/unexpected reporting speak
-    target = module.state_dict()
-    num_classes = target[_CLASSES_KEY].shape[0] if _CLASSES_KEY in target else None
-    converted, report = convert_state_dict(found.state_dict, num_classes=num_classes,
-                                           family=found.family)
-    check_fits(converted, module, report)
-    counts = _class_counts(converted, target)
+    converted, report, _, counts = _fit(found, module)
     if counts is not None:
         _log(f'the checkpoint\'s classification heads have {counts[0]} classes, the model '
              f'num_classes={counts[1]} ({_CLASSES_SETTING}): bbox_head.cls_branches keep their '
@@ -177,12 +184,7 @@ def check_checkpoint_for_testing(model: nn.Module,
         checkpoint = CheckpointLoader.load_checkpoint(label, map_location='cpu', logger='silent')
     model = _unwrap_model(model)
     found = identify_checkpoint(checkpoint, source=label)
-    target = model.state_dict()
-    num_classes = target[_CLASSES_KEY].shape[0] if _CLASSES_KEY in target else None
-    converted, report = convert_state_dict(found.state_dict, num_classes=num_classes,
-                                           family=found.family)
-    check_fits(converted, model, report)
-    counts = _class_counts(converted, target)
+    converted, report, target, counts = _fit(found, model)
     if counts is not None:
         raise HeadsNotLoadedError(
             f'{label} has classification heads for {counts[0]} classes, the model '

@@ -197,10 +197,10 @@ def corrupt_checkpoint_error(path: Union[str, os.PathLike], reason: str) -> Corr
     path = os.fspath(path)
     size = os.path.getsize(path) if os.path.isfile(path) else 0
     return CorruptCheckpointError(
-        f'cannot read checkpoint {path} ({size} bytes): {reason}. It was probably cut short (an '
-        'interrupted download or copy, or a run killed while saving) or is not a checkpoint. '
-        'Download or copy it again; to resume training, resume from an earlier checkpoint of the '
-        'work dir (`tools/train.py CONFIG --resume PATH`).')
+        f'cannot read checkpoint {path} ({size} bytes): {reason}. Such files come from an '
+        'interrupted download or copy, a run killed while saving, or a path that names another '
+        'file. Download or copy it again (or check the path); to resume training, resume from an '
+        'earlier checkpoint of the work dir (`tools/train.py CONFIG --resume PATH`).')
 
 
 def safe_load(source: PathOrFile, map_location: Any = 'cpu', *,

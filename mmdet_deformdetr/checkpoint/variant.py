@@ -18,11 +18,12 @@ A live model adds what its attention modules know (``num_heads``, ``num_levels``
 see :func:`variant_of_model`); that turns rows into a ``K`` for the override suggestion.
 """
 
+import copy
 import functools
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -233,9 +234,10 @@ def _differences(checkpoint: ModelVariant, model: ModelVariant,
 
 
 @functools.lru_cache(maxsize=1)
-def _shipped_variants() -> Tuple[Tuple[str, ModelVariant], ...]:
-    """(config path, variant) of every DeformDETR config under ``configs/`` (read once: mmengine
-    needs about a second per config to resolve its ``mmdet::`` bases)."""
+def _shipped_variants() -> Tuple[Tuple[str, ModelVariant, Any], ...]:
+    """(config path, variant, model config) of every DeformDETR config under ``configs/``, read
+    once per process (mmengine needs about a second per config to resolve its ``mmdet::`` bases,
+    so this runs only when a mismatch is reported)."""
     from mmengine.config import Config
 
     found = []
@@ -247,14 +249,40 @@ def _shipped_variants() -> Tuple[Tuple[str, ModelVariant], ...]:
         variant = (variant_of_config(model_cfg)
                    if model_cfg and model_cfg.get('type') == 'DeformDETR' else None)
         if variant is not None:
-            found.append((str(path.relative_to(_CONFIG_ROOT.parent)), variant))
+            found.append((str(path.relative_to(_CONFIG_ROOT.parent)), variant, model_cfg))
     return tuple(found)
 
 
-def shipped_configs_that_fit(checkpoint: ModelVariant) -> List[str]:
-    """Shipped config files (``configs/...``) whose model the checkpoint loads into."""
-    return [path for path, variant in _shipped_variants()
-            if not _differences(checkpoint, variant, list(_STRUCTURAL) + ['num_queries'])]
+def _signature(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, Tuple[int, ...]]:
+    """Key -> shape, without what a checkpoint may differ in and still load for fine-tuning."""
+    return {k: tuple(v.shape) for k, v in state_dict.items()
+            if not k.startswith('bbox_head.cls_branches.')
+            and not k.endswith('num_batches_tracked')}
+
+
+@functools.cache
+def _built_signature(config_path: str) -> Dict[str, Tuple[int, ...]]:
+    """:func:`_signature` of a shipped config's model, built on the meta device (no memory, no
+    initialisation, no download)."""
+    from mmdet.registry import MODELS
+
+    model_cfg = next(cfg for path, _, cfg in _shipped_variants() if path == config_path)
+    with torch.device('meta'):
+        return _signature(MODELS.build(copy.deepcopy(model_cfg)).state_dict())
+
+
+def shipped_configs_that_fit(checkpoint: ModelVariant,
+                             state_dict: Optional[Mapping[str, torch.Tensor]] = None) -> List[str]:
+    """Shipped config files (``configs/...``) whose model the checkpoint loads into: the same
+    structural facts and, when ``state_dict`` (our keys) is given, the same keys and shapes as the
+    built model (so e.g. another neck type does not count as fitting)."""
+    names = list(_STRUCTURAL) + ['num_queries']
+    fitting = [path for path, variant, _ in _shipped_variants()
+               if not _differences(checkpoint, variant, names)]
+    if state_dict is None:
+        return fitting
+    wanted = _signature(state_dict)
+    return [path for path in fitting if _built_signature(path) == wanted]
 
 
 def _points(rows: int, heads: Optional[int], levels: int) -> Optional[int]:
@@ -303,8 +331,13 @@ def suggest_config(checkpoint: ModelVariant, model: ModelVariant) -> str:
     return '; '.join([override] + notes)
 
 
-def variant_mismatch(checkpoint: ModelVariant, model: ModelVariant) -> Optional[str]:
+def variant_mismatch(checkpoint: ModelVariant, model: ModelVariant,
+                     checkpoint_state: Optional[Mapping[str, torch.Tensor]] = None
+                     ) -> Optional[str]:
     """A message explaining why ``checkpoint`` cannot load into ``model``, or None if it can.
+
+    ``checkpoint_state`` (our keys) makes the list of shipped configs that fit exact (keys and
+    shapes of the built models, see :func:`shipped_configs_that_fit`).
 
     Different ``num_classes`` or ``num_queries`` are not structural (fine-tuning on another dataset
     swaps the classification head); they are size mismatches that the load hook and
@@ -313,9 +346,9 @@ def variant_mismatch(checkpoint: ModelVariant, model: ModelVariant) -> Optional[
     differences = _differences(checkpoint, model, _STRUCTURAL)
     if not differences:
         return None
-    configs = shipped_configs_that_fit(checkpoint)
+    configs = shipped_configs_that_fit(checkpoint, checkpoint_state)
     shipped = (', '.join(configs) if configs else
-               f'none under {_CONFIG_ROOT}' if _CONFIG_ROOT.is_dir() else 'none found')
+               'none of those in configs/' if _CONFIG_ROOT.is_dir() else 'none found')
     return ('checkpoint and model are different Deformable DETR variants:\n  '
             + '\n  '.join(differences)
             + f'\ncheckpoint: {checkpoint.describe()}\nmodel:      {model.describe()}'
