@@ -16,7 +16,9 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from mmdet_deformdetr.checkpoint import find_resume_checkpoint
 from mmdet_deformdetr.engine import configure_cpu_distributed
+from mmdet_deformdetr.engine.atomic_checkpoint import last_checkpoint_of
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, work_dir_help: str) -> None:
@@ -74,37 +76,25 @@ def check_resume(cfg: Config) -> None:
 
     mmengine resumes from ``work_dir/last_checkpoint`` when ``cfg.load_from`` is None and, when
     that file is missing, only logs 'Did not find last_checkpoint to be resumed.' and trains from
-    iteration 0; a missing ``--resume PATH`` fails late, after the model is built. (Our own check:
-    ``mmdet_deformdetr.checkpoint`` offers no resume lookup yet.)
+    iteration 0; a missing ``--resume PATH`` fails late, after the model is built. Without a path,
+    ``mmdet_deformdetr.checkpoint.find_resume_checkpoint`` finds the checkpoint (or raises); a
+    name relative to the work dir in ``last_checkpoint`` becomes ``cfg.load_from``.
 
     Raises:
-        FileNotFoundError: naming the work dir, the file looked for and what to do.
+        FileNotFoundError: naming the work dir, what was looked for and what to do.
     """
     if not cfg.get('resume', False):
         return
-    work_dir = cfg.work_dir
-    if cfg.get('load_from') is not None:
-        path = cfg.load_from
-        if _is_local(path) and not osp.isfile(path):
-            raise FileNotFoundError(
-                f'--resume {path}: no such checkpoint file. Checkpoints in the work dir '
-                f'{work_dir}: {_checkpoints_in(work_dir)}; pass one of them, or --resume alone '
-                f'for the latest.')
-        return
-    pointer = osp.join(work_dir, 'last_checkpoint')
-    if not osp.isfile(pointer):
+    path = cfg.get('load_from')
+    if path is None:
+        found = find_resume_checkpoint(cfg.work_dir)
+        if found != last_checkpoint_of(cfg.work_dir):
+            cfg.load_from = found
+    elif _is_local(path) and not osp.isfile(path):
         raise FileNotFoundError(
-            f'--resume: nothing to resume in the work dir {work_dir}: {pointer} does not exist '
-            f'(it is written with every checkpoint saved). Checkpoints there: '
-            f'{_checkpoints_in(work_dir)}. Check --work-dir, pass a checkpoint with '
-            f'--resume PATH, or leave out --resume to train from the start.')
-    with open(pointer) as file:
-        target = file.read().strip()
-    if not target or (_is_local(target) and not osp.isfile(target)):
-        problem = f'names {target}, which does not exist' if target else 'is empty'
-        raise FileNotFoundError(
-            f'--resume: {pointer} {problem}. Checkpoints in the work dir {work_dir}: '
-            f'{_checkpoints_in(work_dir)}; resume from one of them with --resume PATH.')
+            f'--resume {path}: no such checkpoint file. Checkpoints in the work dir '
+            f'{cfg.work_dir}: {_checkpoints_in(cfg.work_dir)}; pass one of them, or --resume '
+            f'alone for the latest.')
 
 
 def build_runner(cfg: Config) -> Runner:

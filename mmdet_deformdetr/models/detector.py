@@ -36,7 +36,8 @@ class DeformDETR(BaseDetector):
         num_queries: object queries (two-stage: proposals kept).
         num_feature_levels: feature levels L fed to the transformer.
         with_box_refine: iterative bounding-box refinement.
-        as_two_stage: two-stage proposals; requires ``with_box_refine``.
+        as_two_stage: two-stage proposals; requires ``with_box_refine`` (checked by the head,
+            which owns the branches).
         train_cfg: ``dict(assigner=...)``.
         test_cfg: ``dict(max_per_img=...)``.
         data_preprocessor: mmdet data preprocessor config.
@@ -50,9 +51,6 @@ class DeformDETR(BaseDetector):
                  test_cfg: Optional[dict] = None, data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        if as_two_stage and not with_box_refine:
-            raise ValueError('as_two_stage=True requires with_box_refine=True (as the official '
-                             'code): set model.with_box_refine=True')
         _reject_derived_keys('transformer', transformer, _TRANSFORMER_DERIVED)
         _reject_derived_keys('bbox_head', bbox_head, _HEAD_DERIVED)
         positional_encoding = dict(positional_encoding or {})

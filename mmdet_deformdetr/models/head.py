@@ -10,13 +10,43 @@ from mmengine.model import BaseModule
 from mmengine.structures import InstanceData
 from torch import Tensor, nn
 
+from .geometry import apply_box_delta
 from .head_loss import HungarianSetLoss
-from .layers.utils import RegressionMLP, apply_box_delta
 
 # prior probability of an object at initialisation (focal loss paper, Sec. 4.1)
 _PRIOR_PROB = 0.01
 # initial box size logit of the first layer's plain/refine boxes: sigmoid(-2) ~ 0.12 of the image
 _INITIAL_SIZE_LOGIT = -2.0
+
+
+class RegressionMLP(nn.Module):
+    """Box regression branch: ``num_layers`` linear layers with ReLU between them.
+
+    Parameters are named ``layers.{i}`` as in the official ``bbox_embed`` (documented state-dict
+    keys ``bbox_head.reg_branches.{j}.layers.{0,1,2}``).
+
+    Args:
+        in_dims: input width.
+        hidden_dims: width of the hidden layers.
+        out_dims: output width (4 for boxes).
+        num_layers: number of linear layers (>= 1).
+    """
+
+    def __init__(self, in_dims: int, hidden_dims: int, out_dims: int, num_layers: int = 3) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f'num_layers must be >= 1, got {num_layers}')
+        widths = [in_dims] + [hidden_dims] * (num_layers - 1) + [out_dims]
+        self.layers = nn.ModuleList(
+            nn.Linear(w_in, w_out) for w_in, w_out in zip(widths[:-1], widths[1:]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Args: x ``(..., in_dims)``. Returns ``(..., out_dims)``."""
+        for index, layer in enumerate(self.layers):
+            x = layer(x)
+            if index < len(self.layers) - 1:
+                x = torch.relu(x)
+        return x
 
 
 class DeformDETRHead(BaseModule):
@@ -53,7 +83,10 @@ class DeformDETRHead(BaseModule):
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         if as_two_stage and not with_box_refine:
-            raise ValueError('as_two_stage=True requires with_box_refine=True')
+            # the one owner of this invariant: two-stage proposals need their own (last) branch
+            # pair, which only separate per-layer branches give
+            raise ValueError('as_two_stage=True requires with_box_refine=True (as the official '
+                             'code): set model.with_box_refine=True')
         if train_cfg is not None and 'assigner' not in train_cfg:
             raise ValueError(f'train_cfg must hold an assigner, got keys {sorted(train_cfg)}')
         self.num_classes = num_classes
@@ -120,11 +153,8 @@ class DeformDETRHead(BaseModule):
             all_cls_scores ``(D, bs, nq, num_classes)`` logits;
             all_bbox_preds ``(D, bs, nq, 4)`` normalised ``(cx, cy, w, h)``.
         """
-        num_layers = hidden_states.shape[0]
-        if num_layers > len(self.cls_branches):
-            raise ValueError(f'{num_layers} decoder layers but {len(self.cls_branches)} branches')
         all_cls_scores, all_bbox_preds = [], []
-        for layer in range(num_layers):
+        for layer in range(hidden_states.shape[0]):
             reference = init_reference if layer == 0 else inter_references[layer - 1]
             # boxes in at least float32: under bf16 autocast an 8-bit mantissa would cost
             # several pixels on an 800-pixel image

@@ -6,10 +6,14 @@ import torch
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from .layers.decoder import DeformableDecoder
-from .layers.encoder import DeformableEncoder
-from .layers.msdeform_attn import MSDeformAttn
-from .layers.utils import valid_ratios_from_mask
+from .geometry import valid_ratios_from_mask
+from .layers import (
+    DeformableDecoder,
+    DeformableDecoderLayer,
+    DeformableEncoder,
+    DeformableEncoderLayer,
+    MSDeformAttn,
+)
 from .two_stage import encoder_proposals, proposal_queries
 
 
@@ -44,11 +48,10 @@ class DeformableDetrTransformer(BaseModule):
                           V
         hidden_states, init_reference, inter_references, enc_outputs_class, enc_outputs_coord
 
-    ``multi_scale_attention=False`` is the ablation of the paper's Table 2: each encoder query
-    samples only its own feature level (its attention is built with one level and run once per
-    level on that level's tokens), and decoder queries, which belong to no level, sample every
-    level independently (softmax over the K points of each level) and average the levels
-    (``LevelwiseDeformAttn``). Multi-scale *inputs* (L levels, level embedding) are kept.
+    ``multi_scale_attention=False`` is the ablation of the paper's Table 2
+    (``SingleScaleDeformAttn``, ``layers/single_scale_attn.py``): each encoder query samples only
+    its own feature level, and decoder queries, which belong to no level, sample every level
+    independently and average the levels. Multi-scale *inputs* (L levels, level embedding) are kept.
 
     Args:
         embed_dims: channels C; divisible by ``num_heads`` and by 4 (sine embeddings use
@@ -65,7 +68,8 @@ class DeformableDetrTransformer(BaseModule):
         num_queries: decoder queries (two-stage: proposals kept).
         num_feature_levels: L.
         with_box_refine: refine references layer by layer with the given ``reg_branches``.
-        as_two_stage: queries from encoder proposals; requires ``with_box_refine``.
+        as_two_stage: queries from encoder proposals scored and regressed by the head's last
+            branches (the head requires ``with_box_refine`` for it, as the official code).
         init_cfg: mmengine initialisation config.
     """
 
@@ -84,9 +88,6 @@ class DeformableDetrTransformer(BaseModule):
             raise ValueError(f'embed_dims ({embed_dims}) must be divisible by 4: the sine '
                              'embeddings use embed_dims / 2 features per coordinate in sin/cos '
                              'pairs')
-        if as_two_stage and not with_box_refine:
-            raise ValueError('as_two_stage=True requires with_box_refine=True (as the official '
-                             'code)')
         self.embed_dims = embed_dims
         self.num_decoder_layers = num_decoder_layers
         self.num_queries = num_queries
@@ -98,10 +99,11 @@ class DeformableDetrTransformer(BaseModule):
                           num_levels=num_feature_levels,
                           feedforward_channels=feedforward_channels, dropout=dropout,
                           activation=activation, multi_scale_attention=multi_scale_attention)
-        self.encoder = DeformableEncoder(num_encoder_layers, num_points=enc_num_points,
-                                         **layer_args)
-        self.decoder = DeformableDecoder(num_decoder_layers, num_points=dec_num_points,
-                                         **layer_args)
+        # one layer each, cloned (the official _get_clones); _reset_parameters re-draws each copy
+        self.encoder = DeformableEncoder(
+            DeformableEncoderLayer(num_points=enc_num_points, **layer_args), num_encoder_layers)
+        self.decoder = DeformableDecoder(
+            DeformableDecoderLayer(num_points=dec_num_points, **layer_args), num_decoder_layers)
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, embed_dims))
         if as_two_stage:
             self.enc_output = nn.Linear(embed_dims, embed_dims)
@@ -127,7 +129,7 @@ class DeformableDetrTransformer(BaseModule):
             if param.dim() > 1:
                 nn.init.xavier_uniform_(param)
         for module in self.modules():
-            if isinstance(module, MSDeformAttn):  # LevelwiseDeformAttn included
+            if isinstance(module, MSDeformAttn):  # SingleScaleDeformAttn included
                 module.init_weights()
         nn.init.normal_(self.level_embed)
         if not self.as_two_stage:
@@ -174,7 +176,8 @@ class DeformableDetrTransformer(BaseModule):
 
     def _check_branches(self, reg_branches: Optional[Sequence[nn.Module]],
                         cls_branches: Optional[Sequence[nn.Module]]) -> None:
-        """Fail early, naming the missing collaborator, instead of an IndexError mid-forward."""
+        """Fail early, naming the missing collaborator, instead of an IndexError mid-forward (the
+        one check of the branches handed in; the decoder and the head rely on it)."""
         needed_reg = (self.num_decoder_layers if self.with_box_refine else 0) + self.as_two_stage
         if needed_reg and (reg_branches is None or len(reg_branches) < needed_reg):
             raise ValueError(f'with_box_refine={self.with_box_refine}, as_two_stage='

@@ -3,18 +3,43 @@
 Functions of tensors and of the modules they need (handed in explicitly), called by
 ``DeformableDetrTransformer.pre_decoder``.
 """
+import math
 from typing import Tuple
 
 import torch
 from torch import Tensor, nn
-
-from .layers.utils import proposal_sine_embedding
 
 # official thresholds: proposals touching the border band (or padding) are unusable
 _PROPOSAL_MIN = 0.01
 _PROPOSAL_MAX = 0.99
 # initial proposal size at level 0, doubled per level (the paper, Sec. A.4)
 _BASE_PROPOSAL_SIZE = 0.05
+
+
+def proposal_sine_embedding(proposals_unact: Tensor, num_feats: int,
+                            temperature: float = 10000.) -> Tensor:
+    """Sine embedding of two-stage proposal boxes, ``num_feats`` features per coordinate.
+
+    The official code fixes ``num_feats=128`` (embed_dims 256); taking it as an argument
+    (``embed_dims // 2``) keeps ``4 * num_feats == 2 * embed_dims`` for any width, which is what
+    ``pos_trans`` expects.
+
+    Args:
+        proposals_unact: ``(bs, nq, 4)`` proposal logits ``(cx, cy, w, h)`` (before sigmoid).
+        num_feats: even number of features per coordinate.
+        temperature: frequency base of the sine/cosine pairs.
+
+    Returns:
+        ``(bs, nq, 4 * num_feats)``; per coordinate, features alternate sin, cos.
+    """
+    if num_feats % 2:
+        raise ValueError(f'num_feats must be even (sin/cos pairs), got {num_feats}')
+    dim_t = torch.arange(num_feats, dtype=proposals_unact.dtype, device=proposals_unact.device)
+    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode='floor') / num_feats)
+    # (bs, nq, 4, num_feats)
+    angles = proposals_unact.sigmoid()[..., None] * (2 * math.pi) / dim_t
+    embedding = torch.stack([angles[..., 0::2].sin(), angles[..., 1::2].cos()], -1)
+    return embedding.flatten(2)
 
 
 def encoder_proposals(memory: Tensor, padding_mask: Tensor, spatial_shapes: Tensor,

@@ -16,4 +16,5 @@ default_hooks = dict(checkpoint=dict(interval=2, max_keep_ckpts=1))
 custom_hooks = [
     dict(type='FaultKillDuringSaveHook', at_iter=0, moment='before_write'),
     dict(type='FaultNonFiniteLossHook', at_iter=0, term='loss_bbox', value='nan'),
+    dict(type='CheckNumClassesHook'),  # the primitive's custom hook, kept
 ]

@@ -180,33 +180,20 @@ def build_with(**overrides) -> torch.nn.Module:
     return MODELS.build(cfg)
 
 
-def test_misspelled_transformer_key_names_it() -> None:
-    with pytest.raises(TypeError, match='num_encoder_layer'):
-        build_with(transformer__num_encoder_layer=2)
+# (override of the tiny config, error type, what the message must name)
+BUILD_ERRORS = [
+    (dict(transformer__num_encoder_layer=2), TypeError, 'num_encoder_layer'),  # misspelled key
+    (dict(transformer__num_heads=5), ValueError, 'divisible by num_heads'),
+    (dict(as_two_stage=True), ValueError, 'model.with_box_refine=True'),
+    (dict(num_feature_levels=3), ValueError, 'num_outs'),
+    (dict(neck__out_channels=64), ValueError, 'out_channels'),
+    (dict(transformer__num_queries=5), ValueError, 'num_queries'),  # derived: set on the model
+    (dict(bbox_head__embed_dims=32), ValueError, 'embed_dims'),
+]
 
 
-def test_heads_must_divide_embed_dims() -> None:
-    with pytest.raises(ValueError, match='divisible by num_heads'):
-        build_with(transformer__num_heads=5)
-
-
-def test_two_stage_requires_refine() -> None:
-    with pytest.raises(ValueError, match='with_box_refine=True'):
-        build_with(as_two_stage=True)
-
-
-def test_levels_must_match_neck_outputs() -> None:
-    with pytest.raises(ValueError, match='num_outs'):
-        build_with(num_feature_levels=3)
-
-
-def test_neck_channels_must_match_embed_dims() -> None:
-    with pytest.raises(ValueError, match='out_channels'):
-        build_with(neck__out_channels=64)
-
-
-def test_derived_values_are_not_restated() -> None:
-    with pytest.raises(ValueError, match='num_queries'):
-        build_with(transformer__num_queries=5)
-    with pytest.raises(ValueError, match='embed_dims'):
-        build_with(bbox_head__embed_dims=32)
+@pytest.mark.parametrize('overrides,error,message', BUILD_ERRORS,
+                         ids=[next(iter(case[0])) for case in BUILD_ERRORS])
+def test_bad_configs_fail_at_build_time_naming_the_setting(overrides, error, message) -> None:
+    with pytest.raises(error, match=message):
+        build_with(**overrides)

@@ -30,8 +30,8 @@ neck convs (input projection, FPN, BiFPN)              Xavier uniform, bias 0
                                                        and refine; 0 everywhere for two-stage
 =====================================================  =========================================
 
-(Facts of the official ``DeformableTransformer._reset_parameters``, ``MSDeformAttn._reset_parameters``
-and ``DeformableDETR.__init__``; mmdet 3.3 sets the same.)
+(Facts of the official ``DeformableTransformer._reset_parameters``,
+``MSDeformAttn._reset_parameters`` and ``DeformableDETR.__init__``; mmdet 3.3 sets the same.)
 """
 import math
 import re

@@ -5,9 +5,13 @@ import pytest
 import torch
 from torch import nn
 
-from mmdet_deformdetr.models.layers.utils import RegressionMLP
+from mmdet_deformdetr.models.head import RegressionMLP
 from mmdet_deformdetr.models.transformer import DeformableDetrTransformer
-from mmdet_deformdetr.models.two_stage import encoder_proposals, proposal_queries
+from mmdet_deformdetr.models.two_stage import (
+    encoder_proposals,
+    proposal_queries,
+    proposal_sine_embedding,
+)
 
 DIMS = 32
 SIZES = [(8, 8), (4, 4), (2, 2), (1, 1)]
@@ -76,15 +80,15 @@ def test_missing_branches_and_levels_are_reported() -> None:
     feats, masks, pos = make_inputs()
     with pytest.raises(ValueError, match='4 feature levels'):
         make_transformer()(feats[:3], masks[:3], pos[:3])
-    with pytest.raises(ValueError, match='with_box_refine=True'):
-        make_transformer(as_two_stage=True, with_box_refine=False)
 
 
-def test_bad_sizes_are_reported() -> None:
-    with pytest.raises(ValueError, match='divisible by num_heads'):
-        make_transformer(num_heads=3)
-    with pytest.raises(ValueError, match='divisible by 4'):
-        make_transformer(embed_dims=6, num_heads=2)
+@pytest.mark.parametrize('overrides,message', [
+    (dict(num_heads=3), 'divisible by num_heads'),
+    (dict(embed_dims=6, num_heads=2), 'divisible by 4'),
+], ids=['heads', 'sine-pairs'])
+def test_bad_sizes_are_reported(overrides: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_transformer(**overrides)
 
 
 def test_encoder_proposals_mask_padding_and_border() -> None:
@@ -133,3 +137,19 @@ def test_proposal_queries_keep_top_objectness() -> None:
     assert not reference.requires_grad
     with pytest.raises(ValueError, match='num_queries=5'):
         proposal_queries(scores, coords, 5, pos_trans, pos_norm)
+
+
+@pytest.mark.parametrize('embed_dims', [32, 256, 96])
+def test_proposal_sine_embedding_has_two_embed_dims(embed_dims: int) -> None:
+    proposals = torch.randn(2, 5, 4)
+    embedding = proposal_sine_embedding(proposals, num_feats=embed_dims // 2)
+    assert embedding.shape == (2, 5, 2 * embed_dims)
+    # first pair of each coordinate: sin / cos of 2*pi*sigmoid(coordinate)
+    angle = proposals[..., 0].sigmoid() * 2 * torch.pi
+    torch.testing.assert_close(embedding[..., 0], angle.sin())
+    torch.testing.assert_close(embedding[..., 1], angle.cos())
+
+
+def test_proposal_sine_embedding_needs_pairs() -> None:
+    with pytest.raises(ValueError, match='even'):
+        proposal_sine_embedding(torch.randn(2, 5, 4), num_feats=3)

@@ -77,6 +77,6 @@ def test_mmengine_checkpoint_hook_loses_every_checkpoint(tmp_path):
     assert (work_dir / 'last_checkpoint').read_text() == str(work_dir / 'iter_2.pth')
 
     failed = run_train(work_dir, expect_rc=1, resume='auto')
-    assert (f'tools/train.py: error: --resume: {work_dir}/last_checkpoint names '
-            f'{work_dir}/iter_2.pth, which does not exist. Checkpoints in the work dir '
-            f'{work_dir}: none') in failed
+    assert ('tools/train.py: error: --resume found nothing to resume from: '
+            f'{work_dir}/last_checkpoint names {work_dir}/iter_2.pth, which does not exist; '
+            'there is no *.pth file there') in failed

@@ -63,37 +63,39 @@ def _resume_cfg(work_dir: Path, load_from=None) -> Config:
     return Config(dict(resume=True, load_from=load_from, work_dir=str(work_dir)))
 
 
-def test_resume_without_last_checkpoint_names_the_work_dir(tmp_path):
+def test_resume_without_a_checkpoint_to_resume_from(tmp_path):
+    """The lookup is mmdet_deformdetr.checkpoint.find_resume_checkpoint (its messages are tested
+    in tests/checkpoint); check_resume raises it before anything is built."""
+    from mmdet_deformdetr.checkpoint import NoCheckpointToResumeError
     (tmp_path / 'iter_2.pth').write_bytes(b'')
-    with pytest.raises(FileNotFoundError) as error:
+    with pytest.raises(NoCheckpointToResumeError) as error:
         check_resume(_resume_cfg(tmp_path))
-    message = str(error.value)
-    assert f'nothing to resume in the work dir {tmp_path}' in message
-    assert f'{tmp_path}/last_checkpoint does not exist' in message
-    assert 'Checkpoints there: iter_2.pth' in message and '--resume PATH' in message
+    assert isinstance(error.value, FileNotFoundError)  # what tools/train.py reports
+    assert f'{tmp_path} has no last_checkpoint file' in str(error.value)
+    assert f'--resume {tmp_path}/iter_2.pth' in str(error.value)
 
 
-@pytest.mark.parametrize('pointer, problem', [('{work_dir}/iter_4.pth', 'names {work_dir}/iter_4'
-                                               '.pth, which does not exist'),
-                                              ('', 'is empty')])
-def test_resume_with_a_dangling_last_checkpoint(tmp_path, pointer, problem):
+@pytest.mark.parametrize('pointer', ['{work_dir}/iter_2.pth', 'iter_2.pth'])
+def test_resume_from_what_last_checkpoint_names(tmp_path, pointer):
+    (tmp_path / 'iter_2.pth').write_bytes(b'')
     (tmp_path / 'last_checkpoint').write_text(pointer.format(work_dir=tmp_path))
-    with pytest.raises(FileNotFoundError, match='--resume: ') as error:
-        check_resume(_resume_cfg(tmp_path))
-    assert problem.format(work_dir=tmp_path) in str(error.value)
-    assert 'Checkpoints in the work dir' in str(error.value)
+    cfg = _resume_cfg(tmp_path)
+    check_resume(cfg)
+    # mmengine reads last_checkpoint itself; a name relative to the work dir is made explicit
+    assert cfg.load_from == (None if pointer.startswith('{') else str(tmp_path / 'iter_2.pth'))
 
 
 def test_resume_path_that_does_not_exist(tmp_path):
+    (tmp_path / 'iter_2.pth').write_bytes(b'')
     with pytest.raises(FileNotFoundError, match='no such checkpoint file') as error:
         check_resume(_resume_cfg(tmp_path, load_from=str(tmp_path / 'epoch_3.pth')))
     assert str(error.value).startswith(f'--resume {tmp_path}/epoch_3.pth: ')
+    assert f'Checkpoints in the work dir {tmp_path}: iter_2.pth' in str(error.value)
 
 
-@pytest.mark.parametrize('load_from', [None, 'iter_2.pth', 's3://bucket/iter_2.pth'])
-def test_resume_with_something_to_resume_from_passes(tmp_path, load_from):
+@pytest.mark.parametrize('load_from', ['iter_2.pth', 's3://bucket/iter_2.pth'])
+def test_resume_path_that_exists_or_is_remote_passes(tmp_path, load_from):
     (tmp_path / 'iter_2.pth').write_bytes(b'')
-    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_2.pth'))
     if load_from == 'iter_2.pth':
         load_from = str(tmp_path / load_from)
     check_resume(_resume_cfg(tmp_path, load_from))  # remote paths are left to their loaders
@@ -103,6 +105,6 @@ def test_resume_with_something_to_resume_from_passes(tmp_path, load_from):
 def test_train_py_resume_in_an_empty_work_dir_fails_before_training(tmp_path):
     work_dir = tmp_path / 'run'
     output = run_train(work_dir, expect_rc=1, resume='auto')
-    assert (f'tools/train.py: error: --resume: nothing to resume in the work dir {work_dir}: '
-            f'{work_dir}/last_checkpoint does not exist') in output
+    assert ('tools/train.py: error: --resume found nothing to resume from: '
+            f'{work_dir} has no last_checkpoint file') in output
     assert 'Traceback' not in output and 'Iter(train)' not in output

@@ -1,11 +1,10 @@
-"""Transformer building blocks."""
+"""Transformer building blocks: the deformable attentions and the encoder / decoder layers."""
 from .decoder import DeformableDecoder, DeformableDecoderLayer
 from .encoder import DeformableEncoder, DeformableEncoderLayer
-from .levelwise_attn import LevelwiseDeformAttn
 from .msdeform_attn import MSDeformAttn
-from .utils import RegressionMLP, inverse_sigmoid
+from .single_scale_attn import SingleScaleDeformAttn
 
 __all__ = [
     'DeformableDecoder', 'DeformableDecoderLayer', 'DeformableEncoder', 'DeformableEncoderLayer',
-    'LevelwiseDeformAttn', 'MSDeformAttn', 'RegressionMLP', 'inverse_sigmoid'
+    'MSDeformAttn', 'SingleScaleDeformAttn'
 ]

@@ -1,15 +1,17 @@
 """Deformable DETR decoder: self-attention among queries, deformable cross-attention, FFN."""
+import copy
 from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from .levelwise_attn import LevelwiseDeformAttn
+from ..geometry import apply_box_delta, scale_by_valid_ratios
+from .activation import build_activation
 from .msdeform_attn import MSDeformAttn
-from .utils import LayerStack, ResidualFFN, apply_box_delta, scale_by_valid_ratios
+from .single_scale_attn import SingleScaleDeformAttn
 
 
-class DeformableDecoderLayer(ResidualFFN):
+class DeformableDecoderLayer(nn.Module):
     """Post-norm decoder layer, in the official order and with the official norm names:
     ``norm2(x + self_attn(x))``, ``norm1(x + cross_attn(x, memory))``, ``norm3(x + ffn(x))``.
 
@@ -22,24 +24,29 @@ class DeformableDecoderLayer(ResidualFFN):
         dropout: dropout in self-attention, after each sub-layer and inside the FFN.
         activation: FFN activation, ``'relu'`` or ``'gelu'``.
         multi_scale_attention: True: cross-attention normalises its weights over all ``L * K``
-            points (the paper). False (Table 2 ablation): a ``LevelwiseDeformAttn`` that samples
-            each level independently (softmax over K per level) and averages the levels.
+            points (the paper). False (Table 2 ablation): every level is sampled independently
+            and the levels are averaged (``SingleScaleDeformAttn``).
     """
 
-    def __init__(self, embed_dims: int, num_heads: int, num_levels: int, num_points: int,
-                 feedforward_channels: int, dropout: float, activation: str,
-                 multi_scale_attention: bool = True) -> None:
+    def __init__(self, embed_dims: int = 256, num_heads: int = 8, num_levels: int = 4,
+                 num_points: int = 4, feedforward_channels: int = 1024, dropout: float = 0.1,
+                 activation: str = 'relu', multi_scale_attention: bool = True) -> None:
         super().__init__()
         self.self_attn = nn.MultiheadAttention(embed_dims, num_heads, dropout=dropout,
                                                batch_first=True)
-        self.self_attn_dropout = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(embed_dims)
-        attention_cls = MSDeformAttn if multi_scale_attention else LevelwiseDeformAttn
-        self.cross_attn = attention_cls(embed_dims=embed_dims, num_heads=num_heads,
-                                        num_levels=num_levels, num_points=num_points,
-                                        dropout=dropout)
+        attention = dict(embed_dims=embed_dims, num_heads=num_heads, num_levels=num_levels,
+                         num_points=num_points, dropout=dropout)
+        self.cross_attn = (MSDeformAttn(**attention) if multi_scale_attention
+                           else SingleScaleDeformAttn(**attention, own_level=False))
         self.norm1 = nn.LayerNorm(embed_dims)
-        self._build_ffn(embed_dims, feedforward_channels, dropout, activation)
+        # FFN, official names
+        self.linear1 = nn.Linear(embed_dims, feedforward_channels)
+        self.activation = build_activation(activation)
+        self.dropout3 = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(feedforward_channels, embed_dims)
+        self.dropout4 = nn.Dropout(dropout)
         self.norm3 = nn.LayerNorm(embed_dims)
 
     def forward(self, query: Tensor, query_pos: Tensor, reference_points: Tensor,
@@ -57,25 +64,36 @@ class DeformableDecoderLayer(ResidualFFN):
         Returns:
             ``(bs, nq, C)``.
         """
-        # positions go into queries and keys only; values stay content (as DETR)
+        # self-attention: positions go into queries and keys only, values stay content (DETR)
         query_key = query + query_pos
         attended = self.self_attn(query_key, query_key, query, need_weights=False)[0]
-        query = self.norm2(query + self.self_attn_dropout(attended))
+        query = self.norm2(query + self.dropout2(attended))
+        # cross-attention into the encoder memory (the attention applies its output dropout)
         attended = self.cross_attn(query, reference_points, value=memory,
                                    spatial_shapes=spatial_shapes,
                                    level_start_index=level_start_index,
                                    value_padding_mask=memory_padding_mask, query_pos=query_pos)
         query = self.norm1(query + attended)
-        return self.norm3(self.ffn_residual(query))
+        return self.forward_ffn(query)
+
+    def forward_ffn(self, query: Tensor) -> Tensor:
+        """``norm3(x + dropout(linear2(dropout(act(linear1(x))))))``; ``(bs, nq, C)``."""
+        hidden = self.dropout3(self.activation(self.linear1(query)))
+        return self.norm3(query + self.dropout4(self.linear2(hidden)))
 
 
-class DeformableDecoder(LayerStack):
-    """``num_layers`` decoder layers, optionally refining the references after each layer.
+class DeformableDecoder(nn.Module):
+    """``num_layers`` copies of ``layer`` (as the official ``_get_clones``), optionally refining
+    the references after each layer.
 
-    Arguments as :class:`LayerStack`, passed to every ``DeformableDecoderLayer``.
+    Args:
+        layer: the first layer; the others are deep copies of it (initialised by the transformer).
+        num_layers: number of layers.
     """
 
-    layer_cls = DeformableDecoderLayer
+    def __init__(self, layer: DeformableDecoderLayer, num_layers: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
 
     def forward(self, query: Tensor, query_pos: Tensor, reference_points: Tensor,
                 memory: Tensor, memory_padding_mask: Optional[Tensor], spatial_shapes: Tensor,
@@ -92,9 +110,9 @@ class DeformableDecoder(LayerStack):
             memory_padding_mask: ``(bs, N)`` bool, True at padding, or None.
             spatial_shapes: ``(L, 2)`` long; level_start_index: ``(L,)`` long.
             valid_ratios: ``(bs, L, 2)`` ``(w, h)`` valid ratios.
-            reg_branches: iterative refinement: at least ``num_layers`` modules mapping
-                ``(bs, nq, C)`` to ``(bs, nq, 4)`` logit deltas; layer i refines with
-                ``reg_branches[i]``. None: references stay fixed.
+            reg_branches: iterative refinement: layer i refines with ``reg_branches[i]``
+                (modules mapping ``(bs, nq, C)`` to ``(bs, nq, 4)`` logit deltas; the transformer
+                checks there are enough). None: references stay fixed.
 
         Returns:
             hidden_states ``(num_layers, bs, nq, C)``, output of every layer;
@@ -103,31 +121,15 @@ class DeformableDecoder(LayerStack):
             repeated, still attached (the official code: every layer's box loss then trains the
             reference-point predictor).
         """
-        if reg_branches is not None and len(reg_branches) < len(self.layers):
-            raise ValueError(f'{len(self.layers)} decoder layers need as many reg_branches, '
-                             f'got {len(reg_branches)}')
         hidden_states, inter_references = [], []
         for index, layer in enumerate(self.layers):
             query = layer(query, query_pos, scale_by_valid_ratios(reference_points, valid_ratios),
                           memory, memory_padding_mask, spatial_shapes, level_start_index)
             if reg_branches is not None:
-                reference_points = self._refine(reg_branches[index](query), reference_points)
+                # detached: the next layer learns to correct this one's boxes; gradients through
+                # the chain of references destabilise training (the paper, Sec. A.4)
+                reference_points = apply_box_delta(reg_branches[index](query),
+                                                   reference_points).detach()
             hidden_states.append(query)
             inter_references.append(reference_points)
         return torch.stack(hidden_states), torch.stack(inter_references)
-
-    @staticmethod
-    def _refine(delta: Tensor, reference_points: Tensor) -> Tensor:
-        """New reference = sigmoid(delta + logit(reference)), detached: the next layer learns to
-        correct this one's boxes, and gradients through the chain of references destabilise
-        training (the paper, Sec. A.4).
-
-        Args:
-            delta: ``(bs, nq, 4)`` predicted logit offsets ``(cx, cy, w, h)``.
-            reference_points: ``(bs, nq, 2|4)``; 2-d points only move the centre, the size
-                comes from ``delta`` alone.
-
-        Returns:
-            ``(bs, nq, 4)`` detached boxes in [0, 1].
-        """
-        return apply_box_delta(delta, reference_points).detach()

@@ -78,7 +78,8 @@ class MSDeformAttn(BaseModule):
         """
         nn.init.zeros_(self.sampling_offsets.weight)
         # float32 arithmetic in the official order, so the bias equals the official one bit for bit
-        angles = torch.arange(self.num_heads, dtype=torch.float32) * (2.0 * math.pi / self.num_heads)
+        angles = torch.arange(self.num_heads, dtype=torch.float32) * (
+            2.0 * math.pi / self.num_heads)
         directions = torch.stack([angles.cos(), angles.sin()], dim=-1)  # (M, 2) as (x, y)
         directions = directions / directions.abs().max(dim=-1, keepdim=True).values
         distances = torch.arange(1, self.num_points + 1, dtype=torch.float32)  # (K,)

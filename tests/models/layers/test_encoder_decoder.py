@@ -1,10 +1,16 @@
-"""Encoder / decoder layers and the level-wise attention of the multi_scale_attention=False mode."""
+"""Encoder / decoder layers, and the attention of the multi_scale_attention=False ablation."""
 import pytest
 import torch
 
-from mmdet_deformdetr.models.layers.decoder import DeformableDecoder
-from mmdet_deformdetr.models.layers.encoder import DeformableEncoder
-from mmdet_deformdetr.models.layers.levelwise_attn import LevelwiseDeformAttn
+from mmdet_deformdetr.models.layers import (
+    DeformableDecoder,
+    DeformableDecoderLayer,
+    DeformableEncoder,
+    DeformableEncoderLayer,
+    MSDeformAttn,
+    SingleScaleDeformAttn,
+)
+from mmdet_deformdetr.models.layers.activation import build_activation
 from mmdet_deformdetr.ops import multi_scale_deformable_attn_reference
 
 DIMS, HEADS, POINTS = 16, 2, 2
@@ -17,6 +23,10 @@ def layer_args(multi_scale: bool) -> dict:
     return dict(embed_dims=DIMS, num_heads=HEADS, num_levels=2, num_points=POINTS,
                 feedforward_channels=32, dropout=0.0, activation='relu',
                 multi_scale_attention=multi_scale)
+
+
+def make_encoder(multi_scale: bool = True, num_layers: int = 1) -> DeformableEncoder:
+    return DeformableEncoder(DeformableEncoderLayer(**layer_args(multi_scale)), num_layers)
 
 
 def randomise(module: torch.nn.Module) -> None:
@@ -35,8 +45,7 @@ def run_encoder(encoder: DeformableEncoder, feat: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize('multi_scale', [True, False])
 def test_encoder_levels_mix_only_with_multi_scale_attention(multi_scale: bool) -> None:
-    encoder = DeformableEncoder(num_layers=1, num_points=POINTS, **{
-        k: v for k, v in layer_args(multi_scale).items() if k != 'num_points'})
+    encoder = make_encoder(multi_scale)
     randomise(encoder)
     feat = torch.randn(1, NUM_TOKENS, DIMS)
     changed = feat.clone()
@@ -49,8 +58,7 @@ def test_encoder_levels_mix_only_with_multi_scale_attention(multi_scale: bool) -
 
 
 def test_encoder_layer_parameter_names() -> None:
-    encoder = DeformableEncoder(num_layers=1, num_points=POINTS, **{
-        k: v for k, v in layer_args(True).items() if k != 'num_points'})
+    encoder = make_encoder()
     names = {name.rsplit('.', 1)[0] for name, _ in encoder.layers[0].named_parameters()}
     assert names == {'self_attn.sampling_offsets', 'self_attn.attention_weights',
                      'self_attn.value_proj', 'self_attn.output_proj', 'norm1', 'linear1',
@@ -58,8 +66,7 @@ def test_encoder_layer_parameter_names() -> None:
 
 
 def make_decoder(multi_scale: bool = True, num_layers: int = 2) -> DeformableDecoder:
-    args = {k: v for k, v in layer_args(multi_scale).items() if k != 'num_points'}
-    return DeformableDecoder(num_layers=num_layers, num_points=POINTS, **args)
+    return DeformableDecoder(DeformableDecoderLayer(**layer_args(multi_scale)), num_layers)
 
 
 def run_decoder(decoder: DeformableDecoder, reference_points: torch.Tensor, reg_branches=None):
@@ -113,14 +120,20 @@ def test_decoder_refinement_uses_branch_i_and_detaches() -> None:
     assert not inter_references.requires_grad
 
 
-def test_decoder_refuses_too_few_branches() -> None:
-    with pytest.raises(ValueError, match='reg_branches'):
-        run_decoder(make_decoder(), torch.rand(1, 5, 2), [ConstantDelta(torch.zeros(4))])
+def test_stacks_are_independent_copies_of_one_layer() -> None:
+    decoder = make_decoder(num_layers=3)
+    assert len({id(layer) for layer in decoder.layers}) == 3
+    first = decoder.layers[0].state_dict()
+    assert all(torch.equal(value, first[key])
+               for layer in decoder.layers for key, value in layer.state_dict().items())
+    with torch.no_grad():
+        decoder.layers[1].linear1.weight.add_(1.0)
+    assert not torch.equal(decoder.layers[1].linear1.weight, decoder.layers[0].linear1.weight)
 
 
-def test_levelwise_attention_averages_independent_levels() -> None:
-    attention = LevelwiseDeformAttn(DIMS, HEADS, num_levels=2, num_points=POINTS, dropout=0.0,
-                                    impl='pytorch').double()
+def test_every_level_attention_averages_independent_levels() -> None:
+    attention = SingleScaleDeformAttn(DIMS, HEADS, num_levels=2, num_points=POINTS, dropout=0.0,
+                                      own_level=False, impl='pytorch').double()
     randomise(attention)
     query = torch.randn(1, 5, DIMS, dtype=torch.float64)
     value = torch.randn(1, NUM_TOKENS, DIMS, dtype=torch.float64)
@@ -143,11 +156,35 @@ def test_levelwise_attention_averages_independent_levels() -> None:
     torch.testing.assert_close(output, expected)
 
 
-def test_levelwise_attention_has_msdeform_attn_layout() -> None:
-    from mmdet_deformdetr.models.layers.msdeform_attn import MSDeformAttn
-    ours = LevelwiseDeformAttn(DIMS, HEADS, 2, POINTS)
-    official = MSDeformAttn(DIMS, HEADS, 2, POINTS)
+@pytest.mark.parametrize('own_level', [True, False], ids=['encoder', 'decoder'])
+def test_single_scale_attention_has_msdeform_attn_layout(own_level: bool) -> None:
+    ours = SingleScaleDeformAttn(DIMS, HEADS, 2, POINTS, own_level=own_level)
+    official = MSDeformAttn(DIMS, HEADS, 1 if own_level else 2, POINTS)
     assert {k: v.shape for k, v in ours.state_dict().items()} == \
         {k: v.shape for k, v in official.state_dict().items()}
     # same initial sampling pattern (ring per head, distance k + 1)
     torch.testing.assert_close(ours.sampling_offsets.bias, official.sampling_offsets.bias)
+
+
+def test_own_level_attention_is_one_level_attention_per_level() -> None:
+    """Encoder queries of level l see only level l: each slice equals a one-level MSDeformAttn."""
+    attention = SingleScaleDeformAttn(DIMS, HEADS, num_levels=2, num_points=POINTS, dropout=0.0,
+                                      own_level=True, impl='pytorch').double()
+    randomise(attention)
+    single = MSDeformAttn(DIMS, HEADS, 1, POINTS, dropout=0.0, impl='pytorch').double()
+    single.load_state_dict(attention.state_dict())
+    tokens = torch.randn(1, NUM_TOKENS, DIMS, dtype=torch.float64)
+    pos = torch.randn(1, NUM_TOKENS, DIMS, dtype=torch.float64)
+    reference = torch.rand(1, NUM_TOKENS, 2, 2, dtype=torch.float64)
+    output = attention(tokens, reference, tokens, SHAPES, STARTS, None, pos)
+    for level, (start, end) in enumerate(((0, 24), (24, NUM_TOKENS))):
+        expected = single(tokens[:, start:end], reference[:, start:end, level:level + 1],
+                          tokens[:, start:end], SHAPES[level:level + 1], STARTS[:1], None,
+                          pos[:, start:end])
+        torch.testing.assert_close(output[:, start:end], expected)
+
+
+def test_build_activation_rejects_unknown_names() -> None:
+    assert isinstance(build_activation('gelu'), torch.nn.GELU)
+    with pytest.raises(ValueError, match='glu'):
+        build_activation('glu')

@@ -1,13 +1,11 @@
-"""Numeric helpers: inverse_sigmoid, valid ratios, reference points, proposal sine embedding."""
+"""Geometry: inverse_sigmoid, box deltas, valid ratios, reference points."""
 import pytest
 import torch
 
-from mmdet_deformdetr.models.layers.utils import (
-    RegressionMLP,
-    build_activation,
+from mmdet_deformdetr.models.geometry import (
+    apply_box_delta,
     encoder_reference_points,
     inverse_sigmoid,
-    proposal_sine_embedding,
     scale_by_valid_ratios,
     valid_ratios_from_mask,
 )
@@ -55,32 +53,10 @@ def test_scale_by_valid_ratios_scales_boxes_in_all_four_coordinates() -> None:
         scale_by_valid_ratios(boxes[..., :3], ratios)
 
 
-@pytest.mark.parametrize('embed_dims', [32, 256, 96])
-def test_proposal_sine_embedding_has_two_embed_dims(embed_dims: int) -> None:
-    proposals = torch.randn(2, 5, 4)
-    embedding = proposal_sine_embedding(proposals, num_feats=embed_dims // 2)
-    assert embedding.shape == (2, 5, 2 * embed_dims)
-    # first pair of each coordinate: sin / cos of 2*pi*sigmoid(coordinate)
-    angle = proposals[..., 0].sigmoid() * 2 * torch.pi
-    torch.testing.assert_close(embedding[..., 0], angle.sin())
-    torch.testing.assert_close(embedding[..., 1], angle.cos())
-    with pytest.raises(ValueError, match='even'):
-        proposal_sine_embedding(proposals, num_feats=3)
-
-
-def test_regression_mlp_names_and_relu() -> None:
-    mlp = RegressionMLP(8, 8, 4, num_layers=3)
-    assert [name for name, _ in mlp.named_parameters()] == [
-        f'layers.{i}.{kind}' for i in range(3) for kind in ('weight', 'bias')]
-    with torch.no_grad():
-        for layer in mlp.layers:
-            layer.weight.copy_(torch.eye(*layer.weight.shape))
-            layer.bias.zero_()
-    x = torch.tensor([[1.0, -1.0, 2.0, -2.0, 0, 0, 0, 0]])
-    torch.testing.assert_close(mlp(x), torch.tensor([[1.0, 0.0, 2.0, 0.0]]))
-
-
-def test_build_activation_rejects_unknown_names() -> None:
-    assert isinstance(build_activation('gelu'), torch.nn.GELU)
-    with pytest.raises(ValueError, match='glu'):
-        build_activation('glu')
+def test_apply_box_delta_points_move_the_centre_boxes_all_four() -> None:
+    delta = torch.tensor([0.5, -0.5, -1.0, 2.0], dtype=torch.float64)
+    point = torch.tensor([0.3, 0.6], dtype=torch.float64)
+    box = torch.tensor([0.3, 0.6, 0.2, 0.1], dtype=torch.float64)
+    expected_point = torch.cat([(torch.logit(point) + delta[:2]).sigmoid(), delta[2:].sigmoid()])
+    torch.testing.assert_close(apply_box_delta(delta, point), expected_point)
+    torch.testing.assert_close(apply_box_delta(delta, box), (torch.logit(box) + delta).sigmoid())
