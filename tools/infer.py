@@ -14,6 +14,7 @@ import torch
 from mmdet.apis import DetInferencer
 
 import mmdet_deformdetr  # noqa: F401  (registers our modules, safe checkpoint loading)
+from mmdet_deformdetr.checkpoint import CheckpointError, check_checkpoint_for_testing
 
 
 def parse_args() -> argparse.Namespace:
@@ -40,6 +41,8 @@ def main() -> None:
     device = args.device or ('cuda:0' if torch.cuda.is_available() else 'cpu')
     inferencer = DetInferencer(model=args.config, weights=args.checkpoint, device=device,
                                palette=args.palette)
+    # heads of another class count would draw random detections: refuse, naming num_classes
+    check_checkpoint_for_testing(inferencer.model, args.checkpoint)
     inferencer(args.inputs, batch_size=args.batch_size, out_dir=args.out_dir,
                pred_score_thr=args.pred_score_thr, no_save_pred=not args.save_pred,
                show=args.show)
@@ -47,4 +50,7 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except CheckpointError as error:
+        raise SystemExit(f'tools/infer.py: error: {error}') from None

@@ -24,6 +24,7 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mmdet_deformdetr  # noqa: E402,F401  (registers our modules, safe checkpoint loading)
+from mmdet_deformdetr.checkpoint import CheckpointError, check_checkpoint_for_testing  # noqa: E402
 from tools import tool_common  # noqa: E402
 
 
@@ -65,6 +66,9 @@ def main() -> None:
     setup_cache_size_limit_of_dynamo()
     cfg = build_cfg(args)
     runner = tool_common.build_runner(cfg)
+    # every weight must come from the checkpoint: mmengine only logs heads of another class count
+    # ("size mismatch") and would test them at their random initialisation
+    check_checkpoint_for_testing(runner.model, args.checkpoint)
     if args.out is not None:
         # a metric that only writes the predictions, as mmdet's tools/test.py
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
@@ -72,4 +76,7 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except CheckpointError as error:  # our messages say what to do; torch's traceback would not
+        sys.exit(f'tools/test.py: error: {error}')

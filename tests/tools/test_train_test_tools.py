@@ -1,12 +1,13 @@
 """tools/train.py, tools/test.py and tools/infer.py on one process, plus mmdet's own shipped
 tools/test.py and DetInferencer with our config (the plugin works with mmdet's tools unchanged)."""
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers.tools import TINY_CONFIG
+from tests.helpers.tools import TINY_CONFIG, coco_photo_options, run_tool
 
 MMDET_TEST_PY = Path(__import__('mmdet').__file__).parent / '.mim' / 'tools' / 'test.py'
 
@@ -47,6 +48,31 @@ def test_test_py_metrics_dump_and_drawings(python_tool, tiny_data_options, tiny_
     metrics = json.loads(metric_files[0].read_text())
     assert 0.0 <= metrics['coco/bbox_mAP'] <= 1.0
     assert len(list(tmp_path.glob('*/vis/*.jpg'))) == 4  # one drawing per test image
+
+
+@pytest.mark.parametrize('tool', ['test', 'infer'])
+def test_checkpoint_of_another_class_count_is_refused(tool, coco_photos, tiny_checkpoint,
+                                                      tmp_path):
+    """The tiny checkpoint has 80-class heads; a 3-class model would be tested (or draw) with
+    randomly initialised heads: an error naming num_classes, not a plausible mAP."""
+    options = ['--cfg-options', 'model.bbox_head.num_classes=3']
+    if tool == 'test':
+        command = ['tools/test.py', str(TINY_CONFIG), str(tiny_checkpoint), '--work-dir',
+                   str(tmp_path), *options, *coco_photo_options(coco_photos)]
+    else:
+        image = sorted((coco_photos / 'images').glob('*.jpg'))[0]
+        command = ['tools/infer.py', str(image), str(TINY_CONFIG), str(tiny_checkpoint),
+                   '--out-dir', str(tmp_path), '--device', 'cpu']
+        # DetInferencer has no --cfg-options: a 3-class copy of the config
+        config = tmp_path / 'three_classes.py'
+        config.write_text(f"_base_ = {str(TINY_CONFIG)!r}\n"
+                          "model = dict(bbox_head=dict(num_classes=3))\n")
+        command[2] = str(config)
+    result = run_tool([sys.executable, *command], check=False)
+    assert result.returncode != 0
+    assert 'num_classes' in result.output and 'random' in result.output
+    assert 'Traceback' not in result.output
+    assert 'coco/bbox_mAP' not in result.output
 
 
 def test_mmdet_shipped_test_py_runs_our_config(python_tool, tiny_data_options, tiny_checkpoint,
