@@ -55,29 +55,30 @@ def require_onnx() -> None:
                           "deploy extra, pip install -e '.[deploy]'")
 
 
-def _input_ranges(exported: torch.export.ExportedProgram) -> Tuple[int, int]:
+def _input_ranges(exported: torch.export.ExportedProgram,
+                  axes: Tuple[int, ...]) -> Tuple[int, int]:
     """Smallest height and width the exported program was traced for.
 
     torch.export assumes that no symbolic size is 0 or 1, so the coarsest level (stride 64) must
-    be at least 2 x 2: images of at least 65 x 65. The same assumption makes the batch ">= 2" on
-    paper; a batch of one runs through the same graph (every batched op has the batch on both
-    sides, nothing broadcasts over it), which the tests check.
+    be at least 2 x 2: images of at least 65 x 65. The same assumption makes a dynamic batch
+    ">= 2" on paper; a batch of one runs through the same graph (every batched op has the batch
+    on both sides, nothing broadcasts over it), which the tests check.
     """
     placeholder = next(node for node in exported.graph.nodes
                        if node.op == 'placeholder' and node.name == INPUT_NAME)
-    lowest = []
-    for axis in (0, 2, 3):
+    lowest = {}
+    for axis in axes:
         size = placeholder.meta['val'].shape[axis]
         if isinstance(size, int):
             raise RuntimeError(f'torch.export specialised axis {axis} of the input to {size}; '
                                'the graph would accept only that size')
         value_range = exported.range_constraints.get(size.node.expr)
-        lowest.append(int(value_range.lower) if value_range is not None else 1)
-    return lowest[1], lowest[2]
+        lowest[axis] = int(value_range.lower) if value_range is not None else 1
+    return lowest[2], lowest[3]
 
 
 def export_onnx(detector: nn.Module, out: Union[str, Path],
-                example_hw: Tuple[int, int] = (320, 320),
+                example_hw: Tuple[int, int] = (320, 320), dynamic_batch: bool = False,
                 metadata: Optional[Dict[str, object]] = None) -> ExportReport:
     """Export ``detector`` (a built ``DeformDETR``, weights loaded) to ``out``.
 
@@ -86,6 +87,9 @@ def export_onnx(detector: nn.Module, out: Union[str, Path],
         out: the ``.onnx`` file to write (one file, weights inside).
         example_hw: height and width of the example batch that is traced (values do not matter,
             the sizes are symbolic; two-stage models need at least ``num_queries`` tokens).
+        dynamic_batch: a symbolic batch axis too (default: batch 1, the usual deployment of a
+            detector; a symbolic batch makes every shape expression larger, and the export takes
+            about twice as long).
         metadata: extra entries for the model's ``metadata_props`` (class names, ...).
 
     Returns:
@@ -100,15 +104,14 @@ def export_onnx(detector: nn.Module, out: Union[str, Path],
     start = time.perf_counter()
     use_reference_attention(detector)
     module = ExportableDeformDETR(detector)
-    # batch 2: torch.export specialises sizes 0 and 1, so a batch-1 example would fix the batch
-    example = torch.zeros(2, 3, *example_hw)
-    dynamic = torch.export.Dim.DYNAMIC
+    # a dynamic batch needs an example of 2: torch.export specialises sizes 0 and 1
+    example = torch.zeros(2 if dynamic_batch else 1, 3, *example_hw)
+    axes = (0, 2, 3) if dynamic_batch else (2, 3)
+    dynamic_shapes = {INPUT_NAME: {axis: torch.export.Dim.DYNAMIC for axis in axes}}
     with torch.no_grad():
-        exported = torch.export.export(module, (example,),
-                                       dynamic_shapes={INPUT_NAME: {0: dynamic, 2: dynamic,
-                                                                    3: dynamic}},
+        exported = torch.export.export(module, (example,), dynamic_shapes=dynamic_shapes,
                                        strict=False)
-    min_height, min_width = _input_ranges(exported)
+    min_height, min_width = _input_ranges(exported, axes)
     # optimize=False: onnxscript's optimizer (0.7) fuses consecutive Clip nodes into one that
     # reads a value defined after it (the graph fails onnx.checker and onnxruntime's loader);
     # onnxruntime runs its own graph optimisations when it loads the model anyway.
@@ -117,14 +120,15 @@ def export_onnx(detector: nn.Module, out: Union[str, Path],
                       optimize=False, external_data=False)
     model = onnx.load(str(out))
     dims = model.graph.input[0].type.tensor_type.shape.dim
-    if any(not dims[axis].dim_param for axis in (0, 2, 3)):
+    if any(not dims[axis].dim_param for axis in axes):
         raise RuntimeError(f'{out}: the exported input has fixed sizes '
                            f'{[d.dim_value or d.dim_param for d in dims]}; expected symbolic '
-                           'batch, height and width')
+                           f'axes {axes}')
     head = detector.bbox_head
     info = dict(
         version=__version__, exporter='torch.export + torch.onnx (dynamo)', opset=OPSET,
-        input=f'{INPUT_NAME} (batch, 3, height, width) float32, normalised, unpadded',
+        input=f'{INPUT_NAME} ({"batch" if dynamic_batch else 1}, 3, height, width) float32, '
+        'normalised, unpadded', dynamic_batch=dynamic_batch,
         outputs=list(OUTPUT_NAMES), min_height=min_height,
         min_width=min_width, num_classes=head.num_classes, max_per_img=head.test_cfg.get(
             'max_per_img'), with_box_refine=detector.with_box_refine,

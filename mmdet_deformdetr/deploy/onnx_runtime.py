@@ -69,8 +69,8 @@ class OnnxDetector:
     def preprocess(self, image: Union[str, np.ndarray]) -> Tuple[torch.Tensor, DetDataSample]:
         """One image (path, or BGR array as mmcv reads it) -> ``(1, 3, H, W)`` normalised
         input and its data sample (``img_shape``, ``scale_factor``, ``ori_shape``)."""
-        packed = self.pipeline(dict(img=image) if isinstance(image, np.ndarray)
-                               else dict(img=str(image)))
+        # mmdet's InferencerLoader reads a path, or takes an array as it is
+        packed = self.pipeline(image if isinstance(image, np.ndarray) else str(image))
         data = self.preprocessor(dict(inputs=[packed['inputs']],
                                       data_samples=[packed['data_samples']]), False)
         return data['inputs'], data['data_samples'][0]
@@ -80,6 +80,12 @@ class OnnxDetector:
         pixels, scores ``(bs, k)``, labels ``(bs, k)``."""
         array = inputs.numpy() if isinstance(inputs, torch.Tensor) else inputs
         array = np.ascontiguousarray(array, dtype=np.float32)
+        if array.ndim != 4 or array.shape[1] != 3:
+            raise ValueError(f'expected a (batch, 3, height, width) input, got {array.shape}')
+        if array.shape[0] != 1 and not self.metadata.get('dynamic_batch'):
+            raise ValueError(f'this model was exported for one image at a time, got a batch of '
+                             f'{array.shape[0]}: run the images one by one, or export with '
+                             '--dynamic-batch')
         height, width = array.shape[-2:]
         if height < self.metadata['min_height'] or width < self.metadata['min_width']:
             raise ValueError(f'input {height}x{width} is smaller than the exported graph '
