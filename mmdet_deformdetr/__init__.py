@@ -3,11 +3,17 @@
 Importing this package registers every module of ours in mmdet's registries. Registration happens
 here and nowhere else.
 """
-from mmdet.registry import MODELS
+from mmdet.registry import DATASETS, HOOKS, MODELS
 from mmengine.registry import MODEL_WRAPPERS, OPTIM_WRAPPERS
 from mmengine.runner import CheckpointLoader
 
-from .checkpoint import SCHEME, install_safe_globals, load_from_deformdetr_uri
+from .checkpoint import (
+    SCHEME,
+    install_safe_globals,
+    load_from_deformdetr_uri,
+    load_from_local_safely,
+)
+from .datasets import CheckedCocoDataset, CheckNumClassesHook
 from .engine import CPUAutocastOptimWrapper, CPUDistributedDataParallel
 from .models.detector import DeformDETR
 from .models.head import DeformDETRHead
@@ -24,13 +30,28 @@ MODELS.register_module(module=DeformableDetrTransformer)
 MODELS.register_module(module=DeformDETRHead)
 MODELS.register_module(module=DeformDETR)
 
-# Checkpoints (issue #5): torch >= 2.6 loads with weights_only=True, which refuses mmengine's own
-# training checkpoints and the official ones; allow-list exactly the inert types they need
+# Checkpoints (issues #5, #11): torch >= 2.6 loads with weights_only=True, which refuses mmengine's
+# own training checkpoints and the official ones; allow-list exactly the inert types they need
 # (mmdet_deformdetr/checkpoint/safe_load.py explains why this is the narrowest fix).
 install_safe_globals()
 CheckpointLoader.register_scheme(prefixes=SCHEME, loader=load_from_deformdetr_uri)
+# Every plain path (load_from, resume, tools/test.py CKPT, load_checkpoint) through our safe
+# loader: mmengine's `''` loader calls torch.load without weights_only, so
+# TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 re-opens full unpickling there, and its refusals advise
+# disabling the protection. force=True is mmengine's documented way to replace a scheme's loader
+# (CheckpointLoader.register_scheme); it touches only the `''` scheme, not mmengine's other
+# schemes nor any registry of modules. Narrower seams do not exist: a Runner subclass misses
+# load_checkpoint / DetInferencer, patching torch.load is process-wide, and shadowing `''` with
+# regex prefixes relies on the undocumented order of the scheme table.
+# Tested in tests/checkpoint/test_ckpt_load_paths.py.
+CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_safely, force=True)
 
 # Engine fixes for CPU runs (issue #6; mmdet_deformdetr/engine/ documents each): a DDP wrapper that
 # accepts mmengine's device_ids for CPU modules, and bf16 autocast for --amp without CUDA.
 MODEL_WRAPPERS.register_module(module=CPUDistributedDataParallel)
 OPTIM_WRAPPERS.register_module(module=CPUAutocastOptimWrapper)
+
+# Bad data (issue #11; mmdet_deformdetr/datasets/ documents each case): mmdet's CocoDataset with
+# checks that name the file and the fix, and a start-of-run check of num_classes against the data.
+DATASETS.register_module(module=CheckedCocoDataset)
+HOOKS.register_module(module=CheckNumClassesHook)

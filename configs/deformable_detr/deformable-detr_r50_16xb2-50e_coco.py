@@ -107,10 +107,20 @@ train_pipeline = [
         ]),
     dict(type='PackDetInputs'),
 ]
-# the official code trains on every image, including those without annotations
+# Bad data (issue #11): mmdet's CocoDataset plus checks that name the file and the fix (missing,
+# empty or corrupt images, invalid boxes, unknown categories, classes out of the file's order;
+# mmdet_deformdetr/datasets/checked_coco.py, README "What happens with bad data"), and a check of
+# model.bbox_head.num_classes against the data's classes when the run starts.
+# The official code trains on every image, including those without annotations.
 train_dataloader = dict(
-    dataset=dict(filter_cfg=dict(filter_empty_gt=False), pipeline=train_pipeline))
+    dataset=dict(
+        type='CheckedCocoDataset',
+        filter_cfg=dict(filter_empty_gt=False),
+        pipeline=train_pipeline))
 # test: shorter side 800, longer side <= 1333, as the base test pipeline already does
+val_dataloader = dict(dataset=dict(type='CheckedCocoDataset'))
+test_dataloader = val_dataloader
+custom_hooks = [dict(type='CheckNumClassesHook')]
 
 optim_wrapper = dict(
     type='OptimWrapper',

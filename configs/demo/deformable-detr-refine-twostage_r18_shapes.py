@@ -84,7 +84,7 @@ train_dataloader = dict(
     sampler=dict(type='InfiniteSampler', shuffle=True),
     batch_sampler=None,  # no aspect-ratio grouping needed for square images
     dataset=dict(
-        type='CocoDataset',
+        type='CheckedCocoDataset',
         data_root=data_root,
         ann_file='annotations/instances_train.json',
         data_prefix=dict(img='train/'),
@@ -96,7 +96,7 @@ val_dataloader = dict(
     num_workers=1,
     persistent_workers=True,
     dataset=dict(
-        type='CocoDataset',
+        type='CheckedCocoDataset',
         data_root=data_root,
         ann_file='annotations/instances_val.json',
         data_prefix=dict(img='val/'),

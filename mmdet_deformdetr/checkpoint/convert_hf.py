@@ -1,6 +1,8 @@
-"""Hugging Face ``DeformableDetrForObjectDetection`` state dict -> official keys.
+"""The Hugging Face family (``DeformableDetrForObjectDetection``): its keys -> official keys.
 
-Two layouts are read (facts in /work/shared/reference/README.md):
+Tell-tale key: ``model.level_embed`` (:func:`is_hf_state_dict`); files are bare state dicts
+(``pytorch_model.bin``, ``model.safetensors``). Its table entry composes :func:`hf_to_official`
+with the official converter, so only the renames live here. Two layouts are read:
 
 - the Hub files (``SenseTime/deformable-detr*``, transformers 4.x): a timm ResNet under
   ``model.backbone.conv_encoder.model.`` (torchvision names), FFN ``fc1``/``fc2``, decoder
@@ -17,7 +19,7 @@ The decoder's q/k/v projections are concatenated into ``in_proj_weight``/``in_pr
 """
 
 import re
-from typing import Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
@@ -40,6 +42,11 @@ _LAYER_RENAMES = {
 }
 _TRANSFORMER_TOP = ('level_embed', 'reference_points.', 'enc_output.', 'enc_output_norm.',
                     'pos_trans.', 'pos_trans_norm.')
+
+
+def is_hf_state_dict(state_dict: Mapping[str, Any]) -> bool:
+    """Whether a bare state dict has Hugging Face's names."""
+    return 'model.level_embed' in state_dict
 
 
 def _backbone_key(key: str) -> Optional[str]:

@@ -1,4 +1,7 @@
-"""Map a state dict of mmdet 3.x's ``DeformableDETR`` onto our ``DeformDETR`` keys.
+"""The mmdet 3.x family (``DeformableDETR`` of mmdet's zoo): its keys -> ours.
+
+Container: mmengine's ``{'meta', 'state_dict'}``. Tell-tale keys: a top-level ``level_embed`` or
+``encoder.layers.*`` (:func:`is_mmdet_state_dict`). Converter: :func:`mmdet_to_ours`.
 
 mmdet wraps the same computations in its generic transformer bricks, so only names differ:
 
@@ -27,10 +30,12 @@ leaves the function unchanged.
 """
 import re
 from collections import OrderedDict
-from typing import Callable, List, Mapping, Tuple, Union
+from typing import Any, Callable, List, Mapping, Tuple, Union
 
 import torch
 from torch import Tensor
+
+from .report import ConversionReport
 
 _LAYER = r'(encoder|decoder)\.layers\.(\d+)\.'
 _DEFORM_ATTN = r'(?:sampling_offsets|attention_weights|value_proj|output_proj)'
@@ -84,12 +89,20 @@ def convert_mmdet_key(key: str) -> str:
     raise KeyError(key)
 
 
-def convert_mmdet_state_dict(state_dict: Mapping[str, Tensor]) -> 'OrderedDict[str, Tensor]':
-    """Rename every key of an mmdet 3.x ``DeformableDETR`` state dict to ours.
+def is_mmdet_state_dict(state_dict: Mapping[str, Any]) -> bool:
+    """Whether a bare state dict has mmdet 3.x ``DeformableDETR``'s names."""
+    return 'level_embed' in state_dict or any(
+        isinstance(k, str) and k.startswith('encoder.layers.') for k in state_dict)
+
+
+def mmdet_to_ours(state_dict: Mapping[str, Tensor],
+                  report: ConversionReport) -> 'OrderedDict[str, Tensor]':
+    """Rename every key of an mmdet 3.x ``DeformableDETR`` state dict to ours (the converter).
 
     Args:
         state_dict: the model's state dict (``checkpoint['state_dict']`` of an mmdet file).
             Tensors are not copied.
+        report: receives one record per source key and the filled neck biases.
 
     Returns:
         An ``OrderedDict`` loadable with ``strict=True`` into the matching ``DeformDETR``
@@ -103,9 +116,12 @@ def convert_mmdet_state_dict(state_dict: Mapping[str, Tensor]) -> 'OrderedDict[s
     unknown = []
     for key, value in state_dict.items():
         try:
-            converted[convert_mmdet_key(key)] = value
+            new_key = convert_mmdet_key(key)
         except KeyError:
             unknown.append(key)
+            continue
+        converted[new_key] = value
+        report.record(key, new_key)
     if unknown:
         raise ValueError(f'{len(unknown)} keys are not mmdet 3.x DeformableDETR keys (first: '
                          f'{unknown[:5]}); is this an mmdet 3.x DeformableDETR state dict?')
@@ -116,4 +132,10 @@ def convert_mmdet_state_dict(state_dict: Mapping[str, Tensor]) -> 'OrderedDict[s
             weight = converted[key]
             converted[bias_key] = torch.zeros(weight.shape[0], dtype=weight.dtype,
                                               device=weight.device)
+            report.filled[bias_key] = 'zero bias: mmdet\'s zoo neck has none (GroupNorm follows)'
     return converted
+
+
+def convert_mmdet_state_dict(state_dict: Mapping[str, Tensor]) -> 'OrderedDict[str, Tensor]':
+    """:func:`mmdet_to_ours` without a report (for callers that only want the dict)."""
+    return mmdet_to_ours(state_dict, ConversionReport())

@@ -9,7 +9,7 @@ class ConversionReport:
     """Bookkeeping of one conversion into our state-dict keys.
 
     Attributes:
-        source_format: detected family (see :class:`~.formats.CheckpointFormat`).
+        source_format: name of the detected family (a key of :data:`~.families.FAMILIES`).
         variant: human-readable description of the source variant (plain / refine /
             two-stage, levels, points, layers, queries, classes), filled by the converter.
         matched: keys whose name did not change.
@@ -41,6 +41,26 @@ class ConversionReport:
             self.matched.append(source_key)
         else:
             self.remapped[source_key] = target_key
+
+    def record_chain(self, first: 'ConversionReport', second: 'ConversionReport') -> None:
+        """Record two renamings run one after the other (source -> middle -> ours) as one.
+
+        ``first`` maps source keys to middle keys, ``second`` middle keys to ours; what
+        ``second`` dropped is reported under the source key that led to it.
+        """
+        middle_to_ours = {k: k for k in second.matched}
+        middle_to_ours.update(second.remapped)
+        source_to_middle = {k: k for k in first.matched}
+        source_to_middle.update(first.remapped)
+        for source_key, middle_key in source_to_middle.items():
+            if middle_key in second.dropped:
+                self.dropped[source_key] = second.dropped[middle_key]
+            else:
+                self.record(source_key, middle_to_ours.get(middle_key, middle_key))
+        self.dropped.update(first.dropped)
+        self.filled.update(second.filled)
+        self.filled.update(first.filled)
+        self.notes.extend(first.notes + second.notes)
 
     def summary(self, max_keys: int = 10) -> str:
         """A multi-line text report; lists are cut to ``max_keys`` entries each."""

@@ -1,8 +1,16 @@
-"""Safe ``torch.load`` for the checkpoint formats this package reads.
+"""Safe ``torch.load``: the one reader of ``torch.save`` files, and its errors.
 
-Every load goes through ``torch.load(..., weights_only=True)``: the restricted unpickler rebuilds
-tensors and plain containers and refuses any other global, so a checkpoint cannot run code while
-it is read. The formats we read need a handful of extra, inert types, allow-listed by exact name:
+Every load of this package (``load_from``, ``resume``, ``tools/test.py CONFIG CKPT``,
+``mmengine.runner.load_checkpoint``, ``deformdetr://``, the converter tool) ends in
+:func:`safe_load`, which calls ``torch.load(..., weights_only=True)`` itself. Passing
+``weights_only`` explicitly matters: torch lets ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` (a common
+forum "fix") switch a load back to full unpickling only when the caller did not pass it, so the
+variable cannot re-open code execution here. mmengine's own local loader passes nothing;
+``mmdet_deformdetr/__init__.py`` therefore replaces it (see
+:func:`~.loaders.load_from_local_safely`).
+
+The restricted unpickler rebuilds tensors and plain containers and refuses any other global. The
+formats we read need a handful of extra, inert types, allow-listed by exact name:
 
 - ``argparse.Namespace``: the ``args`` entry of the official Deformable-DETR checkpoints;
 - numpy arrays, scalars and dtypes: mmengine's message hub and dataset meta hold them;
@@ -13,26 +21,18 @@ it is read. The formats we read need a handful of extra, inert types, allow-list
   ``builtins.getattr`` is mapped to :func:`_history_buffer_statistic`, which resolves only
   ``getattr(HistoryBuffer, <one of its statistics>)`` and refuses anything else.
 
-Two ways in:
+:func:`install_safe_globals` also adds that list to torch's process-wide allow-list
+(``torch.serialization.add_safe_globals``, torch's documented API), so a bare ``torch.load`` of our
+files works after ``import mmdet_deformdetr``.
 
-- :func:`safe_load` (used by our converters and tools) passes the allow-list through torch's
-  ``safe_globals`` context manager, so it does not depend on process-wide state.
-- :func:`install_safe_globals` adds the same list to torch's process-wide allow-list with
-  ``torch.serialization.add_safe_globals`` (torch's documented API). mmengine's
-  ``load_from_local`` calls ``torch.load(filename, map_location)`` without ``weights_only``; on
-  torch >= 2.6 that means ``weights_only=True``, which refuses mmengine's own training checkpoints
-  (``HistoryBuffer``, numpy) and the official files (``argparse.Namespace``). Widening the
-  allow-list by these exact, inert types makes ``Runner(resume=True)``, ``load_from`` and
-  ``mmengine.runner.load_checkpoint`` work again, while every other global is still refused.
-  ``mmdet_deformdetr/__init__.py`` calls it once.
+Errors (all :class:`CheckpointError`, so a tool can catch them once and print the message alone):
 
-A file that needs any other global is refused with :class:`UntrustedCheckpointError`, which names
-the globals. To load such a file you must trust it explicitly:
-``safe_load(path, extra_globals=[Cls])`` (``--trust-global module.Cls`` in the converter tool),
-or, for mmengine's own loading, ``torch.serialization.add_safe_globals([Cls])`` in a module of
-your config's ``custom_imports``. The environment variable ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``
-would switch mmengine's default loads back to full unpickling; :func:`safe_load` passes
-``weights_only=True`` explicitly and ignores it.
+- :class:`UntrustedCheckpointError`: the file pickles a global that is not allow-listed. The
+  message names the file and the globals, and the explicit ways to trust them:
+  ``--trust-global module.Name`` (converter tool; tools may offer it through
+  :func:`trust_globals`) or ``safe_load(path, extra_globals=[...])``.
+- :class:`CorruptCheckpointError`: the file is empty, truncated, damaged or not a checkpoint;
+  the message names it, its size and what to do, instead of torch's zip-reader or EOF errors.
 """
 
 import argparse
@@ -40,8 +40,9 @@ import io
 import os
 import pickle
 import re
+import zipfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, List, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -50,10 +51,23 @@ PathOrFile = Union[str, os.PathLike, io.IOBase]
 
 # The statistics mmengine's HistoryBuffer registers for itself (history_buffer.py, __init__).
 _HISTORY_BUFFER_STATISTICS = ('min', 'max', 'current', 'mean')
+# What torch.load writes first in a legacy (pre-1.6, non-zip) file: pickle protocol 2 of the
+# magic number 0x1950a86a20f9469cfc6c.
+_LEGACY_MAGIC = b'\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19'
+_FORCE_NO_WEIGHTS_ONLY = 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'
+CONVERTER = 'tools/model_converters/deformable_detr_to_mmdet_deformdetr.py'
 
 
-class UntrustedCheckpointError(pickle.UnpicklingError):
+class CheckpointError(Exception):
+    """Base of every checkpoint error of this package; the message says what to do."""
+
+
+class UntrustedCheckpointError(CheckpointError, pickle.UnpicklingError):
     """A checkpoint needs a pickled global that is not allow-listed (it could run code)."""
+
+
+class CorruptCheckpointError(CheckpointError, ValueError):
+    """A checkpoint file is empty, truncated, damaged, or not a checkpoint at all."""
 
 
 def _history_buffer_statistic(owner: Any, name: str) -> Callable:
@@ -66,8 +80,10 @@ def _history_buffer_statistic(owner: Any, name: str) -> Callable:
 
     if owner is HistoryBuffer and name in _HISTORY_BUFFER_STATISTICS:
         return getattr(HistoryBuffer, name)
+    owner_name = getattr(owner, '__qualname__', type(owner).__qualname__)
+    # torch re-raises this as a plain UnpicklingError carrying the text; _refused_globals reads it
     raise UntrustedCheckpointError(
-        f'refusing getattr({owner!r}, {name!r}) while unpickling: only '
+        f'refusing builtins.getattr({owner_name}, {name!r}) while unpickling: only '
         f'getattr(HistoryBuffer, one of {_HISTORY_BUFFER_STATISTICS}) is allowed')
 
 
@@ -122,33 +138,69 @@ def _global_names(entries: Iterable[Any]) -> set:
     return names
 
 
-def _untrusted_globals(source: PathOrFile, allowed: Sequence[Any]) -> List[str]:
-    """Globals in ``source`` that neither torch nor ``allowed`` accepts (best effort)."""
-    try:
+def _refused_globals(source: PathOrFile, error: Exception, allowed: Sequence[Any]) -> List[str]:
+    """Globals that made torch refuse ``source``; empty if ``error`` is not such a refusal."""
+    gadget = re.search(r'refusing (builtins\.getattr\([^)]*\))', str(error))
+    if gadget:  # our getattr stand-in refused the call (see _history_buffer_statistic)
+        return [gadget.group(1)]
+    try:  # zip files: every global the pickle names, without unpickling it
         if isinstance(source, io.IOBase):
             source.seek(0)
         found = torch.serialization.get_unsafe_globals_in_checkpoint(source)
-    except Exception:  # legacy (non-zip) files cannot be scanned without unpickling them
-        return []
+    except Exception:  # legacy (non-zip) or damaged files: what torch's message names
+        found = re.findall(r'GLOBAL ([\w.]+)', str(error))
     allowed_names = _global_names(allowed)
-    return sorted(name for name in found if name not in allowed_names)
+    return sorted({name for name in found if name not in allowed_names})
 
 
-def _refusal(source: PathOrFile, error: Exception,
-             allowed: Sequence[Any]) -> UntrustedCheckpointError:
-    names = _untrusted_globals(source, allowed)
-    if not names:
-        names = re.findall(r'GLOBAL ([\w.]+)', str(error)) or ['(see the error below)']
-    label = source if not isinstance(source, io.IOBase) else 'the checkpoint stream'
+def _refusal(label: str, names: List[str]) -> UntrustedCheckpointError:
+    listed = ' '.join(f'--trust-global {name}' for name in names)
+    env_note = (f' ({_FORCE_NO_WEIGHTS_ONLY} is set in the environment: it does not apply here; '
+                'mmdet_deformdetr always loads with weights_only=True.)'
+                if os.environ.get(_FORCE_NO_WEIGHTS_ONLY) else '')
     return UntrustedCheckpointError(
-        f'refusing to load {label}: it pickles global(s) {", ".join(names)} that are not on the '
-        'allow-list of mmdet_deformdetr.checkpoint.safe_load, and unpickling them could run code. '
-        'Only if you trust the file, allow those exact types explicitly: '
-        '`safe_load(path, extra_globals=[<the class>])`, '
-        '`tools/model_converters/deformable_detr_to_mmdet_deformdetr.py '
-        '--trust-global module.Class`, '
-        'or for mmengine loading `torch.serialization.add_safe_globals([<the class>])` in a module '
-        f'listed in your config\'s custom_imports. torch said: {error}')
+        f'refusing to load {label}: it pickles {", ".join(names)}, which mmdet_deformdetr does '
+        'not allow in a checkpoint (unpickling it could run code), so the file was not loaded.'
+        f'{env_note} Only if you trust the file, allow exactly these globals: convert it once '
+        f'into a file of plain tensors with `python {CONVERTER} {label} CLEAN.pth {listed}`, or '
+        'in Python pass `extra_globals=[...]` to mmdet_deformdetr.checkpoint.safe_load '
+        f'(process-wide: mmdet_deformdetr.checkpoint.trust_globals({names!r})).')
+
+
+def _damage(path: str) -> Optional[str]:
+    """Why the file at ``path`` cannot be a readable ``torch.save`` file, or None if it looks
+    intact (then a failed load has another cause, which is re-raised unchanged)."""
+    size = os.path.getsize(path)
+    if size == 0:
+        return 'the file is empty'
+    with open(path, 'rb') as stream:
+        head = stream.read(len(_LEGACY_MAGIC))
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                if not any(name.endswith('data.pkl') for name in archive.namelist()):
+                    return 'it is a zip archive but not one written by torch.save (no data.pkl)'
+                bad_member = archive.testzip()  # CRC of every member; read only after a failure
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+            return f'its zip archive is damaged ({error})'
+        return f'{bad_member} inside it is damaged (CRC mismatch)' if bad_member else None
+    if head.startswith(b'PK'):
+        return ('it is cut short: torch.save writes a zip archive whose directory sits at the end, '
+                'and the end is missing')
+    if head == _LEGACY_MAGIC:
+        return 'it is a legacy torch.save file that is cut short or damaged'
+    return 'it is not a torch.save file (neither its zip archive nor its legacy pickle format)'
+
+
+def corrupt_checkpoint_error(path: Union[str, os.PathLike], reason: str) -> CorruptCheckpointError:
+    """The one error for an unreadable checkpoint file: names it, its size and what to do."""
+    path = os.fspath(path)
+    size = os.path.getsize(path) if os.path.isfile(path) else 0
+    return CorruptCheckpointError(
+        f'cannot read checkpoint {path} ({size} bytes): {reason}. Such files come from an '
+        'interrupted download or copy, a run killed while saving, or a path that names another '
+        'file. Download or copy it again (or check the path); to resume training, resume from an '
+        'earlier checkpoint of the work dir (`tools/train.py CONFIG --resume PATH`).')
 
 
 def safe_load(source: PathOrFile, map_location: Any = 'cpu', *,
@@ -167,33 +219,57 @@ def safe_load(source: PathOrFile, map_location: Any = 'cpu', *,
     Raises:
         FileNotFoundError: ``source`` is a path that does not exist.
         UntrustedCheckpointError: the file needs a global that is not allow-listed.
+        CorruptCheckpointError: the file is empty, truncated, damaged or not a checkpoint.
     """
     if not isinstance(source, io.IOBase):
         source = os.fspath(Path(source).expanduser())
         if not os.path.isfile(source):
-            raise FileNotFoundError(f'checkpoint file not found: {source}')
+            hint = (' (a directory: for a Hugging Face model directory use '
+                    f'deformdetr://{source})' if os.path.isdir(source) else '')
+            raise FileNotFoundError(f'checkpoint file not found: {source}{hint}')
+        if os.path.getsize(source) == 0:  # torch would say only "EOFError: Ran out of input"
+            raise corrupt_checkpoint_error(source, 'the file is empty')
     allowed = safe_globals_list() + list(extra_globals)
     # torch's ``safe_globals`` context removes its entries on exit, even those that were already
     # allow-listed process-wide (install_safe_globals); hand it only the entries it may remove.
     installed = set(torch.serialization.get_safe_globals())
     for_this_call = [entry for entry in allowed if entry not in installed]
+    label = source if isinstance(source, str) else 'the checkpoint stream'
     try:
         with torch.serialization.safe_globals(for_this_call):
             return torch.load(source, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        if isinstance(error, UntrustedCheckpointError):
+    except UntrustedCheckpointError:  # raised by _history_buffer_statistic
+        raise
+    except Exception as error:  # noqa: BLE001  (classified below; anything else is re-raised)
+        refused = (_refused_globals(source, error, allowed)
+                   if isinstance(error, pickle.UnpicklingError) else [])
+        if refused:
+            raise _refusal(label, refused) from None
+        reason = _damage(source) if isinstance(source, str) else None
+        if reason is None:
             raise
-        raise _refusal(source, error, allowed) from error
+        # `from None`: torch's zip-reader / EOF traceback says nothing the user can act on
+        raise corrupt_checkpoint_error(source, reason) from None
 
 
 def load_safetensors(path: Union[str, os.PathLike], device: str = 'cpu') -> dict:
-    """Read a ``.safetensors`` file (tensors only, never code) into a dict of tensors."""
+    """Read a ``.safetensors`` file (tensors only, never code) into a dict of tensors.
+
+    Raises:
+        CorruptCheckpointError: the file is not a readable safetensors file.
+    """
     try:
         from safetensors.torch import load_file
     except ImportError as error:
         raise ImportError('reading .safetensors files needs the `safetensors` package: '
                           'pip install safetensors') from error
-    return load_file(os.fspath(path), device=device)
+    if os.path.getsize(path) == 0:
+        raise corrupt_checkpoint_error(path, 'the file is empty')
+    try:
+        return load_file(os.fspath(path), device=device)
+    except Exception as error:  # noqa: BLE001  (safetensors raises its own error types)
+        raise corrupt_checkpoint_error(path, f'it is not a readable .safetensors file ({error})'
+                                       ) from None
 
 
 def trusted_global_by_name(qualified_name: str) -> Tuple[Any, str]:
@@ -217,3 +293,11 @@ def trusted_global_by_name(qualified_name: str) -> Tuple[Any, str]:
         return obj, qualified_name
     raise ValueError(f'cannot import {qualified_name!r}; expected a dotted name like '
                      'package.module.Class')
+
+
+def trust_globals(qualified_names: Sequence[str]) -> None:
+    """Allow these exact globals in every load of this process (a tool's ``--trust-global``).
+
+    The explicit, visible way to widen the allow-list; ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is not.
+    """
+    torch.serialization.add_safe_globals([trusted_global_by_name(n) for n in qualified_names])

@@ -1,30 +1,42 @@
-"""Infer a Deformable DETR variant from state-dict keys and shapes, and explain mismatches.
+"""Which Deformable DETR a state dict (our keys), a live model or a config describes, and what to
+change when a checkpoint and a model differ.
 
-Works on our keys (docs/architecture.md), so it describes a converted checkpoint and a live
-``DeformDETR`` (via ``model.state_dict()``) in the same way:
+From the weights alone:
 
 - ``transformer.enc_output.*`` present                    -> two-stage
 - ``cls_branches.0`` and ``.1`` are different tensors       -> iterative box refinement
   (without refinement the six branches are one module: one storage, which torch.save keeps)
 - rows of ``transformer.level_embed``                      -> num_feature_levels
-- rows of ``...attention_weights.weight`` / levels          -> num_heads * num_points (K)
+- rows of ``...attention_weights.weight``                  -> num_heads x sampled levels x K
+  (``sampling_offsets`` has twice as many); nothing in the weights separates heads from points
+  (``value_proj`` / ``output_proj`` are C x C whatever the head count), so only the rows are facts
 - rows of ``transformer.query_embed.weight``               -> num_queries (not two-stage)
 - rows of ``bbox_head.cls_branches.0.weight``              -> num_classes
+- blocks of ``backbone.layer{1..4}``                        -> backbone depth
+
+A live model adds what its attention modules know (``num_heads``, ``num_levels``, ``num_points``,
+see :func:`variant_of_model`); that turns rows into a ``K`` for the override suggestion.
 """
 
+import copy
+import functools
 import re
-from dataclasses import dataclass, fields
-from typing import Iterable, Mapping, Optional
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
+from torch import nn
 
-_ENC_ATTN = 'transformer.encoder.layers.0.self_attn.attention_weights.weight'
-_DEC_ATTN = 'transformer.decoder.layers.0.cross_attn.attention_weights.weight'
+_ENC_ATTN = 'transformer.encoder.layers.0.self_attn'
+_DEC_ATTN = 'transformer.decoder.layers.0.cross_attn'
+# shipped configs, when the package runs from a checkout (an installed wheel has none)
+_CONFIG_ROOT = Path(__file__).resolve().parents[2] / 'configs'
 
 
 @dataclass(frozen=True)
 class ModelVariant:
-    """Structural facts of a Deformable DETR model, as far as the weights reveal them."""
+    """Structural facts of a Deformable DETR; model-only facts are None for a bare state dict."""
 
     as_two_stage: bool
     with_box_refine: Optional[bool]  # None: cannot tell (branches are equal copies)
@@ -33,11 +45,17 @@ class ModelVariant:
     num_encoder_layers: int
     num_decoder_layers: int
     # rows of attention_weights: num_heads x sampled levels (L, or 1 without multi-scale
-    # attention) x K points; the weights alone cannot separate the three factors
+    # attention in the encoder) x K points; the weights alone cannot separate the three factors
     enc_attention_rows: int
     dec_attention_rows: int
     num_queries: Optional[int]
     num_classes: Optional[int]
+    backbone_blocks: Optional[Tuple[int, ...]] = None  # blocks per ResNet stage
+    # what a live model (or a config) knows besides its weights
+    num_heads: Optional[int] = None
+    enc_sampled_levels: Optional[int] = None
+    enc_num_points: Optional[int] = None
+    dec_num_points: Optional[int] = None
 
     @property
     def name(self) -> str:
@@ -50,19 +68,15 @@ class ModelVariant:
 
     def describe(self) -> str:
         """One line naming every fact, for error messages and conversion reports."""
-        points = (f'attention rows {self.enc_attention_rows}/{self.dec_attention_rows} (enc/dec; '
-                  f'= heads x levels x K, K={_points(self.enc_attention_rows, self)}/'
-                  f'{_points(self.dec_attention_rows, self)} with 8 heads on all levels)')
-        return (f'{self.name}, {self.num_feature_levels} feature level(s), {points}, '
+        attention = (f'attention rows {self.enc_attention_rows}/{self.dec_attention_rows} '
+                     '(enc/dec = num_heads x sampled levels x K)')
+        if self.num_heads is not None:
+            attention += (f', num_heads={self.num_heads}, '
+                          f'K={self.enc_num_points}/{self.dec_num_points}')
+        return (f'{self.name}, {self.num_feature_levels} feature level(s), {attention}, '
                 f'{self.num_encoder_layers}+{self.num_decoder_layers} layers, '
                 f'embed_dims={self.embed_dims}, num_queries={self.num_queries}, '
-                f'num_classes={self.num_classes}')
-
-
-def _points(attention_rows: int, variant: 'ModelVariant') -> str:
-    """K for ``attention_rows`` with 8 heads sampling every level, or '?' if that cannot be."""
-    per_point = 8 * variant.num_feature_levels
-    return str(attention_rows // per_point) if attention_rows % per_point == 0 else '?'
+                f'num_classes={self.num_classes}, backbone blocks {self.backbone_blocks}')
 
 
 def _count_layers(keys: Iterable[str], prefix: str) -> int:
@@ -70,6 +84,13 @@ def _count_layers(keys: Iterable[str], prefix: str) -> int:
     pattern = re.compile(re.escape(prefix) + r'(\d+)\.')
     indices = {int(m.group(1)) for key in keys if (m := pattern.match(key))}
     return max(indices) + 1 if indices else 0
+
+
+def _backbone_blocks(keys: List[str]) -> Optional[Tuple[int, ...]]:
+    blocks = []
+    while count := _count_layers(keys, f'backbone.layer{len(blocks) + 1}.'):
+        blocks.append(count)
+    return tuple(blocks) or None
 
 
 def _branches_distinct(state_dict: Mapping[str, torch.Tensor], key_a: str, key_b: str,
@@ -93,7 +114,8 @@ def _branches_distinct(state_dict: Mapping[str, torch.Tensor], key_a: str, key_b
 
 def is_full_detector(state_dict: Mapping[str, torch.Tensor]) -> bool:
     """Whether the dict (our keys) holds a whole detector, not e.g. a backbone alone."""
-    return 'transformer.level_embed' in state_dict and _ENC_ATTN in state_dict
+    return ('transformer.level_embed' in state_dict
+            and f'{_ENC_ATTN}.attention_weights.weight' in state_dict)
 
 
 def infer_variant(state_dict: Mapping[str, torch.Tensor], *,
@@ -110,7 +132,7 @@ def infer_variant(state_dict: Mapping[str, torch.Tensor], *,
     """
     if not is_full_detector(state_dict):
         raise ValueError('not a whole Deformable DETR state dict: transformer.level_embed or '
-                         f'{_ENC_ATTN} is missing')
+                         f'{_ENC_ATTN}.attention_weights.weight is missing')
     keys = list(state_dict)
     levels, embed_dims = state_dict['transformer.level_embed'].shape
     as_two_stage = any(key.startswith('transformer.enc_output.') for key in keys)
@@ -127,7 +149,7 @@ def infer_variant(state_dict: Mapping[str, torch.Tensor], *,
         with_box_refine = False
     query_embed = state_dict.get('transformer.query_embed.weight')
     cls_weight = state_dict.get('bbox_head.cls_branches.0.weight')
-    dec_attn = state_dict.get(_DEC_ATTN)
+    dec_attn = state_dict.get(f'{_DEC_ATTN}.attention_weights.weight')
     return ModelVariant(
         as_two_stage=as_two_stage,
         with_box_refine=with_box_refine,
@@ -135,77 +157,200 @@ def infer_variant(state_dict: Mapping[str, torch.Tensor], *,
         embed_dims=int(embed_dims),
         num_encoder_layers=_count_layers(keys, 'transformer.encoder.layers.'),
         num_decoder_layers=_count_layers(keys, 'transformer.decoder.layers.'),
-        enc_attention_rows=int(state_dict[_ENC_ATTN].shape[0]),
+        enc_attention_rows=int(state_dict[f'{_ENC_ATTN}.attention_weights.weight'].shape[0]),
         dec_attention_rows=int(dec_attn.shape[0]) if dec_attn is not None else 0,
         num_queries=int(query_embed.shape[0]) if query_embed is not None else None,
-        num_classes=int(cls_weight.shape[0]) if cls_weight is not None else None)
+        num_classes=int(cls_weight.shape[0]) if cls_weight is not None else None,
+        backbone_blocks=_backbone_blocks(keys))
 
 
-def suggest_config(variant: ModelVariant) -> str:
-    """The ``model = dict(...)`` override of the primitive R-50 config that fits ``variant``."""
-    overrides = []
-    if variant.with_box_refine:
-        overrides.append('with_box_refine=True')
-    if variant.as_two_stage:
-        overrides.append('as_two_stage=True')
-    if variant.num_feature_levels != 4:
-        overrides.append(f'num_feature_levels={variant.num_feature_levels}')
-    if variant.num_queries is not None and variant.num_queries != 300:
-        overrides.append(f'num_queries={variant.num_queries}')
-    transformer = []
-    default_rows = 8 * variant.num_feature_levels * 4
-    if variant.enc_attention_rows != default_rows:
-        transformer.append(f'enc_num_points={_points(variant.enc_attention_rows, variant)}')
-    if variant.dec_attention_rows != default_rows:
-        transformer.append(f'dec_num_points={_points(variant.dec_attention_rows, variant)}')
-    if variant.num_encoder_layers != 6:
-        transformer.append(f'num_encoder_layers={variant.num_encoder_layers}')
-    if variant.num_decoder_layers != 6:
-        transformer.append(f'num_decoder_layers={variant.num_decoder_layers}')
-    if variant.embed_dims != 256:
-        transformer.append(f'embed_dims={variant.embed_dims}')
-    if transformer:
-        overrides.append(f'transformer=dict({", ".join(transformer)})')
-    suggestion = f'model = dict({", ".join(overrides)})' if overrides else 'no override'
-    if variant.num_feature_levels != 4:
-        suggestion += ', with the backbone out_indices and neck num_outs to match'
-    structure_is_default = not transformer and variant.num_feature_levels == 4 and (
-        variant.num_queries in (None, 300))
-    if structure_is_default and variant.name in _SHIPPED_R50_CONFIGS:
-        suggestion += f' (as configs/deformable_detr/{_SHIPPED_R50_CONFIGS[variant.name]})'
-    return suggestion
+def variant_of_model(model: nn.Module,
+                     state_dict: Optional[Mapping[str, torch.Tensor]] = None) -> ModelVariant:
+    """:func:`infer_variant` of a live model, plus its attention modules' own head and point
+    counts (read by attribute, so nothing from ``models`` is imported)."""
+    variant = infer_variant(model.state_dict() if state_dict is None else state_dict,
+                            by_identity=True)
+    try:
+        encoder, decoder = model.get_submodule(_ENC_ATTN), model.get_submodule(_DEC_ATTN)
+        return replace(variant, num_heads=int(encoder.num_heads),
+                       enc_sampled_levels=int(encoder.num_levels),
+                       enc_num_points=int(encoder.num_points),
+                       dec_num_points=int(decoder.num_points))
+    except (AttributeError, TypeError):  # another attention module: rows are all we know
+        return variant
 
 
-# shipped R-50 configs of the three variants (4 levels, K=4, 6+6 layers, 256 dims, 300 queries)
-_SHIPPED_R50_CONFIGS = {
-    'plain': 'deformable-detr_r50_16xb2-50e_coco.py',
-    'refine': 'deformable-detr-refine_r50_16xb2-50e_coco.py',
-    'two-stage': 'deformable-detr-refine-twostage_r50_16xb2-50e_coco.py',
+def variant_of_config(model_cfg: Mapping) -> Optional[ModelVariant]:
+    """The variant a ``DeformDETR`` model config builds, computed from its settings (None when it
+    is not one or lacks a setting)."""
+    from mmdet.registry import MODELS
+
+    try:
+        transformer, backbone = model_cfg['transformer'], model_cfg['backbone']
+        levels, heads = model_cfg['num_feature_levels'], transformer['num_heads']
+        enc_levels = levels if transformer.get('multi_scale_attention', True) else 1
+        arch = getattr(MODELS.get(backbone['type']), 'arch_settings', {}).get(backbone['depth'])
+        return ModelVariant(
+            as_two_stage=model_cfg['as_two_stage'], with_box_refine=model_cfg['with_box_refine'],
+            num_feature_levels=levels, embed_dims=transformer['embed_dims'],
+            num_encoder_layers=transformer['num_encoder_layers'],
+            num_decoder_layers=transformer['num_decoder_layers'],
+            enc_attention_rows=heads * enc_levels * transformer['enc_num_points'],
+            dec_attention_rows=heads * levels * transformer['dec_num_points'],
+            num_queries=None if model_cfg['as_two_stage'] else model_cfg['num_queries'],
+            num_classes=model_cfg['bbox_head']['num_classes'],
+            backbone_blocks=(tuple(arch[1][:backbone.get('num_stages', 4)]) if arch else None),
+            num_heads=heads, enc_sampled_levels=enc_levels,
+            enc_num_points=transformer['enc_num_points'],
+            dec_num_points=transformer['dec_num_points'])
+    except (KeyError, TypeError, AttributeError):
+        return None
+
+
+# Facts whose disagreement makes a checkpoint unusable for a model, with the setting to change
+# (a different class count is a fine-tuning head swap, not a different variant).
+_STRUCTURAL = {
+    'as_two_stage': 'model.as_two_stage',
+    'with_box_refine': 'model.with_box_refine',
+    'num_feature_levels': 'model.num_feature_levels',
+    'embed_dims': 'model.transformer.embed_dims',
+    'num_encoder_layers': 'model.transformer.num_encoder_layers',
+    'num_decoder_layers': 'model.transformer.num_decoder_layers',
+    'enc_attention_rows': 'model.transformer.enc_num_points / num_heads',
+    'dec_attention_rows': 'model.transformer.dec_num_points / num_heads',
+    'backbone_blocks': 'model.backbone.depth',
 }
 
 
-# Facts whose disagreement makes a checkpoint unusable for a model (a different class count
-# is a fine-tuning head swap, not a different variant).
-_STRUCTURAL = ('as_two_stage', 'with_box_refine', 'num_feature_levels', 'embed_dims',
-               'num_encoder_layers', 'num_decoder_layers', 'enc_attention_rows',
-               'dec_attention_rows')
+def _differences(checkpoint: ModelVariant, model: ModelVariant,
+                 names: Iterable[str]) -> List[str]:
+    out = []
+    for name in names:
+        ours, theirs = getattr(checkpoint, name), getattr(model, name)
+        if None not in (ours, theirs) and ours != theirs:
+            out.append(f'{name}: checkpoint {ours} vs model {theirs} '
+                       f'({_STRUCTURAL.get(name, name)})')
+    return out
 
 
-def variant_mismatch(checkpoint: ModelVariant, model: ModelVariant) -> Optional[str]:
+@functools.lru_cache(maxsize=1)
+def _shipped_variants() -> Tuple[Tuple[str, ModelVariant, Any], ...]:
+    """(config path, variant, model config) of every DeformDETR config under ``configs/``, read
+    once per process (mmengine needs about a second per config to resolve its ``mmdet::`` bases,
+    so this runs only when a mismatch is reported)."""
+    from mmengine.config import Config
+
+    found = []
+    for path in sorted(_CONFIG_ROOT.glob('**/*.py')) if _CONFIG_ROOT.is_dir() else []:
+        try:
+            model_cfg = Config.fromfile(str(path)).get('model')
+        except Exception:  # noqa: BLE001  (a broken config must not hide the real error)
+            continue
+        variant = (variant_of_config(model_cfg)
+                   if model_cfg and model_cfg.get('type') == 'DeformDETR' else None)
+        if variant is not None:
+            found.append((str(path.relative_to(_CONFIG_ROOT.parent)), variant, model_cfg))
+    return tuple(found)
+
+
+def _signature(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, Tuple[int, ...]]:
+    """Key -> shape, without what a checkpoint may differ in and still load for fine-tuning."""
+    return {k: tuple(v.shape) for k, v in state_dict.items()
+            if not k.startswith('bbox_head.cls_branches.')
+            and not k.endswith('num_batches_tracked')}
+
+
+@functools.cache
+def _built_signature(config_path: str) -> Dict[str, Tuple[int, ...]]:
+    """:func:`_signature` of a shipped config's model, built on the meta device (no memory, no
+    initialisation, no download)."""
+    from mmdet.registry import MODELS
+
+    model_cfg = next(cfg for path, _, cfg in _shipped_variants() if path == config_path)
+    with torch.device('meta'):
+        return _signature(MODELS.build(copy.deepcopy(model_cfg)).state_dict())
+
+
+def shipped_configs_that_fit(checkpoint: ModelVariant,
+                             state_dict: Optional[Mapping[str, torch.Tensor]] = None) -> List[str]:
+    """Shipped config files (``configs/...``) whose model the checkpoint loads into: the same
+    structural facts and, when ``state_dict`` (our keys) is given, the same keys and shapes as the
+    built model (so e.g. another neck type does not count as fitting)."""
+    names = list(_STRUCTURAL) + ['num_queries']
+    fitting = [path for path, variant, _ in _shipped_variants()
+               if not _differences(checkpoint, variant, names)]
+    if state_dict is None:
+        return fitting
+    wanted = _signature(state_dict)
+    return [path for path in fitting if _built_signature(path) == wanted]
+
+
+def _points(rows: int, heads: Optional[int], levels: int) -> Optional[int]:
+    if heads is None or rows % (heads * levels):
+        return None
+    return rows // (heads * levels)
+
+
+def suggest_config(checkpoint: ModelVariant, model: ModelVariant) -> str:
+    """The ``model = dict(...)`` override that turns ``model`` into the checkpoint's variant."""
+    top, transformer, notes = [], [], []
+    if None not in (checkpoint.with_box_refine, model.with_box_refine) and (
+            checkpoint.with_box_refine != model.with_box_refine):
+        top.append(f'with_box_refine={checkpoint.with_box_refine}')
+    if checkpoint.as_two_stage != model.as_two_stage:
+        top.append(f'as_two_stage={checkpoint.as_two_stage}')
+    levels = checkpoint.num_feature_levels
+    if levels != model.num_feature_levels:
+        top.append(f'num_feature_levels={levels}')
+        notes.append('with the backbone out_indices and the neck in_channels / num_outs to match')
+    if None not in (checkpoint.num_queries, model.num_queries) and (
+            checkpoint.num_queries != model.num_queries):
+        top.append(f'num_queries={checkpoint.num_queries}')
+    for name in ('embed_dims', 'num_encoder_layers', 'num_decoder_layers'):
+        if getattr(checkpoint, name) != getattr(model, name):
+            transformer.append(f'{name}={getattr(checkpoint, name)}')
+    single_scale_encoder = model.enc_sampled_levels == 1 and model.num_feature_levels > 1
+    for part, sampled in (('enc', 1 if single_scale_encoder else levels), ('dec', levels)):
+        rows = getattr(checkpoint, f'{part}_attention_rows')
+        if rows == getattr(model, f'{part}_attention_rows'):
+            continue
+        points = _points(rows, model.num_heads, sampled)
+        if points is None:
+            notes.append(f'{part} attention rows {rows} are not num_heads ({model.num_heads}) x '
+                         f'{sampled} level(s) x a whole K: the checkpoint has another '
+                         'model.transformer.num_heads (the weights cannot tell heads from K)')
+        elif points != getattr(model, f'{part}_num_points'):
+            transformer.append(f'{part}_num_points={points}')
+    if any('_num_points=' in item for item in transformer):
+        notes.append(f'K from rows = num_heads x levels x K with the model\'s '
+                     f'num_heads={model.num_heads}; if the checkpoint has other heads, change '
+                     'model.transformer.num_heads instead')
+    if transformer:
+        top.append(f'transformer=dict({", ".join(transformer)})')
+    override = f'model = dict({", ".join(top)})' if top else 'no model = dict(...) override'
+    return '; '.join([override] + notes)
+
+
+def variant_mismatch(checkpoint: ModelVariant, model: ModelVariant,
+                     checkpoint_state: Optional[Mapping[str, torch.Tensor]] = None
+                     ) -> Optional[str]:
     """A message explaining why ``checkpoint`` cannot load into ``model``, or None if it can.
 
+    ``checkpoint_state`` (our keys) makes the list of shipped configs that fit exact (keys and
+    shapes of the built models, see :func:`shipped_configs_that_fit`).
+
     Different ``num_classes`` or ``num_queries`` are not structural (fine-tuning on another dataset
-    swaps the classification head); mmengine reports those as size mismatches and skips the tensors.
+    swaps the classification head); they are size mismatches that the load hook and
+    :func:`~.load_hook.check_checkpoint_for_testing` report.
     """
-    differences = [
-        f'{f.name}: checkpoint {getattr(checkpoint, f.name)} vs model {getattr(model, f.name)}'
-        for f in fields(ModelVariant)
-        if f.name in _STRUCTURAL
-        and None not in (getattr(checkpoint, f.name), getattr(model, f.name))
-        and getattr(checkpoint, f.name) != getattr(model, f.name)]
+    differences = _differences(checkpoint, model, _STRUCTURAL)
     if not differences:
         return None
+    configs = shipped_configs_that_fit(checkpoint, checkpoint_state)
+    shipped = (', '.join(configs) if configs else
+               'none of those in configs/' if _CONFIG_ROOT.is_dir() else 'none found')
     return ('checkpoint and model are different Deformable DETR variants:\n  '
             + '\n  '.join(differences)
             + f'\ncheckpoint: {checkpoint.describe()}\nmodel:      {model.describe()}'
-            + f'\na config that fits the checkpoint: {suggest_config(checkpoint)}')
+            + f'\nsettings that fit the checkpoint: {suggest_config(checkpoint, model)}'
+            + f'\nshipped configs that fit the checkpoint: {shipped}')

@@ -1,15 +1,24 @@
 """Our C++ CPU kernel: JIT build on first use and its autograd wrapper.
 
-The extension is compiled by ``torch.utils.cpp_extension.load`` into torch's extension cache
-(``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``). torch guards the build
-directory with a file lock, so two processes that start at once build it once and both load it.
-The name carries a hash of the sources and of the compiler flags, so an edited kernel or a
-different CPU never picks up a stale library.
+The extension is compiled once per machine and kernel version by ``torch.utils.cpp_extension.load``
+into torch's extension cache (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``):
+
+- the name carries a hash of the sources and of the compiler flags, so an edited kernel or a
+  different CPU never picks up a stale library, and nothing else: two checkouts (or a checkout and
+  an installed copy) with the same kernel share one build;
+- the sources are staged into the build directory first, because torch's cached build records the
+  paths it compiled and rebuilds when they change: compiled from each checkout's own path, two
+  checkouts would rebuild each other's library every time they alternate;
+- torch guards the build directory with a file lock, so two processes that start at once build it
+  once and both load it;
+- the first build takes about a minute on 2 cores, so it is logged before it starts and when it
+  ends.
 """
 import hashlib
 import os
 import shutil
 import threading
+import time
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -38,15 +47,45 @@ def _compiler_flags() -> List[str]:
     return flags
 
 
+def _source_files() -> List[Path]:
+    return sorted(_CSRC.glob('*.[ch]*'))
+
+
 def _extension_name(flags: List[str]) -> str:
-    # torch rebuilds when a listed source changes, but not when an included header does: hash both.
-    # The source folder is hashed too: torch's cached build records its source paths, so two
-    # checkouts sharing one name would rebuild each other's library every time they alternate.
+    # torch rebuilds when a listed source changes, but not when an included header does: hash both
+    # (contents and names, never the folder they are in).
     digest = hashlib.sha1(' '.join(flags).encode())
-    digest.update(str(_CSRC).encode())
-    for path in sorted(_CSRC.glob('*.[ch]*')):
+    for path in _source_files():
+        digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return f'mmdet_deformdetr_msda_cpu_{digest.hexdigest()[:10]}'
+
+
+def _build_directory(name: str) -> Path:
+    root = os.environ.get('TORCH_EXTENSIONS_DIR')
+    if root is None:
+        from torch.utils.cpp_extension import get_default_build_root
+        root = get_default_build_root()
+    return Path(root) / name
+
+
+def _stage_sources(build_directory: Path) -> Path:
+    """Copy the sources into ``build_directory/src`` (atomically per file, so concurrent
+    processes never see half a file) and return the staged main source."""
+    staged = build_directory / 'src'
+    staged.mkdir(parents=True, exist_ok=True)
+    for path in _source_files():
+        target = staged / path.name
+        if not target.is_file() or target.read_bytes() != path.read_bytes():
+            partial = staged / f'.{path.name}.{os.getpid()}.tmp'
+            shutil.copyfile(path, partial)
+            os.replace(partial, target)
+    return staged / _SOURCE.name
+
+
+def _log(message: str) -> None:
+    from mmengine.logging import print_log
+    print_log(f'mmdet_deformdetr: {message}', logger='current')
 
 
 def _ensure_ninja_on_path() -> None:
@@ -76,9 +115,21 @@ def load_cpu_extension() -> Optional[ModuleType]:
             try:
                 from torch.utils.cpp_extension import load
                 flags = _compiler_flags()
+                name = _extension_name(flags)
+                build_directory = _build_directory(name)
+                fresh = not (build_directory / f'{name}.so').is_file()
+                if fresh:
+                    _log(f'compiling the C++ CPU kernel of multi-scale deformable attention '
+                         f'(once per machine and kernel version, about a minute on 2 cores) '
+                         f'into {build_directory}')
+                start = time.perf_counter()
+                source = _stage_sources(build_directory)
                 _ensure_ninja_on_path()
-                _extension = load(name=_extension_name(flags), sources=[str(_SOURCE)],
-                                  extra_cflags=flags, extra_ldflags=['-fopenmp'], verbose=False)
+                _extension = load(name=name, sources=[str(source)], extra_cflags=flags,
+                                  extra_ldflags=['-fopenmp'], build_directory=str(build_directory),
+                                  verbose=False)
+                if fresh:
+                    _log(f'C++ CPU kernel ready ({time.perf_counter() - start:.0f} s)')
             except Exception as error:  # noqa: BLE001 - any build failure means "fall back"
                 _build_error = error
                 warnings.warn(

@@ -14,6 +14,14 @@ Mixed precision: whatever the input dtypes (e.g. bf16 under ``torch.autocast``),
 float32 (float64 stays float64) with autocast disabled, and returns ``value``'s dtype. Bilinear
 sampling positions need more than bf16's 8 mantissa bits: ``x * W`` with ``W = 152`` would be off by
 up to half a pixel.
+
+Non-finite inputs: ``'cpu'`` and ``'pytorch'`` agree, forward and backward, and follow
+``grid_sample`` (zero padding, then times the weight): a NaN or infinite sampling location or
+attention weight makes the output row of its (query, head) NaN (or inf), whether the point lies
+inside the map or outside it (``0 * nan``), so a diverging model shows up in the loss instead of
+being silently masked. mmcv's CUDA kernel (``'cuda'``) differs: it skips a NaN location (finite
+output). ``level_start_index`` must equal the cumulative sum of ``H * W`` (checked on the host,
+once per call, except while tracing).
 """
 import functools
 
@@ -47,7 +55,8 @@ def mmcv_cuda_available() -> bool:
 
 def _check_inputs(value: Tensor, spatial_shapes: SpatialShapes, level_start_index: Tensor,
                   sampling_locations: Tensor, attention_weights: Tensor) -> None:
-    """Raise ValueError naming the first argument whose shape does not fit the others."""
+    """Raise ValueError naming the first argument whose shape (or, for ``spatial_shapes`` and
+    ``level_start_index``, values) does not fit the others."""
     if value.dim() != 4:
         raise ValueError(f'value must be (bs, num_keys, M, D), got shape {tuple(value.shape)}')
     bs, num_keys, num_heads, _ = value.shape
@@ -59,9 +68,9 @@ def _check_inputs(value: Tensor, spatial_shapes: SpatialShapes, level_start_inde
     elif any(len(pair) != 2 for pair in spatial_shapes):
         raise ValueError(f'spatial_shapes must be (H, W) pairs, got {list(spatial_shapes)}')
     num_levels = len(spatial_shapes)
-    if tuple(level_start_index.shape) != (num_levels,):
-        raise ValueError(f'level_start_index must be ({num_levels},), got '
-                         f'{tuple(level_start_index.shape)}')
+    if tuple(level_start_index.shape) != (num_levels,) or level_start_index.is_floating_point():
+        raise ValueError(f'level_start_index must be an integer ({num_levels},) tensor, got '
+                         f'{level_start_index.dtype} {tuple(level_start_index.shape)}')
     if sampling_locations.dim() != 6 or sampling_locations.shape[0] != bs or \
             sampling_locations.shape[2] != num_heads or \
             sampling_locations.shape[3] != num_levels or sampling_locations.shape[5] != 2:
@@ -73,16 +82,33 @@ def _check_inputs(value: Tensor, spatial_shapes: SpatialShapes, level_start_inde
                          f'{tuple(sampling_locations.shape[:5])}, got '
                          f'{tuple(attention_weights.shape)}')
     if isinstance(spatial_shapes, Tensor):
-        if torch.jit.is_tracing():
-            return  # the count below would be baked into the trace as a constant
-        # One host sync on CUDA; worth it, as mmcv's kernel would read out of bounds otherwise.
-        expected_keys = int((spatial_shapes[:, 0] * spatial_shapes[:, 1]).sum())
+        if torch.jit.is_tracing() or torch.compiler.is_exporting():
+            return  # the values below would be baked into the graph as constants
+        # One host transfer for both tensors (one sync on CUDA; L <= 5 numbers): worth it, as
+        # mmcv's kernel would read out of bounds, and ours would read the wrong level, on a bad
+        # index. The grid_sample path ignores level_start_index, so without this check it alone
+        # would "work".
+        host = torch.cat([spatial_shapes.reshape(-1), level_start_index.reshape(-1).to(
+            spatial_shapes.device, spatial_shapes.dtype)]).tolist()
+        shapes, starts = host[:2 * num_levels], host[2 * num_levels:]
+        sizes = [shapes[2 * i] * shapes[2 * i + 1] for i in range(num_levels)]
     else:
-        # Python (possibly symbolic) ints: no sync, and torch.export proves it from the shapes
-        expected_keys = sum(height * width for height, width in spatial_shapes)
+        # Python (possibly symbolic) ints: the key count needs no transfer, and torch.export
+        # proves it from the feature shapes; level_start_index is then read like the tensors
+        sizes = [height * width for height, width in spatial_shapes]
+        starts = None if torch.jit.is_tracing() or torch.compiler.is_exporting() \
+            else level_start_index.tolist()
+    expected_keys = sum(sizes)
     if expected_keys != num_keys:
         raise ValueError(f'value has {num_keys} keys but spatial_shapes '
                          f'{level_shapes(spatial_shapes)} need sum(H * W) = {expected_keys}')
+    if starts is None:
+        return  # tracing / exporting: the index is data of the graph
+    expected_starts = [sum(sizes[:i]) for i in range(num_levels)]
+    if starts != expected_starts:
+        raise ValueError(f'level_start_index {starts} disagrees with spatial_shapes '
+                         f'{level_shapes(spatial_shapes)}: each level must start where the '
+                         f'previous ends, i.e. {expected_starts} (cumulative sum of H * W)')
 
 
 def _select_impl(value: Tensor, impl: str) -> str:

@@ -17,7 +17,7 @@ from mmengine.runner import load_checkpoint
 from tests.helpers.checkpoints import COCO_IDS
 from tests.helpers.models import r50_model_cfg
 
-TOLERANCE = 1e-4
+TOLERANCE = 1e-6  # float32; measured <= 4.8e-7 over the cases below (README)
 VARIANTS = {'plain': dict(), 'refine': dict(with_box_refine=True),
             'two_stage': dict(with_box_refine=True, two_stage=True)}
 D_MODEL, NUM_QUERIES, LAYERS = 64, 20, 2

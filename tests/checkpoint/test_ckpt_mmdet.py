@@ -10,7 +10,9 @@ from mmengine.runner import load_checkpoint
 
 from tests.helpers.models import make_batch, mmdet_cfg_like, tiny_model_cfg
 
-TOLERANCE = 1e-4
+# float64; measured: scores <= 1e-9, boxes (pixels, up to ~100) <= 3e-6
+TOLERANCE = 1e-7
+BOX_TOLERANCE = 1e-5
 # as the model parity test: two-stage needs embed_dims 256 in mmdet's proposal embedding
 CASES = [('plain', 64, 4, 12), ('refine', 64, 4, 12), ('two_stage', 256, 8, 30)]
 
@@ -60,4 +62,4 @@ def _check_zoo_roundtrip(variant: str, embed_dims: int, num_heads: int, num_quer
         exp, act = expected_sample.pred_instances, actual_sample.pred_instances
         assert torch.equal(exp.labels, act.labels)
         assert (exp.scores - act.scores).abs().max() <= TOLERANCE
-        assert (exp.bboxes - act.bboxes).abs().max() <= TOLERANCE
+        assert (exp.bboxes - act.bboxes).abs().max() <= BOX_TOLERANCE

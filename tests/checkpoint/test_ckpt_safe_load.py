@@ -156,3 +156,27 @@ def test_install_needed_for_mmengine_in_a_fresh_process(tmp_path: Path):
     ours = subprocess.run([sys.executable, '-c', code.format('import mmdet_deformdetr'), str(path)],
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
     assert 'LOADED' in ours.stdout, ours.stderr[-2000:]
+
+
+@pytest.fixture
+def restore_process_allow_list():
+    """trust_globals widens torch's process-wide allow-list; put it back afterwards."""
+    before = list(torch.serialization.get_safe_globals())
+    yield
+    torch.serialization.clear_safe_globals()
+    torch.serialization.add_safe_globals(before)
+
+
+def test_trust_globals_is_the_explicit_process_wide_opt_in(tmp_path: Path,
+                                                          restore_process_allow_list):
+    """What a tool's --trust-global calls: afterwards mmengine's loading accepts the type."""
+    from mmdet_deformdetr.checkpoint import trust_globals
+
+    path = tmp_path / 'custom.pth'
+    torch.save({'state_dict': {'weight': torch.ones(1, 1)}, 'meta': {'root': Path('/x')}}, path)
+    with pytest.raises(UntrustedCheckpointError, match='PosixPath'):
+        load_checkpoint(torch.nn.Linear(1, 1, bias=False), str(path))
+    trust_globals([f'{type(Path("/x")).__module__}.{type(Path("/x")).__qualname__}'])
+    model = torch.nn.Linear(1, 1, bias=False)
+    load_checkpoint(model, str(path))
+    assert model.weight.item() == 1.0

@@ -1,5 +1,4 @@
 """The offline converter tool, the detector's load hook, and the deformdetr:// loader scheme."""
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -15,16 +14,6 @@ from tests.helpers.checkpoints import (
 )
 from tests.helpers.models import r50_model_cfg, tiny_model_cfg
 
-TOOL = (Path(__file__).resolve().parents[2] / 'tools' / 'model_converters'
-        / 'deformable_detr_to_mmdet_deformdetr.py')
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location('deformdetr_converter_tool', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_detector_registers_the_conversion_hook():
     """DeformDETR.__init__ must register convert_checkpoint_pre_hook (2 lines, see load_hook.py);
@@ -36,13 +25,14 @@ def test_detector_registers_the_conversion_hook():
     assert convert_checkpoint_pre_hook in hooks
 
 
-def test_tool_converts_official_file_and_reports(official_listing, tmp_path: Path, capsys):
+def test_tool_converts_official_file_and_reports(official_listing, converter, tmp_path: Path,
+                                                 capsys):
     official = make_official_state_dict(official_listing['refine'], seed=3)
     src = save_official_file(tmp_path / 'official.pth', official, 'refine')
     dst = tmp_path / 'converted.pth'
     config = tmp_path / 'refine_cfg.py'
     Config(dict(model=r50_model_cfg('refine').to_dict())).dump(str(config))
-    assert _tool().main([str(src), str(dst), '--config', str(config)]) == 0
+    assert converter.main([str(src), str(dst), '--config', str(config)]) == 0
     report = capsys.readouterr().out
     assert 'missing in checkpoint: 0' in report and 'unexpected for model: 0' in report
     assert 'detected format: official Deformable-DETR' in report
@@ -61,16 +51,17 @@ def test_tool_converts_official_file_and_reports(official_listing, tmp_path: Pat
     assert torch.equal(model.transformer.level_embed, official['transformer.level_embed'])
 
 
-def test_tool_refuses_untrusted_file(tmp_path: Path):
+def test_tool_refuses_untrusted_file(converter, tmp_path: Path):
     from mmdet_deformdetr.checkpoint import UntrustedCheckpointError
 
     src = tmp_path / 'odd.pth'
     torch.save({'model': {'w': torch.zeros(1)}, 'extra': Path('/x')}, src)
     with pytest.raises(UntrustedCheckpointError, match='--trust-global'):
-        _tool().main([str(src), str(tmp_path / 'out.pth')])
+        converter.main([str(src), str(tmp_path / 'out.pth')])
     with pytest.raises(ValueError, match='not a Deformable DETR checkpoint'):
         # trusted now, but the weights are not a Deformable DETR at all
-        _tool().main([str(src), str(tmp_path / 'out.pth'), '--trust-global', 'pathlib.PosixPath'])
+        converter.main([str(src), str(tmp_path / 'out.pth'), '--trust-global',
+                        'pathlib.PosixPath'])
 
 
 def test_deformdetr_scheme_reads_official_file(official_listing, tmp_path: Path):

@@ -6,13 +6,13 @@ import pytest
 import torch
 from mmengine.runner import load_checkpoint
 
-from mmdet_deformdetr.checkpoint import infer_variant
+from mmdet_deformdetr.checkpoint import infer_variant, variant_of_model
 from tests.helpers.checkpoints import (
     build_official_r50,
     make_official_state_dict,
     save_official_file,
 )
-from tests.helpers.models import build_tiny_model, tiny_model_cfg
+from tests.helpers.models import REPO_ROOT, build_tiny_model, tiny_model_cfg
 
 
 def _save_ours(model: torch.nn.Module, path: Path) -> Path:
@@ -101,3 +101,78 @@ def test_infer_variant_from_official_listing(official_listing):
         assert (variant.name, variant.num_feature_levels) == (variant_name, levels)
         assert variant.enc_attention_rows == 8 * levels * 4 and variant.num_decoder_layers == 6
         assert report.source_format == 'official Deformable-DETR'
+
+
+def test_points_suggestion_uses_the_models_own_heads(make_tiny_file):
+    """2 heads x 4 levels x K=2 = 16 rows into a K=1 model: K=2 is derived with the MODEL's
+    num_heads (2), not an assumed 8."""
+    with pytest.raises(ValueError) as error:
+        load_checkpoint(build_tiny_with_points(1), str(make_tiny_file('plain')),
+                        map_location='cpu')
+    message = str(error.value)
+    assert 'model = dict(transformer=dict(enc_num_points=2, dec_num_points=2))' in message
+    assert "with the model's num_heads=2" in message and 'model.transformer.num_heads' in message
+    assert 'num_heads=2, K=1/1' in message  # the model's own attributes, in its description
+
+
+def test_rows_without_a_whole_k_name_num_heads(tmp_path: Path):
+    """1 head x 4 levels x K=1 = 4 rows: no whole K for the model's 2 heads x 4 levels, so the
+    message names num_heads instead of inventing a K."""
+    from mmdet.registry import MODELS
+
+    cfg = tiny_model_cfg('plain', num_heads=1)
+    cfg['transformer'].update(enc_num_points=1, dec_num_points=1)
+    path = _save_ours(MODELS.build(cfg), tmp_path / 'one_head.pth')
+    with pytest.raises(ValueError) as error:
+        load_checkpoint(build_tiny_model('plain'), str(path), map_location='cpu')
+    message = str(error.value)
+    assert 'enc_attention_rows: checkpoint 4 vs model 16' in message
+    for part in ('enc', 'dec'):
+        assert (f'{part} attention rows 4 are not num_heads (2) x 4 level(s) x a whole K: the '
+                'checkpoint has another model.transformer.num_heads') in message
+    assert '_num_points=' not in message
+
+
+def test_checkpoint_description_assumes_no_head_count(official_listing):
+    from mmdet_deformdetr.checkpoint import convert_state_dict
+
+    converted, report = convert_state_dict(make_official_state_dict(official_listing['plain']))
+    assert 'attention rows 128/128 (enc/dec = num_heads x sampled levels x K)' in report.variant
+    assert 'num_heads' not in report.variant.split('K)')[1] and '8 heads' not in report.variant
+
+
+def test_fitting_configs_have_the_same_keys_not_just_the_same_flags(official_listing, tmp_path):
+    """Official plain weights into a refine model: the primitive config fits; the FPN and BiFPN
+    neck ablations share every flag but not the neck's keys, so they are not offered."""
+    path = save_official_file(tmp_path / 'plain.pth',
+                              make_official_state_dict(official_listing['plain']), 'plain')
+    with pytest.raises(ValueError) as error:
+        load_checkpoint(build_official_r50('refine'), str(path), map_location='cpu')
+    fitting = str(error.value).split('shipped configs that fit the checkpoint: ')[1].split('\n')[0]
+    assert 'configs/deformable_detr/deformable-detr_r50_16xb2-50e_coco.py' in fitting.split(', ')
+    assert 'fpn' not in fitting and 'bifpn' not in fitting and 'refine' not in fitting
+
+
+SHIPPED = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / 'configs').glob('**/*.py'))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('config', SHIPPED)
+def test_config_facts_equal_the_built_models(config):
+    """variant_of_config (what the fitting-config search reads) equals variant_of_model of the
+    model the config builds (on the meta device; branch sharing is not observable there)."""
+    import dataclasses
+
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+
+    from mmdet_deformdetr.checkpoint.variant import variant_of_config
+
+    model_cfg = Config.fromfile(str(REPO_ROOT / config)).model
+    model_cfg.backbone.pop('init_cfg', None)
+    with torch.device('meta'):
+        model = MODELS.build(model_cfg)
+    from_config = variant_of_config(model_cfg)
+    assert from_config is not None
+    assert from_config == dataclasses.replace(variant_of_model(model),
+                                              with_box_refine=from_config.with_box_refine)

@@ -52,7 +52,7 @@ def test_our_configs_import_the_plugin(config_path: Path):
 
 
 def test_primitive_config_training_recipe(load_config):
-    """The official recipe (see /work/shared/reference/README.md), stated once in the primitive."""
+    """The official training script's defaults, stated once in the primitive."""
     cfg = load_config('deformable-detr_r50_16xb2-50e_coco.py')
     assert cfg.optim_wrapper.optimizer == dict(type='AdamW', lr=2e-4, weight_decay=1e-4)
     assert cfg.optim_wrapper.clip_grad == dict(max_norm=0.1, norm_type=2)

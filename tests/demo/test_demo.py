@@ -28,7 +28,30 @@ def test_set_schedule_rewrites_every_iteration_count():
     warmup, cosine = cfg.param_scheduler
     assert warmup.end == cosine.begin == 30  # warm-up capped at a tenth of a short run
     assert cosine.end == 300 and cosine.T_max == 270
-    assert cfg.default_hooks.checkpoint.interval == 300
+    # a checkpoint at every evaluation, not only at the end
+    assert cfg.default_hooks.checkpoint.interval == 100
+    assert cfg.default_hooks.checkpoint.save_last
+
+
+def test_evaluations_during_training_use_a_val_subset(tmp_path):
+    from mmengine.config import Config
+    demo = _demo_module()
+    (tmp_path / 'annotations').mkdir()
+    images = [dict(id=i, file_name=f'{i}.png', width=8, height=8) for i in range(5)]
+    annotations = [dict(id=10 + i, image_id=i % 5, category_id=1, bbox=[0, 0, 4, 4], area=16,
+                        iscrowd=0) for i in range(10)]
+    (tmp_path / 'annotations' / 'instances_val.json').write_text(json.dumps(dict(
+        images=images, annotations=annotations, categories=[dict(id=1, name='circle')])))
+    cfg = Config.fromfile(CONFIG)
+    cfg.val_dataloader.dataset.data_root = f'{tmp_path}/'
+    demo.sync_dependent_keys(cfg, val_subset=2)
+    subset = json.loads(Path(cfg.val_evaluator.ann_file).read_text())
+    assert [image['id'] for image in subset['images']] == [0, 1]
+    assert sorted(a['image_id'] for a in subset['annotations']) == [0, 0, 1, 1]
+    assert cfg.val_dataloader.dataset.ann_file == 'annotations/instances_val_first2.json'
+    # the final evaluation reads the whole split
+    assert cfg.test_dataloader.dataset.ann_file == 'annotations/instances_val.json'
+    assert cfg.test_evaluator.ann_file == f'{tmp_path}/annotations/instances_val.json'
 
 
 def test_other_coco_dataset_through_cfg_options():
@@ -48,7 +71,7 @@ def test_other_coco_dataset_through_cfg_options():
 
 
 def test_plot_training_curves_from_scalars(tmp_path):
-    from mmdet_deformdetr.demo import plot_training_curves
+    from tools.shapes_demo import plot_training_curves
     rows = [dict(step=i, loss=10.0 / i, loss_cls=1.0 / i, lr=1e-4) for i in range(10, 101, 10)]
     rows += [{'step': 50, 'coco/bbox_mAP': 0.2}, {'step': 100, 'coco/bbox_mAP': 0.4}]
     scalars = tmp_path / 'scalars.json'
@@ -63,8 +86,8 @@ def test_thread_count_tuner_keeps_the_faster_count(monkeypatch):
 
     import torch
 
-    from mmdet_deformdetr.demo import ThreadCountTuner
-    from mmdet_deformdetr.demo import threads as threads_module
+    from tools.shapes_demo import ThreadCountTuner
+    from tools.shapes_demo import threads as threads_module
     clock = [0.0]
     monkeypatch.setattr(threads_module.time, 'perf_counter', lambda: clock[0])
     before = torch.get_num_threads()
@@ -101,6 +124,8 @@ def test_demo_end_to_end_tiny(tmp_path):
     summary = json.loads((work_dir / 'summary.json').read_text())
     assert Path(summary['checkpoint']).is_file()
     assert summary['checkpoint'].endswith('iter_4.pth')
+    assert [row['iter'] for row in summary['val_subset_history']] == [4]
+    assert set(summary['seconds']) == {'data', 'train', 'final_eval', 'total'}
     table = (work_dir / 'coco_bbox.txt').read_text()
     assert 'Average Precision' in table or '(no detections)' in table
     metrics = json.loads((work_dir / 'metrics.json').read_text())

@@ -5,6 +5,7 @@
   mmdet's own ``DeformableDETR`` config equivalent to one of ours.
 - :mod:`.checkpoints`: official-layout state dicts and files from the key/shape listing.
 - :mod:`.tools`: running ``tools/*.py`` / ``tools/*.sh`` as a user would.
+- :mod:`.broken_coco`: small COCO datasets with chosen defects (bad-data tests).
 
 Fixtures (mmdet's scope, one torch thread, the data under ``tests/data``) are in
 ``tests/conftest.py``.

@@ -1,7 +1,8 @@
 # projects/finetune_custom_dataset's config shrunk for a CPU test of tools/train.py: the model
 # sizes of tiny_deformdetr_coco.py (so its checkpoints load), ~100 px images, 2 iterations. The
-# project's class settings (3 COCO classes, metainfo) are kept; the data are the photographs of
-# tests/data/coco_photos (the test sets data_root) and load_from is a tiny 80-class COCO checkpoint.
+# project's dataset settings (annotation files, image folders, the 5 shape classes) are kept; the
+# test generates a small shapes dataset and sets data_root, and load_from is a tiny 80-class COCO
+# checkpoint.
 _base_ = ('../../projects/finetune_custom_dataset/configs/'
           'deformable-detr-refine-twostage_r50_1xb4-24e_custom.py')
 
@@ -19,8 +20,7 @@ model = dict(
 image_scale = (160, 96)
 train_dataloader = dict(
     batch_size=1, num_workers=0, persistent_workers=False,
-    dataset=dict(ann_file='annotations/instances.json', data_prefix=dict(img='images/'),
-                 pipeline=[
+    dataset=dict(pipeline=[
         dict(type='LoadImageFromFile'),
         dict(type='LoadAnnotations', with_bbox=True),
         dict(type='Resize', scale=image_scale, keep_ratio=True),
@@ -28,8 +28,7 @@ train_dataloader = dict(
     ]))
 val_dataloader = dict(
     batch_size=1, num_workers=0, persistent_workers=False,
-    dataset=dict(ann_file='annotations/instances.json', data_prefix=dict(img='images/'),
-                 indices=2, pipeline=[
+    dataset=dict(indices=2, pipeline=[
         dict(type='LoadImageFromFile'),
         dict(type='Resize', scale=image_scale, keep_ratio=True),
         dict(type='LoadAnnotations', with_bbox=True),

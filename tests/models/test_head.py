@@ -2,9 +2,11 @@
 import pytest
 import torch
 from mmdet.structures import DetDataSample
+from mmdet.structures.bbox import bbox_cxcywh_to_xyxy
 from mmengine.structures import InstanceData
 
 from mmdet_deformdetr.models.head import DeformDETRHead, RegressionMLP
+from mmdet_deformdetr.models.head_loss import NonFiniteMatchingError
 
 DIMS, CLASSES = 16, 4
 TRAIN_CFG = dict(assigner=dict(type='HungarianAssigner', match_costs=[
@@ -125,3 +127,51 @@ def test_regression_mlp_names_and_relu() -> None:
             layer.bias.zero_()
     x = torch.tensor([[1.0, -1.0, 2.0, -2.0, 0, 0, 0, 0]])
     torch.testing.assert_close(mlp(x), torch.tensor([[1.0, 0.0, 2.0, 0.0]]))
+
+
+def _random_gt(num: int, img_h: int = 60, img_w: int = 80, seed: int = 0) -> InstanceData:
+    generator = torch.Generator().manual_seed(seed)
+    corners = torch.rand(num, 2, 2, generator=generator) * torch.tensor([img_w, img_h])
+    boxes = torch.cat([corners.min(1).values, corners.max(1).values + 1], -1)
+    return InstanceData(bboxes=boxes, labels=torch.randint(CLASSES, (num,), generator=generator))
+
+
+@pytest.mark.parametrize('num_gt', [[3, 0, 5], [1, 2, 1]], ids=['with-empty-image', 'dense'])
+def test_matching_all_layers_at_once_equals_the_assigner_per_layer(num_gt) -> None:
+    """Our per-image matching of every layer in one go assigns exactly what mmdet's
+    HungarianAssigner.assign gives layer by layer."""
+    head = make_head(num_pred_layer=3)
+    criterion = head.criterion
+    num_layers, num_queries = 3, 7
+    generator = torch.Generator().manual_seed(1)
+    cls_scores = torch.randn(num_layers, len(num_gt), num_queries, CLASSES, generator=generator,
+                             dtype=torch.float64)
+    bbox_preds = torch.rand(num_layers, len(num_gt), num_queries, 4, generator=generator,
+                            dtype=torch.float64) * 0.5 + 0.1
+    gts = [_random_gt(n, seed=i) for i, n in enumerate(num_gt)]
+    metas = [dict(img_shape=(60, 80)) for _ in num_gt]
+    targets = criterion.targets(cls_scores, bbox_preds, gts, metas, 'decoder layers')
+    for layer, (labels, _, weights) in enumerate(targets):
+        for image, (gt, meta) in enumerate(zip(gts, metas)):
+            pred = InstanceData(scores=cls_scores[layer, image], bboxes=bbox_cxcywh_to_xyxy(
+                bbox_preds[layer, image]) * torch.tensor([80, 60, 80, 60]))
+            expected = criterion.assigner.assign(pred, InstanceData(
+                bboxes=gt.bboxes.double(), labels=gt.labels), img_meta=meta).gt_inds
+            span = slice(image * num_queries, (image + 1) * num_queries)
+            matched = weights[span, 0] > 0
+            assert torch.equal(matched, expected > 0)
+            expected_labels = torch.full((num_queries,), CLASSES)
+            expected_labels[expected > 0] = gt.labels[expected[expected > 0] - 1]
+            assert torch.equal(labels[span], expected_labels)
+
+
+@pytest.mark.parametrize('poisoned', ['scores', 'boxes'])
+def test_non_finite_predictions_name_the_image(poisoned: str) -> None:
+    head = make_head()
+    scores = torch.zeros(2, 1, 3, CLASSES)
+    boxes = torch.full((2, 1, 3, 4), 0.3)
+    (scores if poisoned == 'scores' else boxes)[1, 0, 2] = float('nan')  # a diverged query
+    with pytest.raises(NonFiniteMatchingError,
+                       match=r'non-finite .*decoder layers of image .*photo\.jpg.*learning rate'):
+        head.loss_by_feat(scores, boxes, None, None, [_random_gt(2)],
+                          [dict(img_shape=(60, 80), img_path='data/photo.jpg')])

@@ -1,5 +1,7 @@
-"""The JIT build of the C++ kernel is safe when two processes start it at once."""
+"""The JIT build of the C++ kernel: safe when two processes start it at once, logged, and shared by
+every checkout with the same kernel sources."""
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +36,32 @@ def test_two_processes_build_at_once(tmp_path: Path) -> None:
     results = [child.communicate(timeout=900) for child in children]
     for child, (_, stderr) in zip(children, results):
         assert child.returncode == 0, stderr
-    assert results[0][0].strip() == results[1][0].strip() != ''
+    sums = [stdout.strip().splitlines()[-1] for stdout, _ in results]
+    assert sums[0] == sums[1] != ''
     built = [path for path in tmp_path.rglob('*.so')]
     assert len(built) == 1, built
+    # the minute-long first build is announced, not silent
+    assert any('compiling the C++ CPU kernel' in stdout for stdout, _ in results)
+
+
+def test_build_is_shared_by_checkouts_with_the_same_kernel(tmp_path: Path, monkeypatch) -> None:
+    """The library's name and build folder depend on the kernel sources and flags, not on the
+    checkout path, and the build compiles a staged copy (torch records its source paths)."""
+    from mmdet_deformdetr.ops import cpu_kernel
+
+    flags = cpu_kernel._compiler_flags()
+    here = cpu_kernel._extension_name(flags)
+    other_checkout = tmp_path / 'elsewhere' / 'csrc'
+    shutil.copytree(cpu_kernel._CSRC, other_checkout)
+    monkeypatch.setattr(cpu_kernel, '_CSRC', other_checkout)
+    monkeypatch.setattr(cpu_kernel, '_SOURCE', other_checkout / cpu_kernel._SOURCE.name)
+    assert cpu_kernel._extension_name(flags) == here
+    monkeypatch.setenv('TORCH_EXTENSIONS_DIR', str(tmp_path / 'cache'))
+    staged = cpu_kernel._stage_sources(cpu_kernel._build_directory(here))
+    assert staged.parent == tmp_path / 'cache' / here / 'src'
+    assert sorted(p.name for p in staged.parent.iterdir()) == sorted(
+        p.name for p in other_checkout.glob('*.[ch]*'))
+    # an edited kernel is another library
+    (other_checkout / 'bilinear.h').write_text('// edited\n' + (other_checkout / 'bilinear.h')
+                                               .read_text())
+    assert cpu_kernel._extension_name(flags) != here

@@ -250,12 +250,78 @@ def test_tracing_uses_the_reference_path() -> None:
                                msda(value, shapes, starts, locations, weights))
 
 
-def test_kernel_refuses_levels_outside_value() -> None:
-    """A level_start_index inconsistent with the shapes must fail, never read out of bounds."""
+@pytest.mark.parametrize('impl', ['cpu', 'pytorch', 'auto'])
+@pytest.mark.parametrize('starts', [[0, 20, 39], [0, 24, 38], [1, 25, 40]],
+                         ids=['in_bounds', 'off_by_one', 'shifted'])
+def test_level_start_index_disagreeing_with_shapes_is_refused(impl: str, starts: list) -> None:
+    """Levels (6, 4), (3, 5), (2, 2) start at 0, 24, 39. A wrong index must be refused by every
+    path, also the grid_sample one that does not read it and an in-bounds one that the kernel
+    would otherwise read silently."""
+    value, shapes, _, locations, weights = make_inputs(*CASES['three_levels'])
+    with pytest.raises(ValueError, match=r'level_start_index \[.*\] disagrees with '
+                       r'spatial_shapes.*\[0, 24, 39\]'):
+        msda(value, shapes, torch.tensor(starts), locations, weights, impl=impl)
+
+
+@pytest.mark.parametrize('starts,match', [([0, 20, 39], 'disagrees'),
+                                          ([0, 24, 42], 'does not fit')])
+def test_kernel_itself_refuses_bad_level_start_index(starts: list, match: str) -> None:
+    """The C++ kernel checks on its own (callers of MSDeformAttnCPUFunction skip the wrapper)."""
+    value, shapes, _, locations, weights = make_inputs(*CASES['three_levels'])
+    with pytest.raises(RuntimeError, match=match):
+        cpu_kernel.MSDeformAttnCPUFunction.apply(value, shapes, torch.tensor(starts), locations,
+                                                 weights)
+
+
+def test_float_level_start_index_is_refused() -> None:
     value, shapes, starts, locations, weights = make_inputs(*CASES['three_levels'])
-    starts = starts + 5
-    with pytest.raises(RuntimeError, match='does not fit'):
-        msda(value, shapes, starts, locations, weights, impl='cpu')
+    with pytest.raises(ValueError, match='level_start_index must be an integer'):
+        msda(value, shapes, starts.double(), locations, weights)
+
+
+# Non-finite inputs (issue #11): both paths follow grid_sample (zero padding times the weight):
+# a NaN/inf location makes its (query, head) output NaN, and so does a NaN/inf weight, inside the
+# map (arithmetic) or outside it (0 * weight). One point of (b=0, q=1, m=0, l=1, k=0) is corrupted;
+# `inside`/`outside` first moves it to the map's centre / past its right edge.
+NAN, INF = float('nan'), float('inf')
+NON_FINITE_CASES = {
+    'nan_x': ('inside', 'location', 0, NAN),
+    'nan_y': ('inside', 'location', 1, NAN),
+    'nan_xy': ('inside', 'location', slice(None), NAN),
+    'inf_x': ('inside', 'location', 0, INF),
+    'minus_inf_y': ('outside', 'location', 1, -INF),
+    'nan_weight_inside': ('inside', 'weight', None, NAN),
+    'nan_weight_outside': ('outside', 'weight', None, NAN),
+    'inf_weight_inside': ('inside', 'weight', None, INF),
+    'inf_weight_outside': ('outside', 'weight', None, INF),
+}
+
+
+def assert_same_non_finite(got: Tensor, want: Tensor, name: str) -> None:
+    """Same elements non-finite (NaN and inf count alike: adding four corners of +-inf can give
+    either), the finite ones equal to float64 precision."""
+    finite = torch.isfinite(want)
+    assert torch.equal(torch.isfinite(got), finite), name
+    torch.testing.assert_close(got[finite], want[finite], rtol=1e-10, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize('case', list(NON_FINITE_CASES))
+def test_non_finite_inputs_agree_with_the_reference(case: str) -> None:
+    where, tensor, coordinate, bad = NON_FINITE_CASES[case]
+    value, shapes, starts, locations, weights = make_inputs(*CASES['three_levels'])
+    point = (0, 1, 0, 1, 0)
+    locations[point] = torch.tensor([0.5, 0.5] if where == 'inside' else [1.7, 0.5])
+    if tensor == 'location':
+        locations[point + (coordinate,)] = bad
+    else:
+        weights[point] = bad
+    want = forward_and_grads(our_fn(shapes, starts, 'pytorch'), value, locations, weights)
+    got = forward_and_grads(our_fn(shapes, starts, 'cpu'), value, locations, weights)
+    assert not torch.isfinite(want[0][0, 1, :32]).any()  # the head's row is NaN ...
+    assert torch.isfinite(want[0][0, 1, 32:]).all() and torch.isfinite(want[0][1]).all()  # only
+    for name, got_t, want_t in zip(['output', 'grad_value', 'grad_locations', 'grad_weights'],
+                                   got, want):
+        assert_same_non_finite(got_t, want_t, name)
 
 
 def test_pip_ninja_is_put_on_path_when_none_is_found(tmp_path, monkeypatch):

@@ -1,6 +1,7 @@
 """Convert a Deformable DETR checkpoint of any supported family into an mmdet_deformdetr file.
 
-Families (detected from the file's contents): the official repository's ``.pth``
+Families (detected from the file's contents; the table is
+``mmdet_deformdetr.checkpoint.FAMILIES``): the official repository's ``.pth``
 (``{'model', 'optimizer', 'lr_scheduler', 'epoch', 'args'}``), mmdet 3.x zoo files, Hugging Face
 ``DeformableDetrForObjectDetection`` (a directory with ``config.json`` and ``model.safetensors`` or
 ``pytorch_model.bin``, or one of those files), and our own files (re-saved unchanged).
@@ -12,8 +13,10 @@ Examples::
     python tools/model_converters/deformable_detr_to_mmdet_deformdetr.py \
         hf/deformable-detr-with-box-refine/ refine_from_hf.pth --num-classes 80
 
-Reading never runs code from the file (``torch.load(weights_only=True)`` with a small allow-list;
-``--trust-global module.Class`` widens it for one run). The output is
+Reading never runs code from the file (``torch.load(weights_only=True)`` with a small allow-list,
+whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says; ``--trust-global module.Class`` widens it for
+one run). A refused, truncated or unreadable file ends the run with one message (exit status 1).
+The output is
 ``{'meta': {...}, 'state_dict': {...}}`` in our keys, loadable with ``load_from=`` or
 ``mmengine.runner.load_checkpoint``. A report of matched, remapped, dropped, filled (and, with
 ``--config``, missing and unexpected) keys is printed.
@@ -27,14 +30,14 @@ from typing import List, Optional
 import torch
 
 from mmdet_deformdetr.checkpoint import (
-    CheckpointFormat,
+    OURS,
+    CheckpointError,
     check_fits,
     convert_state_dict,
-    detect_state_dict_format,
+    identify_checkpoint,
     read_checkpoint,
-    split_checkpoint,
+    trusted_global_by_name,
 )
-from mmdet_deformdetr.checkpoint.safe_load import trusted_global_by_name
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -53,7 +56,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _target_state_dict(config_path: str):
+def _target_model(config_path: str) -> torch.nn.Module:
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     from mmengine.config import Config
@@ -63,27 +66,26 @@ def _target_state_dict(config_path: str):
     register_all_modules()
     cfg = Config.fromfile(config_path)
     cfg.model.get('backbone', {}).pop('init_cfg', None)  # no download just to read shapes
-    return MODELS.build(cfg.model).state_dict()
+    return MODELS.build(cfg.model)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     extra_globals = [trusted_global_by_name(name) for name in args.trust_global]
     checkpoint, hf_config = read_checkpoint(args.src, extra_globals=extra_globals)
-    state_dict, meta = split_checkpoint(checkpoint)
-    source_format = detect_state_dict_format(state_dict)
+    family, state_dict, meta = identify_checkpoint(checkpoint, source=args.src)
     converted, report = convert_state_dict(state_dict, num_classes=args.num_classes,
-                                           source_format=source_format)
+                                           family=family)
     if hf_config is not None:
         keep = ('with_box_refine', 'two_stage', 'num_feature_levels', 'encoder_n_points',
                 'decoder_n_points', 'num_queries', 'd_model')
         meta.update({f'hf_config.{k}': hf_config[k] for k in keep if k in hf_config})
     if args.config:
-        check_fits(converted, _target_state_dict(args.config), report)
+        check_fits(converted, _target_model(args.config), report)
     print(report.summary(max_keys=args.max_keys))
-    meta.update(converted_from=str(args.src), source_format=source_format.value,
+    meta.update(converted_from=str(args.src), source_format=family.name,
                 variant=report.variant)
-    if source_format is CheckpointFormat.OURS:
+    if family.name == OURS:
         meta.setdefault('note', 'already in mmdet_deformdetr keys; re-saved without training state')
     Path(args.dst).parent.mkdir(parents=True, exist_ok=True)
     torch.save({'meta': meta, 'state_dict': converted}, args.dst)
@@ -92,4 +94,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (CheckpointError, FileNotFoundError) as error:  # the message says what to do
+        sys.exit(f'error: {error}')

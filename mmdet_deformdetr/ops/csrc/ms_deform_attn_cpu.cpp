@@ -32,7 +32,9 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -46,6 +48,28 @@ using mmdet_deformdetr::Footprint;
 using mmdet_deformdetr::Level;
 using mmdet_deformdetr::make_footprint;
 
+// Non-finite inputs (issue #11) follow F.grid_sample's zero padding times the attention weight, so
+// that this kernel and the reference agree: a NaN/inf location samples NaN, and a point outside
+// the map adds 0 * weight, which is NaN for a NaN/inf weight. Points inside the map need nothing
+// special (the arithmetic propagates a non-finite weight). The checks run only for points that
+// make_footprint rejected (outside the map or non-finite), so the common path is unchanged.
+struct NonFinite {
+  bool x, y, attn;
+  bool all_finite() const { return !(x || y || attn); }
+};
+
+template <typename scalar_t>
+inline NonFinite non_finite_point(scalar_t loc_x, scalar_t loc_y, scalar_t attn) {
+  return {!std::isfinite(loc_x), !std::isfinite(loc_y), !std::isfinite(attn)};
+}
+
+// The forward of such a point: NaN in all D channels of the (query, head) row, as grid_sample.
+template <typename scalar_t>
+inline void poison(int64_t head_dims, scalar_t* out) {
+  const scalar_t nan = std::numeric_limits<scalar_t>::quiet_NaN();
+  for (int64_t d = 0; d < head_dims; ++d) out[d] += nan;
+}
+
 std::vector<Level> read_levels(const at::Tensor& spatial_shapes,
                                const at::Tensor& level_start_index, int64_t num_keys) {
   TORCH_CHECK(spatial_shapes.dim() == 2 && spatial_shapes.size(1) == 2,
@@ -58,6 +82,7 @@ std::vector<Level> read_levels(const at::Tensor& spatial_shapes,
   const int64_t* shape_ptr = shapes.data_ptr<int64_t>();
   const int64_t* start_ptr = starts.data_ptr<int64_t>();
   std::vector<Level> levels(shapes.size(0));
+  int64_t expected_start = 0;
   for (size_t l = 0; l < levels.size(); ++l) {
     levels[l] = {shape_ptr[2 * l], shape_ptr[2 * l + 1], start_ptr[l]};
     // Guards every memory access below: a bad shape must fail here, not read out of bounds.
@@ -65,6 +90,11 @@ std::vector<Level> read_levels(const at::Tensor& spatial_shapes,
                     levels[l].start + levels[l].height * levels[l].width <= num_keys,
                 "level ", l, " (H=", levels[l].height, ", W=", levels[l].width,
                 ", start=", levels[l].start, ") does not fit in ", num_keys, " keys");
+    // An in-bounds but wrong start would silently read another level's values.
+    TORCH_CHECK(levels[l].start == expected_start, "level_start_index[", l, "] = ",
+                levels[l].start, " disagrees with spatial_shapes: level ", l, " starts at ",
+                expected_start, " (cumulative sum of H * W)");
+    expected_start += levels[l].height * levels[l].width;
   }
   return levels;
 }
@@ -139,6 +169,8 @@ void forward_impl(const Problem& pb, scalar_t* output) {
             Footprint<scalar_t> fp;
             if (make_footprint(loc[2 * p], loc[2 * p + 1], pb.levels[l], &fp)) {
               accumulate_point(fp, attn[p], value_bm, layout.key, head_dims, out);
+            } else if (!non_finite_point(loc[2 * p], loc[2 * p + 1], attn[p]).all_finite()) {
+              poison(head_dims, out);
             }
           }
         }
@@ -172,9 +204,18 @@ void backward_impl(const Problem& pb, const scalar_t* grad_output, scalar_t* gra
             for (int64_t k = 0; k < num_points; ++k) {
               const int64_t p = (head_row * num_levels + l) * num_points + k;
               Footprint<scalar_t> fp;
-              // Outside the map every corner reads 0: all three gradients stay 0.
-              if (!make_footprint(sampling_locations[2 * p], sampling_locations[2 * p + 1], level,
-                                  &fp)) {
+              const scalar_t loc_x = sampling_locations[2 * p];
+              const scalar_t loc_y = sampling_locations[2 * p + 1];
+              if (!make_footprint(loc_x, loc_y, level, &fp)) {
+                // Outside the map every corner reads 0: all three gradients stay 0, unless an
+                // input is not finite (then NaN exactly where grid_sample puts it).
+                const NonFinite bad = non_finite_point(loc_x, loc_y, attention_weights[p]);
+                if (!bad.all_finite()) {
+                  const scalar_t nan = std::numeric_limits<scalar_t>::quiet_NaN();
+                  if (bad.x || bad.y) grad_attention_weights[p] = nan;
+                  if (bad.y || bad.attn) grad_sampling_locations[2 * p] = nan;
+                  if (bad.x || bad.attn) grad_sampling_locations[2 * p + 1] = nan;
+                }
                 continue;
               }
               const scalar_t attn = attention_weights[p];

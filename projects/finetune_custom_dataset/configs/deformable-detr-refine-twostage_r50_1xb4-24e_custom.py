@@ -1,20 +1,24 @@
 # Fine-tune two-stage Deformable DETR (with iterative box refinement), trained on COCO, on your own
 # COCO-format dataset. Edit the block "your dataset" below; everything else follows from it.
-# The example points at ../shared/data/tiny_coco (50 + 50 COCO images) and keeps three classes.
+# As shipped it runs on the synthetic shapes dataset that the package writes (no download):
+#   python -m mmdet_deformdetr.datasets data/shapes_finetune
 _base_ = '../../../configs/deformable_detr/deformable-detr-refine-twostage_r50_16xb2-50e_coco.py'
 
 # --- your dataset ---------------------------------------------------------------------------------
-# data_root is relative to the directory you start tools/train.py from (the repository root)
-data_root = '../shared/data/tiny_coco/'
-train_ann_file = 'annotations/instances_train2017.json'
-train_img_prefix = 'train2017/'
-val_ann_file = 'annotations/instances_val2017.json'
-val_img_prefix = 'val2017/'
-# the category names of your annotation files, in the order you want as label indices; categories
-# of the file that are not listed are ignored (their boxes are dropped)
+# data_root is relative to the directory you start tools/train.py from (the repository root), or
+# absolute. These variables are read when the file is parsed: from the command line, override the
+# keys that use them instead (see the project README), e.g. train_dataloader.dataset.data_root=...
+data_root = 'data/shapes_finetune/'
+train_ann_file = 'annotations/instances_train.json'
+train_img_prefix = 'train/'
+val_ann_file = 'annotations/instances_val.json'
+val_img_prefix = 'val/'
+# the category names of your annotation files, in the order of the file's "categories" (mmdet
+# numbers the labels in that order; a different order is refused when the dataset is built);
+# categories of the file that are not listed are left out (their boxes are dropped, and counted)
 metainfo = dict(
-    classes=('person', 'bicycle', 'car'),
-    palette=[(220, 20, 60), (119, 11, 32), (0, 0, 142)])
+    classes=('circle', 'square', 'triangle', 'star', 'hexagon'),
+    palette=[(220, 20, 60), (119, 11, 32), (0, 0, 142), (0, 160, 0), (250, 170, 30)])
 # --------------------------------------------------------------------------------------------------
 
 # The classification branches (decoder and two-stage proposal branches) get one channel per class;

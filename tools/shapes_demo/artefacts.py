@@ -131,11 +131,13 @@ def _read_scalars(scalars_json: str | Path) -> list[dict]:
 
 def plot_training_curves(scalars_json: str | Path, out_png: str | Path,
                          loss_keys: Sequence[str] = ('loss', 'loss_cls', 'loss_bbox', 'loss_iou'),
-                         map_keys: Sequence[str] = ('coco/bbox_mAP', 'coco/bbox_mAP_50')) -> Path:
+                         map_keys: Sequence[str] = ('coco/bbox_mAP', 'coco/bbox_mAP_50'),
+                         final: Optional[tuple[int, Optional[float]]] = None) -> Path:
     """Plot the training losses and the validation bbox mAP against the iteration.
 
     ``scalars_json`` is the file mmengine's LocalVisBackend writes (one json object per logging
-    step; training rows hold losses, validation rows hold ``coco/*``).
+    step; training rows hold losses, validation rows hold ``coco/*``). ``final``: (iteration,
+    bbox mAP) of the evaluation on the whole val split, drawn as a separate marker.
     """
     import matplotlib
     matplotlib.use('Agg')  # no display on a server; must precede pyplot
@@ -158,6 +160,10 @@ def plot_training_curves(scalars_json: str | Path, out_png: str | Path,
             ax_map.plot(steps, values, marker='o', label=key.split('/')[-1])
             ax_map.annotate(f'{values[-1]:.3f}', (steps[-1], values[-1]),
                             textcoords='offset points', xytext=(-10, 6))
+    if final is not None and final[1] is not None:
+        ax_map.plot([final[0]], [final[1]], marker='*', markersize=14, linestyle='none',
+                    color='black', label='bbox_mAP, whole val split')
+        ax_map.annotate(f'{final[1]:.3f}', final, textcoords='offset points', xytext=(-10, -16))
     ax_map.set(xlabel='iteration', ylabel='COCO bbox AP', title='validation', ylim=(0, 1))
     ax_map.grid(alpha=0.3)
     ax_map.legend(loc='lower right')
