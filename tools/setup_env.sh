@@ -67,9 +67,10 @@ log "installing mmdet-deformdetr (editable) and its dependencies"
 # torch 2.13 wants setuptools>=77 (torch.utils.cpp_extension); mmcv's build wanted <70; mmengine
 # resolves `mmdet::` config paths with pkg_resources, which setuptools 81 removed.
 pip install -q "setuptools>=77,<81"
-pip install -q -e "$ROOT[tests]"
+# the tests run the ONNX export (deploy extra) and mmdet's analysis tools (analysis extra) too
+pip install -q -e "$ROOT[tests,deploy,analysis]"
 
-"$PY" -c "import mmdet_deformdetr, mmcv.ops, mmdet" \
+"$PY" -c "import mmdet_deformdetr, mmcv.ops, mmdet, onnxruntime, onnxscript, seaborn, psutil" \
   || { log "the environment at $VENV does not import; see the messages above"; exit 1; }
 "$PY" -m mmdet_deformdetr >&2
 echo "$fingerprint:$ROOT" > "$stamp"

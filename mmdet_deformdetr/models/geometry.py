@@ -10,6 +10,8 @@ from typing import List
 import torch
 from torch import Tensor
 
+from ..ops import SpatialShapes, level_shapes
+
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
     """Logit of ``x``, clamped so that 0 and 1 map to finite values.
@@ -66,7 +68,7 @@ def valid_ratios_from_mask(mask: Tensor, dtype: torch.dtype = torch.float32) -> 
     return torch.stack([valid_width, valid_height], -1)
 
 
-def encoder_reference_points(spatial_shapes: Tensor, valid_ratios: Tensor) -> Tensor:
+def encoder_reference_points(spatial_shapes: SpatialShapes, valid_ratios: Tensor) -> Tensor:
     """Reference point of every encoder query, as seen from every feature level.
 
     A query is the centre of its pixel; the centre is normalised by the *valid* size of its level
@@ -75,7 +77,7 @@ def encoder_reference_points(spatial_shapes: Tensor, valid_ratios: Tensor) -> Te
     operator expects.
 
     Args:
-        spatial_shapes: ``(L, 2)`` long, ``(H_l, W_l)`` of each level.
+        spatial_shapes: ``(L, 2)`` long tensor or L ``(H_l, W_l)`` pairs.
         valid_ratios: ``(bs, L, 2)`` floating, ``(w, h)`` valid ratios of each level.
 
     Returns:
@@ -83,7 +85,7 @@ def encoder_reference_points(spatial_shapes: Tensor, valid_ratios: Tensor) -> Te
     """
     dtype, device = valid_ratios.dtype, valid_ratios.device
     per_level: List[Tensor] = []
-    for level, (height, width) in enumerate(spatial_shapes.tolist()):
+    for level, (height, width) in enumerate(level_shapes(spatial_shapes)):
         centre_y, centre_x = torch.meshgrid(
             torch.arange(height, dtype=dtype, device=device) + 0.5,
             torch.arange(width, dtype=dtype, device=device) + 0.5,

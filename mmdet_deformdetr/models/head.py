@@ -1,7 +1,7 @@
 """``DeformDETRHead``: per-decoder-layer classification and box branches, losses, predict."""
 import copy
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from mmdet.structures import SampleList
@@ -224,19 +224,45 @@ class DeformDETRHead(BaseModule):
         results = []
         for cls_score, bbox_pred, img_meta in zip(all_cls_scores[-1], all_bbox_preds[-1],
                                                   batch_img_metas):
-            num_pairs = cls_score.numel()
-            cls_score = cls_score.to(torch.promote_types(cls_score.dtype, torch.float32))
-            scores, pair_index = cls_score.sigmoid().flatten().topk(
-                min(self.test_cfg.get('max_per_img', num_pairs), num_pairs))
-            labels = pair_index % self.num_classes
-            boxes = bbox_cxcywh_to_xyxy(bbox_pred[pair_index // self.num_classes])
             img_h, img_w = img_meta['img_shape'][:2]
-            boxes = boxes * boxes.new_tensor([img_w, img_h, img_w, img_h])
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(min=0, max=img_w)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(min=0, max=img_h)
+            boxes, scores, labels = (result[0] for result in topk_detections(
+                cls_score[None], bbox_pred[None], self.test_cfg.get('max_per_img'), img_w,
+                img_h))
             if rescale:
                 if img_meta.get('scale_factor') is None:
                     raise KeyError('rescale=True needs scale_factor in the image metainfo')
                 boxes = boxes / boxes.new_tensor(img_meta['scale_factor']).repeat(2)
             results.append(InstanceData(bboxes=boxes, scores=scores, labels=labels))
         return results
+
+
+def topk_detections(cls_scores: Tensor, bbox_preds: Tensor, max_per_img: Optional[int],
+                    img_w: Union[int, Tensor], img_h: Union[int, Tensor]
+                    ) -> Tuple[Tensor, Tensor, Tensor]:
+    """The official post-process, batched: top-k sigmoid scores over all (query, class) pairs.
+
+    A function of tensors and sizes only, so that the ONNX export (``mmdet_deformdetr.deploy``)
+    puts exactly this post-process in its graph: ``img_w`` / ``img_h`` may be symbolic sizes, and
+    the clamp to the image is written as ``minimum`` with a size tensor for that reason.
+
+    Args:
+        cls_scores: ``(bs, nq, num_classes)`` logits of one decoder layer.
+        bbox_preds: ``(bs, nq, 4)`` normalised ``(cx, cy, w, h)``.
+        max_per_img: detections kept, ``k = min(max_per_img, nq * num_classes)``; None keeps all.
+        img_w, img_h: the image size in pixels that the boxes are normalised to.
+
+    Returns:
+        boxes ``(bs, k, 4)`` xyxy pixels clamped to the image, scores ``(bs, k)`` sorted
+        descending (at least float32), labels ``(bs, k)`` int64.
+    """
+    num_classes = cls_scores.shape[-1]
+    num_pairs = cls_scores.shape[1] * num_classes
+    num_kept = num_pairs if max_per_img is None else min(max_per_img, num_pairs)
+    cls_scores = cls_scores.to(torch.promote_types(cls_scores.dtype, torch.float32))
+    scores, pair_index = cls_scores.sigmoid().flatten(1).topk(num_kept, dim=1)
+    labels = pair_index % num_classes
+    query_index = (pair_index // num_classes)[..., None].expand(-1, -1, 4)
+    boxes = bbox_cxcywh_to_xyxy(bbox_preds.gather(1, query_index))
+    size = torch.tensor([img_w, img_h, img_w, img_h], dtype=boxes.dtype, device=boxes.device)
+    boxes = torch.minimum((boxes * size).clamp(min=0), size)
+    return boxes, scores, labels

@@ -6,6 +6,7 @@ import torch
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
+from ..ops import SpatialShapes, shapes_tensor
 from .geometry import valid_ratios_from_mask
 from .layers import (
     DeformableDecoder,
@@ -189,12 +190,13 @@ class DeformableDetrTransformer(BaseModule):
 
     def pre_transformer(self, mlvl_feats: Sequence[Tensor], mlvl_masks: Sequence[Tensor],
                         mlvl_pos_embeds: Sequence[Tensor]
-                        ) -> Tuple[Dict[str, Tensor], Tensor, Tensor, Tensor]:
+                        ) -> Tuple[Dict[str, Tensor], List[Tuple[int, int]], Tensor, Tensor]:
         """Flatten the levels into one token sequence.
 
         Returns:
             encoder inputs ``feat (bs, N, C)``, ``feat_pos (bs, N, C)`` (positional embedding
-            + level embedding), ``padding_mask (bs, N)``; ``spatial_shapes (L, 2)`` long;
+            + level embedding), ``padding_mask (bs, N)``; ``spatial_shapes``: L Python
+            ``(H_l, W_l)`` pairs;
             ``level_start_index (L,)`` long; ``valid_ratios (bs, L, 2)``.
         """
         if not len(mlvl_feats) == len(mlvl_masks) == len(mlvl_pos_embeds) \
@@ -214,10 +216,11 @@ class DeformableDetrTransformer(BaseModule):
             positions.append(pos_embed.flatten(2).transpose(1, 2).to(feat.dtype)
                              + self.level_embed[level].to(feat.dtype))
             masks.append(mask.flatten(1))
-        spatial_shapes = torch.tensor([feat.shape[-2:] for feat in mlvl_feats],
-                                      dtype=torch.long, device=mlvl_feats[0].device)
-        level_start_index = torch.cat([spatial_shapes.new_zeros(1),
-                                       spatial_shapes.prod(1).cumsum(0)[:-1]])
+        # Python ints, not a tensor: they stay symbolic under torch.export, so an exported graph
+        # keeps a dynamic height and width (ops/shapes.py); every consumer takes both forms
+        spatial_shapes = [(feat.shape[-2], feat.shape[-1]) for feat in mlvl_feats]
+        sizes = shapes_tensor(spatial_shapes, mlvl_feats[0].device).prod(1)
+        level_start_index = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
         # at least float32: under bf16 autocast the features are bf16, whose 8-bit mantissa
         # would misplace reference points by a fraction of a pixel on large maps
         precise = torch.promote_types(mlvl_feats[0].dtype, torch.float32)
@@ -228,13 +231,13 @@ class DeformableDetrTransformer(BaseModule):
         return encoder_inputs, spatial_shapes, level_start_index, valid_ratios
 
     def forward_encoder(self, feat: Tensor, feat_pos: Tensor, padding_mask: Tensor,
-                        spatial_shapes: Tensor, level_start_index: Tensor,
+                        spatial_shapes: SpatialShapes, level_start_index: Tensor,
                         valid_ratios: Tensor) -> Tensor:
         """Shapes as ``pre_transformer``'s outputs; returns memory ``(bs, N, C)``."""
         return self.encoder(feat, feat_pos, padding_mask, spatial_shapes, level_start_index,
                             valid_ratios)
 
-    def pre_decoder(self, memory: Tensor, padding_mask: Tensor, spatial_shapes: Tensor,
+    def pre_decoder(self, memory: Tensor, padding_mask: Tensor, spatial_shapes: SpatialShapes,
                     reg_branches: Optional[Sequence[nn.Module]],
                     cls_branches: Optional[Sequence[nn.Module]]
                     ) -> Tuple[Dict[str, Tensor], Dict[str, Optional[Tensor]]]:
@@ -243,7 +246,7 @@ class DeformableDetrTransformer(BaseModule):
         Args:
             memory: ``(bs, N, C)`` encoder output.
             padding_mask: ``(bs, N)`` bool, True at padding.
-            spatial_shapes: ``(L, 2)`` long.
+            spatial_shapes: ``(H_l, W_l)`` per level.
             reg_branches, cls_branches: the head's branches (two-stage uses index D).
 
         Returns:
@@ -274,7 +277,8 @@ class DeformableDetrTransformer(BaseModule):
                      enc_outputs_coord=enc_coords_unact.sigmoid()))
 
     def forward_decoder(self, query: Tensor, query_pos: Tensor, reference_points: Tensor,
-                        memory: Tensor, memory_padding_mask: Tensor, spatial_shapes: Tensor,
+                        memory: Tensor, memory_padding_mask: Tensor,
+                        spatial_shapes: SpatialShapes,
                         level_start_index: Tensor, valid_ratios: Tensor,
                         reg_branches: Optional[Sequence[nn.Module]]) -> Tuple[Tensor, Tensor]:
         """See ``DeformableDecoder.forward``; returns ``hidden_states (D, bs, nq, C)`` and

@@ -9,6 +9,8 @@ from typing import Tuple
 import torch
 from torch import Tensor, nn
 
+from ..ops import SpatialShapes, level_shapes
+
 # official thresholds: proposals touching the border band (or padding) are unusable
 _PROPOSAL_MIN = 0.01
 _PROPOSAL_MAX = 0.99
@@ -42,7 +44,7 @@ def proposal_sine_embedding(proposals_unact: Tensor, num_feats: int,
     return embedding.flatten(2)
 
 
-def encoder_proposals(memory: Tensor, padding_mask: Tensor, spatial_shapes: Tensor,
+def encoder_proposals(memory: Tensor, padding_mask: Tensor, spatial_shapes: SpatialShapes,
                       enc_output: nn.Module, enc_output_norm: nn.Module
                       ) -> Tuple[Tensor, Tensor]:
     """One fixed-size box per encoder token, and the token features that will score it.
@@ -50,7 +52,7 @@ def encoder_proposals(memory: Tensor, padding_mask: Tensor, spatial_shapes: Tens
     Args:
         memory: ``(bs, N, C)`` encoder output, ``N = sum_l H_l * W_l``.
         padding_mask: ``(bs, N)`` bool, True at padding.
-        spatial_shapes: ``(L, 2)`` long ``(H_l, W_l)``.
+        spatial_shapes: ``(L, 2)`` long tensor or L ``(H_l, W_l)`` pairs.
         enc_output: ``Linear(C, C)`` applied to the memory.
         enc_output_norm: ``LayerNorm(C)`` after it.
 
@@ -65,7 +67,7 @@ def encoder_proposals(memory: Tensor, padding_mask: Tensor, spatial_shapes: Tens
     precise = torch.promote_types(memory.dtype, torch.float32)
     proposals = []
     start = 0
-    for level, (height, width) in enumerate(spatial_shapes.tolist()):
+    for level, (height, width) in enumerate(level_shapes(spatial_shapes)):
         level_mask = padding_mask[:, start:start + height * width].view(batch_size, height, width)
         start += height * width
         # (bs, 1, 1, 2) valid extent (W, H): centres are normalised to the image, not the padding

@@ -7,7 +7,8 @@
   be built, the reference is used after one warning naming the build error;
 * ``'pytorch'``: the ``grid_sample`` reference (any device; tracing and ONNX export);
 * ``'auto'``: ``'cuda'`` for CUDA tensors when mmcv has CUDA ops, ``'cpu'`` for CPU tensors,
-  ``'pytorch'`` otherwise and while tracing or exporting.
+  ``'pytorch'`` otherwise and while tracing or exporting (``torch.jit``, ``torch.onnx``,
+  ``torch.export``).
 
 Mixed precision: whatever the input dtypes (e.g. bf16 under ``torch.autocast``), the op computes in
 float32 (float64 stays float64) with autocast disabled, and returns ``value``'s dtype. Bilinear
@@ -29,6 +30,7 @@ from torch import Tensor
 
 from .cpu_kernel import MSDeformAttnCPUFunction, load_cpu_extension
 from .reference import multi_scale_deformable_attn_reference
+from .shapes import SpatialShapes, level_shapes, shapes_tensor
 
 IMPLS = ('auto', 'cpu', 'cuda', 'pytorch')
 
@@ -51,18 +53,21 @@ def mmcv_cuda_available() -> bool:
     return bool(compiled_cuda) and compiled_cuda != 'not available'
 
 
-def _check_inputs(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+def _check_inputs(value: Tensor, spatial_shapes: SpatialShapes, level_start_index: Tensor,
                   sampling_locations: Tensor, attention_weights: Tensor) -> None:
     """Raise ValueError naming the first argument whose shape (or, for ``spatial_shapes`` and
     ``level_start_index``, values) does not fit the others."""
     if value.dim() != 4:
         raise ValueError(f'value must be (bs, num_keys, M, D), got shape {tuple(value.shape)}')
     bs, num_keys, num_heads, _ = value.shape
-    if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2 or \
-            spatial_shapes.is_floating_point():
-        raise ValueError('spatial_shapes must be an integer (L, 2) tensor of (H, W), got '
-                         f'{spatial_shapes.dtype} {tuple(spatial_shapes.shape)}')
-    num_levels = spatial_shapes.shape[0]
+    if isinstance(spatial_shapes, Tensor):
+        if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2 or \
+                spatial_shapes.is_floating_point():
+            raise ValueError('spatial_shapes must be an integer (L, 2) tensor of (H, W), got '
+                             f'{spatial_shapes.dtype} {tuple(spatial_shapes.shape)}')
+    elif any(len(pair) != 2 for pair in spatial_shapes):
+        raise ValueError(f'spatial_shapes must be (H, W) pairs, got {list(spatial_shapes)}')
+    num_levels = len(spatial_shapes)
     if tuple(level_start_index.shape) != (num_levels,) or level_start_index.is_floating_point():
         raise ValueError(f'level_start_index must be an integer ({num_levels},) tensor, got '
                          f'{level_start_index.dtype} {tuple(level_start_index.shape)}')
@@ -76,32 +81,43 @@ def _check_inputs(value: Tensor, spatial_shapes: Tensor, level_start_index: Tens
         raise ValueError(f'attention_weights must be (bs, nq, M, L, K) = '
                          f'{tuple(sampling_locations.shape[:5])}, got '
                          f'{tuple(attention_weights.shape)}')
-    if torch.jit.is_tracing():
-        return  # the values below would be baked into the trace as constants
-    # One host transfer for both tensors (one sync on CUDA; L <= 5 numbers): worth it, as mmcv's
-    # kernel would read out of bounds, and ours would read the wrong level, on a bad index. The
-    # grid_sample path ignores level_start_index, so without this check it alone would "work".
-    host = torch.cat([spatial_shapes.reshape(-1), level_start_index.reshape(-1).to(
-        spatial_shapes.device, spatial_shapes.dtype)]).tolist()
-    shapes, starts = host[:2 * num_levels], host[2 * num_levels:]
-    sizes = [shapes[2 * i] * shapes[2 * i + 1] for i in range(num_levels)]
+    if isinstance(spatial_shapes, Tensor):
+        if torch.jit.is_tracing() or torch.compiler.is_exporting():
+            return  # the values below would be baked into the graph as constants
+        # One host transfer for both tensors (one sync on CUDA; L <= 5 numbers): worth it, as
+        # mmcv's kernel would read out of bounds, and ours would read the wrong level, on a bad
+        # index. The grid_sample path ignores level_start_index, so without this check it alone
+        # would "work".
+        host = torch.cat([spatial_shapes.reshape(-1), level_start_index.reshape(-1).to(
+            spatial_shapes.device, spatial_shapes.dtype)]).tolist()
+        shapes, starts = host[:2 * num_levels], host[2 * num_levels:]
+        sizes = [shapes[2 * i] * shapes[2 * i + 1] for i in range(num_levels)]
+    else:
+        # Python (possibly symbolic) ints: the key count needs no transfer, and torch.export
+        # proves it from the feature shapes; level_start_index is then read like the tensors
+        sizes = [height * width for height, width in spatial_shapes]
+        starts = None if torch.jit.is_tracing() or torch.compiler.is_exporting() \
+            else level_start_index.tolist()
     expected_keys = sum(sizes)
     if expected_keys != num_keys:
-        raise ValueError(f'value has {num_keys} keys but spatial_shapes {spatial_shapes.tolist()} '
-                         f'need sum(H * W) = {expected_keys}')
+        raise ValueError(f'value has {num_keys} keys but spatial_shapes '
+                         f'{level_shapes(spatial_shapes)} need sum(H * W) = {expected_keys}')
+    if starts is None:
+        return  # tracing / exporting: the index is data of the graph
     expected_starts = [sum(sizes[:i]) for i in range(num_levels)]
     if starts != expected_starts:
         raise ValueError(f'level_start_index {starts} disagrees with spatial_shapes '
-                         f'{spatial_shapes.tolist()}: each level must start where the previous '
-                         f'ends, i.e. {expected_starts} (cumulative sum of H * W)')
+                         f'{level_shapes(spatial_shapes)}: each level must start where the '
+                         f'previous ends, i.e. {expected_starts} (cumulative sum of H * W)')
 
 
 def _select_impl(value: Tensor, impl: str) -> str:
     """Resolve ``impl`` for ``value``'s device; raise for impossible requests."""
     if impl not in IMPLS:
         raise ValueError(f'impl must be one of {IMPLS}, got {impl!r}')
+    # torch.compiler.is_exporting(): torch.export, which the ONNX exporter of torch >= 2.9 runs
     exporting = torch.jit.is_tracing() or torch.jit.is_scripting() or \
-        torch.onnx.is_in_onnx_export()
+        torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
     if impl == 'auto':
         if exporting:
             return 'pytorch'
@@ -134,8 +150,10 @@ def _mmcv_im2col_step(batch_size: int, im2col_step: int) -> int:
     return step
 
 
-def _run(impl: str, value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+def _run(impl: str, value: Tensor, spatial_shapes: SpatialShapes, level_start_index: Tensor,
          sampling_locations: Tensor, attention_weights: Tensor, im2col_step: int) -> Tensor:
+    if impl in ('cuda', 'cpu'):
+        spatial_shapes = shapes_tensor(spatial_shapes, value.device)  # the kernels read a tensor
     if impl == 'cuda':
         from mmcv.ops.multi_scale_deform_attn import MultiScaleDeformableAttnFunction
 
@@ -153,7 +171,7 @@ def _run(impl: str, value: Tensor, spatial_shapes: Tensor, level_start_index: Te
                                                  attention_weights)
 
 
-def multi_scale_deformable_attn(value: Tensor, spatial_shapes: Tensor,
+def multi_scale_deformable_attn(value: Tensor, spatial_shapes: SpatialShapes,
                                 level_start_index: Tensor, sampling_locations: Tensor,
                                 attention_weights: Tensor, im2col_step: int = 64,
                                 impl: str = 'auto') -> Tensor:
@@ -162,7 +180,9 @@ def multi_scale_deformable_attn(value: Tensor, spatial_shapes: Tensor,
     Args:
         value: ``(bs, num_keys, M, D)``, the L flattened feature maps, level after level, split in M
             heads of D channels.
-        spatial_shapes: ``(L, 2)`` integer, ``(H, W)`` of each level; ``sum(H * W) == num_keys``.
+        spatial_shapes: ``(L, 2)`` integer tensor or L Python ``(H, W)`` pairs (the form that
+            stays symbolic under ``torch.export``, see ``ops/shapes.py``), ``(H, W)`` of each
+            level; ``sum(H * W) == num_keys``.
         level_start_index: ``(L,)`` integer, index of each level's first key.
         sampling_locations: ``(bs, num_queries, M, L, K, 2)``, normalised ``(x, y)``: ``(0, 0)`` is
             the top-left corner and ``(1, 1)`` the bottom-right corner of the map (grid_sample with

@@ -3,18 +3,13 @@
 Slow and memory hungry (it materialises one sampled tensor per level), but made only of standard
 PyTorch ops, so it runs on every device, exports to ONNX and serves as the ground truth in tests.
 """
-from typing import List, Tuple
-
 import torch.nn.functional as F
 from torch import Tensor
 
-
-def _level_shapes(spatial_shapes: Tensor) -> List[Tuple[int, int]]:
-    """``(L, 2)`` long tensor of ``(H, W)`` -> list of python ``(H, W)`` pairs."""
-    return [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+from .shapes import SpatialShapes, level_shapes
 
 
-def multi_scale_deformable_attn_reference(value: Tensor, spatial_shapes: Tensor,
+def multi_scale_deformable_attn_reference(value: Tensor, spatial_shapes: SpatialShapes,
                                           sampling_locations: Tensor,
                                           attention_weights: Tensor) -> Tensor:
     """Multi-scale deformable attention with bilinear ``grid_sample`` (zero padding).
@@ -22,7 +17,8 @@ def multi_scale_deformable_attn_reference(value: Tensor, spatial_shapes: Tensor,
     Args:
         value: ``(bs, num_keys, M, D)``, the flattened feature maps of all levels, one after
             another.
-        spatial_shapes: ``(L, 2)`` long, ``(H, W)`` of each level; ``sum(H * W) == num_keys``.
+        spatial_shapes: ``(L, 2)`` long tensor or L ``(H, W)`` pairs, ``(H, W)`` of each level;
+            ``sum(H * W) == num_keys``.
         sampling_locations: ``(bs, num_queries, M, L, K, 2)``, normalised ``(x, y)``; ``(0, 0)`` is
             the top-left corner of the map and ``(1, 1)`` the bottom-right one
             (align_corners=False).
@@ -34,7 +30,7 @@ def multi_scale_deformable_attn_reference(value: Tensor, spatial_shapes: Tensor,
     """
     bs, _, num_heads, head_dims = value.shape
     num_queries, num_points = sampling_locations.shape[1], sampling_locations.shape[4]
-    shapes = _level_shapes(spatial_shapes)
+    shapes = level_shapes(spatial_shapes)
     per_level_values = value.split([h * w for h, w in shapes], dim=1)
     # grid_sample wants coordinates in [-1, 1]; with align_corners=False, -1 and 1 are the outer
     # edges of the border pixels, exactly the [0, 1] convention of the sampling locations.

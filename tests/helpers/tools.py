@@ -53,3 +53,30 @@ def run_tool(command: Sequence[str], timeout: float = 240, env: Dict[str, str] =
     result.output = output
     return result
 
+
+
+def save_tiny_checkpoint(path: Path, variant: str = 'plain', perturb: bool = True,
+                         config: Path = TINY_CONFIG) -> Path:
+    """A checkpoint of the tiny model of ``tiny_deformdetr_coco.py`` (80 COCO classes, COCO's
+    ``dataset_meta``), saved as mmengine saves one. ``perturb``: weights moved off their zero
+    initialisations (``perturb_``, backbone excluded), so that attention weights, offsets and box
+    deltas all matter (what parity tests need). ``config``: a config derived from the tiny one
+    (the variant's flags are set on top of it)."""
+    import torch
+    from mmdet.datasets import CocoDataset
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+    from mmengine.runner import save_checkpoint
+
+    from tests.helpers.models import VARIANTS, init_weights_quietly, perturb_
+
+    cfg = Config.fromfile(str(config))
+    cfg.model.update(VARIANTS[variant])
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    init_weights_quietly(model)
+    if perturb:
+        perturb_(model)
+    save_checkpoint(dict(state_dict=model.state_dict(),
+                         meta=dict(dataset_meta=dict(CocoDataset.METAINFO))), str(path))
+    return path

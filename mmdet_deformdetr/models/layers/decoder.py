@@ -5,6 +5,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from ...ops import SpatialShapes
 from ..geometry import apply_box_delta, scale_by_valid_ratios
 from .activation import build_activation
 from .msdeform_attn import MSDeformAttn
@@ -50,7 +51,8 @@ class DeformableDecoderLayer(nn.Module):
         self.norm3 = nn.LayerNorm(embed_dims)
 
     def forward(self, query: Tensor, query_pos: Tensor, reference_points: Tensor,
-                memory: Tensor, memory_padding_mask: Optional[Tensor], spatial_shapes: Tensor,
+                memory: Tensor, memory_padding_mask: Optional[Tensor],
+                spatial_shapes: SpatialShapes,
                 level_start_index: Tensor) -> Tensor:
         """Args:
             query: ``(bs, nq, C)`` content queries.
@@ -58,7 +60,7 @@ class DeformableDecoderLayer(nn.Module):
             reference_points: ``(bs, nq, L, 2|4)`` references already scaled to each level.
             memory: ``(bs, N, C)`` encoder output.
             memory_padding_mask: ``(bs, N)`` bool, True at padding, or None.
-            spatial_shapes: ``(L, 2)`` long ``(H_l, W_l)``.
+            spatial_shapes: ``(H_l, W_l)`` per level (``ops.SpatialShapes``).
             level_start_index: ``(L,)`` long.
 
         Returns:
@@ -96,7 +98,8 @@ class DeformableDecoder(nn.Module):
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
 
     def forward(self, query: Tensor, query_pos: Tensor, reference_points: Tensor,
-                memory: Tensor, memory_padding_mask: Optional[Tensor], spatial_shapes: Tensor,
+                memory: Tensor, memory_padding_mask: Optional[Tensor],
+                spatial_shapes: SpatialShapes,
                 level_start_index: Tensor, valid_ratios: Tensor,
                 reg_branches: Optional[Sequence[nn.Module]] = None) -> Tuple[Tensor, Tensor]:
         """Run all layers.
@@ -108,7 +111,7 @@ class DeformableDecoder(nn.Module):
                 ``(cx, cy, w, h)``, in [0, 1] of the valid image.
             memory: ``(bs, N, C)`` encoder output.
             memory_padding_mask: ``(bs, N)`` bool, True at padding, or None.
-            spatial_shapes: ``(L, 2)`` long; level_start_index: ``(L,)`` long.
+            spatial_shapes: ``(H_l, W_l)`` per level; level_start_index: ``(L,)`` long.
             valid_ratios: ``(bs, L, 2)`` ``(w, h)`` valid ratios.
             reg_branches: iterative refinement: layer i refines with ``reg_branches[i]``
                 (modules mapping ``(bs, nq, C)`` to ``(bs, nq, 4)`` logit deltas; the transformer

@@ -4,6 +4,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
+from ...ops import SpatialShapes
 from ..geometry import encoder_reference_points
 from .activation import build_activation
 from .msdeform_attn import MSDeformAttn
@@ -43,14 +44,14 @@ class DeformableEncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(embed_dims)
 
     def forward(self, query: Tensor, query_pos: Tensor, reference_points: Tensor,
-                spatial_shapes: Tensor, level_start_index: Tensor,
+                spatial_shapes: SpatialShapes, level_start_index: Tensor,
                 padding_mask: Optional[Tensor]) -> Tensor:
         """Args:
             query: ``(bs, N, C)`` flattened features of all levels, ``N = sum_l H_l * W_l``.
             query_pos: ``(bs, N, C)`` positional + level embedding.
             reference_points: ``(bs, N, L, 2)`` normalised ``(x, y)`` of each query seen from
                 every level (see ``geometry.encoder_reference_points``).
-            spatial_shapes: ``(L, 2)`` long ``(H_l, W_l)``.
+            spatial_shapes: ``(H_l, W_l)`` per level (``ops.SpatialShapes``).
             level_start_index: ``(L,)`` long.
             padding_mask: ``(bs, N)`` bool, True at padding, or None.
 
@@ -84,13 +85,13 @@ class DeformableEncoder(nn.Module):
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
 
     def forward(self, feat: Tensor, feat_pos: Tensor, padding_mask: Optional[Tensor],
-                spatial_shapes: Tensor, level_start_index: Tensor,
+                spatial_shapes: SpatialShapes, level_start_index: Tensor,
                 valid_ratios: Tensor) -> Tensor:
         """Args:
             feat: ``(bs, N, C)`` flattened features of all levels.
             feat_pos: ``(bs, N, C)`` positional + level embeddings.
             padding_mask: ``(bs, N)`` bool, True at padding, or None.
-            spatial_shapes: ``(L, 2)`` long ``(H_l, W_l)``.
+            spatial_shapes: ``(H_l, W_l)`` per level (``ops.SpatialShapes``).
             level_start_index: ``(L,)`` long.
             valid_ratios: ``(bs, L, 2)`` ``(w, h)`` valid ratio of each level.
 

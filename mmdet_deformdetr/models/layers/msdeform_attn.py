@@ -18,7 +18,7 @@ import torch
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from ...ops import IMPLS, multi_scale_deformable_attn
+from ...ops import IMPLS, SpatialShapes, multi_scale_deformable_attn, shapes_tensor
 
 
 class MSDeformAttn(BaseModule):
@@ -102,7 +102,7 @@ class MSDeformAttn(BaseModule):
             super().init_weights()
 
     def forward(self, query: Tensor, reference_points: Tensor, value: Optional[Tensor] = None,
-                spatial_shapes: Optional[Tensor] = None,
+                spatial_shapes: Optional[SpatialShapes] = None,
                 level_start_index: Optional[Tensor] = None,
                 value_padding_mask: Optional[Tensor] = None,
                 query_pos: Optional[Tensor] = None) -> Tensor:
@@ -113,7 +113,9 @@ class MSDeformAttn(BaseModule):
                 ``(w, h) / K * 0.5``, so the initial pattern stays inside the box).
             value: ``(bs, num_keys, C)`` (``(num_keys, bs, C)`` if not batch_first); defaults to
                 ``query`` (self-attention, without ``query_pos``).
-            spatial_shapes: ``(L, 2)`` integer ``(H, W)`` per level; ``sum(H * W) == num_keys``.
+            spatial_shapes: ``(L, 2)`` integer tensor or L Python ``(H, W)`` pairs (symbolic
+                under ``torch.export``, see ``ops/shapes.py``), ``(H, W)`` per level;
+                ``sum(H * W) == num_keys``.
             level_start_index: ``(L,)`` integer, first key of each level; derived from
                 ``spatial_shapes`` when None.
             value_padding_mask: ``(bs, num_keys)`` bool, True at padding (those values read 0).
@@ -134,8 +136,9 @@ class MSDeformAttn(BaseModule):
         bs, num_queries, _ = query.shape
         num_keys = value.shape[1]
         self._check_shapes(query, value, reference_points, spatial_shapes, value_padding_mask)
+        shapes = shapes_tensor(spatial_shapes, query.device)
         if level_start_index is None:
-            sizes = spatial_shapes[:, 0] * spatial_shapes[:, 1]
+            sizes = shapes[:, 0] * shapes[:, 1]
             level_start_index = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
 
         value = self.value_proj(value)
@@ -153,7 +156,7 @@ class MSDeformAttn(BaseModule):
         reference_points = reference_points.to(precise)
         if reference_points.shape[-1] == 2:
             # Offsets are in pixels of each level: normalise by (W, H).
-            normaliser = spatial_shapes.flip(-1).to(precise)  # (L, 2) as (W, H)
+            normaliser = shapes.flip(-1).to(precise)  # (L, 2) as (W, H)
             locations = reference_points[:, :, None, :, None, :] + \
                 offsets / normaliser[None, None, None, :, None, :]
         else:
@@ -179,16 +182,18 @@ class MSDeformAttn(BaseModule):
         return logits.flatten(-2).softmax(-1).view_as(logits)
 
     def _check_shapes(self, query: Tensor, value: Tensor, reference_points: Tensor,
-                      spatial_shapes: Tensor, value_padding_mask: Optional[Tensor]) -> None:
+                      spatial_shapes: SpatialShapes,
+                      value_padding_mask: Optional[Tensor]) -> None:
         """Raise ValueError with the offending shapes (query and value already batch-first)."""
         bs, num_queries, channels = query.shape
         if channels != self.embed_dims or value.dim() != 3 or value.shape[0] != bs or \
                 value.shape[2] != self.embed_dims:
             raise ValueError(f'query {tuple(query.shape)} and value {tuple(value.shape)} must be '
                              f'(bs, n, {self.embed_dims}) with the same bs (after batch_first)')
-        if tuple(spatial_shapes.shape) != (self.num_levels, 2):
-            raise ValueError(f'spatial_shapes must be ({self.num_levels}, 2), got '
-                             f'{tuple(spatial_shapes.shape)}')
+        given = tuple(spatial_shapes.shape) if isinstance(spatial_shapes, Tensor) \
+            else (len(spatial_shapes), 2)
+        if given != (self.num_levels, 2):
+            raise ValueError(f'spatial_shapes must be ({self.num_levels}, 2), got {given}')
         if reference_points.dim() != 4 or reference_points.shape[-1] not in (2, 4):
             raise ValueError('reference_points must be (bs, nq, L, 2) points or (bs, nq, L, 4) '
                              f'boxes; last dim must be 2 or 4, got {tuple(reference_points.shape)}')

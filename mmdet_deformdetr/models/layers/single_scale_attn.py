@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ...ops import SpatialShapes, level_shapes
 from .msdeform_attn import MSDeformAttn
 
 
@@ -50,7 +51,7 @@ class SingleScaleDeformAttn(MSDeformAttn):
         self.own_level = own_level
 
     def forward(self, query: Tensor, reference_points: Tensor, value: Optional[Tensor] = None,
-                spatial_shapes: Optional[Tensor] = None,
+                spatial_shapes: Optional[SpatialShapes] = None,
                 level_start_index: Optional[Tensor] = None,
                 value_padding_mask: Optional[Tensor] = None,
                 query_pos: Optional[Tensor] = None) -> Tensor:
@@ -69,9 +70,11 @@ class SingleScaleDeformAttn(MSDeformAttn):
             raise ValueError('own_level attention needs spatial_shapes and level_start_index')
         single_level_start = level_start_index.new_zeros(1)
         outputs = []
-        starts = level_start_index.tolist()
-        for level, (height, width) in enumerate(spatial_shapes.tolist()):
-            span = slice(starts[level], starts[level] + height * width)
+        start = 0
+        for level, (height, width) in enumerate(level_shapes(spatial_shapes)):
+            # python offsets from the shapes (as level_start_index): symbolic under torch.export
+            span = slice(start, start + height * width)
+            start += height * width
             level_query = query[:, span]
             outputs.append(super().forward(
                 level_query, reference_points[:, span, level:level + 1], value=level_query,

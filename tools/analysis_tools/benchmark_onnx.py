@@ -1,0 +1,135 @@
+"""onnxruntime (CPU) latency of an exported Deformable DETR against our PyTorch CPU path, in one
+run, as a ratio.
+
+    python tools/analysis_tools/benchmark_onnx.py [--config CONFIG] [--onnx model.onnx]
+        [--size 800 1216] [--repeat 5] [--warmup 2] [--threads 2] [--with-reference]
+
+The model is the config's (default: the R-50 primitive config) with random weights (initialised,
+then moved off the zero initialisations, so every branch computes); unless ``--onnx`` names an
+earlier export of the same model, it is exported first (tools/deployment/export_onnx.py's code,
+opset 18; the export is not timed). One normalised ``--size`` image, batch 1, is then run through:
+
+* ``pytorch``: the exported function in eager PyTorch (backbone, transformer, head, top-k), with
+  our C++ deformable-attention kernel (``impl='auto'`` on CPU), what ``tools/test.py`` runs;
+* ``onnxruntime``: the ONNX file, CPU execution provider, ``--threads`` intra-op threads;
+* ``pytorch-reference`` (``--with-reference``): eager PyTorch on the ``grid_sample`` path that
+  the graph contains.
+
+Runs alternate between the paths (so that load from other processes hits both alike); printed:
+the median of ``--repeat`` timed runs per path after ``--warmup`` untimed ones, the threads, and
+the ratio onnxruntime / pytorch, plus the largest output differences.
+"""
+import argparse
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict
+
+import torch
+from mmdet.registry import MODELS
+from mmengine.config import Config
+from mmengine.logging import MMLogger
+from mmengine.registry import init_default_scope
+
+import mmdet_deformdetr  # noqa: F401  (registers our modules)
+from mmdet_deformdetr.deploy import OnnxDetector, export_onnx
+from mmdet_deformdetr.deploy.exportable import ExportableDeformDETR
+from mmdet_deformdetr.models.layers import MSDeformAttn
+
+PRIMITIVE = Path(__file__).resolve().parents[2] / 'configs' / 'deformable_detr' / \
+    'deformable-detr_r50_16xb2-50e_coco.py'
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='onnxruntime vs PyTorch CPU latency')
+    parser.add_argument('--config', default=str(PRIMITIVE), help='model config')
+    parser.add_argument('--onnx', help='reuse this export of the same model and seed')
+    parser.add_argument('--size', type=int, nargs=2, default=(800, 1216), metavar=('H', 'W'))
+    parser.add_argument('--repeat', type=int, default=5, help='timed runs per path')
+    parser.add_argument('--warmup', type=int, default=2, help='untimed runs per path first')
+    parser.add_argument('--threads', type=int, default=2, help='intra-op threads, both paths')
+    parser.add_argument('--with-reference', action='store_true',
+                        help='also time eager PyTorch on the grid_sample attention')
+    parser.add_argument('--seed', type=int, default=0, help='seed of the random weights')
+    return parser.parse_args()
+
+
+def build_model(config: str, seed: int) -> torch.nn.Module:
+    cfg = Config.fromfile(config)
+    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    cfg.model.backbone.init_cfg = None
+    torch.manual_seed(seed)
+    model = MODELS.build(cfg.model)
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # not mmengine's per-parameter init report
+    model.init_weights()
+    logger.setLevel(level)
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():  # off the zero initialisations (attention logits, box deltas)
+        for name, param in model.named_parameters():
+            if not name.startswith('backbone.'):
+                param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+    return model.eval()
+
+
+def set_impl(model: torch.nn.Module, impl: str) -> None:
+    for module in model.modules():
+        if isinstance(module, MSDeformAttn):
+            module.impl = impl
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    model = build_model(args.config, args.seed)
+    with tempfile.TemporaryDirectory() as folder:
+        onnx_path = args.onnx
+        if onnx_path is None:
+            onnx_path = str(Path(folder) / 'model.onnx')
+            start = time.perf_counter()
+            export_onnx(model, onnx_path)
+            print(f'exported in {time.perf_counter() - start:.0f} s (not timed below)')
+        cfg = Config.fromfile(args.config)
+        runtime = OnnxDetector(onnx_path, cfg, num_threads=args.threads)
+        images = torch.randn(1, 3, *args.size, generator=torch.Generator().manual_seed(0))
+        module = ExportableDeformDETR(model)
+
+        def eager(impl: str) -> Callable[[], tuple]:
+            def run():
+                set_impl(model, impl)
+                with torch.no_grad():
+                    return tuple(t.numpy() for t in module(images))
+            return run
+
+        paths: Dict[str, Callable[[], tuple]] = {'pytorch': eager('auto'),
+                                                 'onnxruntime': lambda: runtime.run(images)}
+        if args.with_reference:
+            paths['pytorch-reference'] = eager('pytorch')
+        times = {name: [] for name in paths}
+        outputs = {}
+        for index in range(args.warmup + args.repeat):
+            for name, run in paths.items():
+                start = time.perf_counter()
+                outputs[name] = run()
+                if index >= args.warmup:
+                    times[name].append(time.perf_counter() - start)
+
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    print(f'{Path(args.config).name}, random weights, one {args.size[0]}x{args.size[1]} image, '
+          f'{args.threads} intra-op threads, median of {args.repeat} after {args.warmup} '
+          'warm-up')
+    for name, median in medians.items():
+        print(f'  {name:<18} {1000 * median:8.0f} ms')
+    print(f'onnxruntime / pytorch = {medians["onnxruntime"] / medians["pytorch"]:.2f}')
+    box_diff = abs(outputs['onnxruntime'][0] - outputs['pytorch'][0]).max()
+    score_diff = abs(outputs['onnxruntime'][1] - outputs['pytorch'][1]).max()
+    same = (outputs['onnxruntime'][2] == outputs['pytorch'][2]).all()
+    print(f'outputs: max |box diff| {box_diff:.2e} px, max |score diff| {score_diff:.2e}, '
+          f'labels identical: {bool(same)}')
+
+
+if __name__ == '__main__':
+    main()
