@@ -5,6 +5,7 @@ At the end of the session it prints how many tests skipped, grouped by reason, a
 passing session into a failing one (exit code 1) when any skipped test (or module skipped at
 collection) is not marked ``cuda``.
 """
+
 from collections import Counter
 from typing import List, Tuple
 
@@ -47,12 +48,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     cuda = [skip for skip in _skips if skip[2]]
     others = _not_allowed()
     terminalreporter.section('skip guard (.ci/deformdetr_skip_guard.py)')
-    write(f'{len(_skips)} skipped: {len(cuda)} marked cuda (allowed), {len(others)} other '
-          f'(not allowed)')
+    write(
+        f'{len(_skips)} skipped: {len(cuda)} marked cuda (allowed), {len(others)} other '
+        f'(not allowed)'
+    )
     for reason, count in Counter(reason for _, reason, _ in cuda).most_common():
         write(f'  cuda  x{count}: {reason}')
     for node_id, reason, _ in others:
         write(f'  NOT ALLOWED: {node_id}: {reason}')
     if others:
-        write('FAILED: only tests marked cuda may skip; fix the test or its environment, or '
-              'mark it cuda if it needs a GPU.')
+        write(
+            'FAILED: only tests marked cuda may skip; fix the test or its environment, or '
+            'mark it cuda if it needs a GPU.'
+        )

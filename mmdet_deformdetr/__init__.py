@@ -3,6 +3,7 @@
 Importing this package registers every module of ours in mmdet's registries. Registration happens
 here and nowhere else.
 """
+
 from mmdet.registry import DATASETS, HOOKS, MODELS
 from mmengine.registry import MODEL_WRAPPERS, OPTIM_WRAPPERS
 from mmengine.runner import CheckpointLoader

@@ -1,4 +1,5 @@
 """``python -m mmdet_deformdetr``: print the versions this environment runs with."""
+
 import platform
 
 import mmcv

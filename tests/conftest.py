@@ -1,5 +1,6 @@
 """Fixtures every test folder shares: mmdet's registry scope, one torch thread, and the data kept
 in ``tests/data`` (nothing outside the repository is read)."""
+
 import json
 from pathlib import Path
 from typing import Dict, Iterator, List

@@ -14,6 +14,7 @@ split), ``predictions.png`` (ground truth | prediction on val images), ``trainin
 (loss and bbox mAP against the iteration), ``summary.json`` (paths, timings, load average, the
 metrics), and TensorBoard logs when ``tensorboard`` is installed (``--no-tensorboard`` to skip).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,32 +46,61 @@ def parse_args() -> argparse.Namespace:
     mode.add_argument('--quick', action='store_true', help='smoke run, about 2 minutes')
     mode.add_argument('--long', action='store_true', help='twice the default schedule')
     parser.add_argument('--iters', type=int, help='training iterations (overrides the preset)')
-    parser.add_argument('--num-evals', type=int,
-                        help='evaluations on the val subset spread over training, the last at '
-                        'the end (each saves a checkpoint)')
-    parser.add_argument('--val-subset', type=int, default=50,
-                        help='val images of the evaluations during training (the final '
-                        'evaluation uses the whole val split)')
+    parser.add_argument(
+        '--num-evals',
+        type=int,
+        help='evaluations on the val subset spread over training, the last at '
+        'the end (each saves a checkpoint)',
+    )
+    parser.add_argument(
+        '--val-subset',
+        type=int,
+        default=50,
+        help='val images of the evaluations during training (the final '
+        'evaluation uses the whole val split)',
+    )
     parser.add_argument('--seed', type=int, default=0, help='dataset and training seed')
     parser.add_argument('--num-train', type=int, help='generated train images')
     parser.add_argument('--num-val', type=int, help='generated val images')
-    parser.add_argument('--num-classes', type=int,
-                        help='generate only the first N of the 5 shape classes')
-    parser.add_argument('--data-root', help='use this COCO-format dataset root; skip generation '
-                        '(set ann files / prefixes / classes with --cfg-options)')
-    parser.add_argument('--data-cache', default='data',
-                        help='folder of the generated datasets (one sub-folder per seed)')
+    parser.add_argument(
+        '--num-classes', type=int, help='generate only the first N of the 5 shape classes'
+    )
+    parser.add_argument(
+        '--data-root',
+        help='use this COCO-format dataset root; skip generation '
+        '(set ann files / prefixes / classes with --cfg-options)',
+    )
+    parser.add_argument(
+        '--data-cache',
+        default='data',
+        help='folder of the generated datasets (one sub-folder per seed)',
+    )
     parser.add_argument('--work-dir', default='work_dirs/demo')
-    parser.add_argument('--threads', type=int, default=os.cpu_count() or 1,
-                        help='torch CPU threads of the training process (at most)')
-    parser.add_argument('--fixed-threads', action='store_true',
-                        help='keep --threads; by default training switches to 1 thread while '
-                        'that is faster (a CPU shared with other jobs)')
+    parser.add_argument(
+        '--threads',
+        type=int,
+        default=os.cpu_count() or 1,
+        help='torch CPU threads of the training process (at most)',
+    )
+    parser.add_argument(
+        '--fixed-threads',
+        action='store_true',
+        help='keep --threads; by default training switches to 1 thread while '
+        'that is faster (a CPU shared with other jobs)',
+    )
     parser.add_argument('--num-vis', type=int, default=6, help='val images in predictions.png')
-    parser.add_argument('--no-tensorboard', action='store_true',
-                        help='no TensorBoard logs even when tensorboard is installed')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
-                        help='override config keys, e.g. model.num_queries=100')
+    parser.add_argument(
+        '--no-tensorboard',
+        action='store_true',
+        help='no TensorBoard logs even when tensorboard is installed',
+    )
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        default={},
+        help='override config keys, e.g. model.num_queries=100',
+    )
     return parser.parse_args()
 
 
@@ -106,7 +136,8 @@ def sync_dependent_keys(cfg: Config, val_subset: int = 0) -> None:
     cfg.test_evaluator = copy.deepcopy(cfg.val_evaluator)
     if val_subset > 0:
         cfg.val_dataloader.dataset.ann_file, cfg.val_evaluator.ann_file = _subset_annotations(
-            val.data_root, val.ann_file, val_subset)
+            val.data_root, val.ann_file, val_subset
+        )
     cfg.model.bbox_head.num_classes = len(cfg.train_dataloader.dataset.metainfo.classes)
 
 
@@ -121,8 +152,9 @@ def _subset_annotations(data_root: str, ann_file: str, num_images: int) -> tuple
         coco = json.loads(source.read_text())
         images = coco['images'][:num_images]
         kept = {image['id'] for image in images}
-        coco.update(images=images,
-                    annotations=[a for a in coco['annotations'] if a['image_id'] in kept])
+        coco.update(
+            images=images, annotations=[a for a in coco['annotations'] if a['image_id'] in kept]
+        )
         partial = target.with_name(f'.{name}.{os.getpid()}.tmp')
         partial.write_text(json.dumps(coco))
         os.replace(partial, target)
@@ -156,9 +188,14 @@ def main() -> None:
         point_at_data(cfg, args.data_root)
     else:
         from mmdet_deformdetr.datasets import CLASSES, ShapesConfig, generate_shapes_dataset
-        classes = CLASSES[:args.num_classes] if args.num_classes else CLASSES
-        shapes = ShapesConfig(seed=args.seed, num_train=args.num_train or num_train,
-                              num_val=args.num_val or num_val, classes=classes)
+
+        classes = CLASSES[: args.num_classes] if args.num_classes else CLASSES
+        shapes = ShapesConfig(
+            seed=args.seed,
+            num_train=args.num_train or num_train,
+            num_val=args.num_val or num_val,
+            classes=classes,
+        )
         # cached by parameters: a second run with the same ones reuses the files
         name = f'shapes_seed{args.seed}'
         if (shapes.num_train, shapes.num_val) != (num_train, num_val):
@@ -166,8 +203,11 @@ def main() -> None:
         if len(classes) != len(CLASSES):
             name += f'_{len(classes)}classes'
         data_root = osp.join(args.data_cache, name) + '/'
-        print(f'[demo] dataset {data_root} (seed {args.seed}, {len(classes)} classes, '
-              f'{shapes.num_train} train / {shapes.num_val} val images)', flush=True)
+        print(
+            f'[demo] dataset {data_root} (seed {args.seed}, {len(classes)} classes, '
+            f'{shapes.num_train} train / {shapes.num_val} val images)',
+            flush=True,
+        )
         generate_shapes_dataset(data_root, shapes)
         point_at_data(cfg, data_root)
         for loader in (cfg.train_dataloader, cfg.val_dataloader):
@@ -183,8 +223,9 @@ def main() -> None:
     run(cfg, args, start, data_time, tensorboard)
 
 
-def run(cfg: Config, args: argparse.Namespace, start: float, data_time: float,
-        tensorboard: bool) -> None:
+def run(
+    cfg: Config, args: argparse.Namespace, start: float, data_time: float, tensorboard: bool
+) -> None:
     from mmengine.runner import Runner
     from shapes_demo import (
         MetricsKeeper,
@@ -209,33 +250,57 @@ def run(cfg: Config, args: argparse.Namespace, start: float, data_time: float,
     metrics = runner.test()  # the whole val split
     test_time = time.time() - test_start
 
-    table = write_coco_table(metrics, cfg.test_evaluator.ann_file,
-                             cfg.test_evaluator.outfile_prefix + '.bbox.json',
-                             work_dir / 'coco_bbox.txt', work_dir / 'metrics.json')
+    table = write_coco_table(
+        metrics,
+        cfg.test_evaluator.ann_file,
+        cfg.test_evaluator.outfile_prefix + '.bbox.json',
+        work_dir / 'coco_bbox.txt',
+        work_dir / 'metrics.json',
+    )
     print(table, flush=True)
     model = runner.model.module if hasattr(runner.model, 'module') else runner.model
-    draw_prediction_grid(model, runner.test_dataloader.dataset, runner.visualizer,
-                         work_dir / 'predictions.png', num_images=args.num_vis)
-    plot_training_curves(Path(runner.log_dir) / 'vis_data' / 'scalars.json',
-                         work_dir / 'training_curves.png',
-                         final=(cfg.train_cfg.max_iters, metrics.get('coco/bbox_mAP')))
+    draw_prediction_grid(
+        model,
+        runner.test_dataloader.dataset,
+        runner.visualizer,
+        work_dir / 'predictions.png',
+        num_images=args.num_vis,
+    )
+    plot_training_curves(
+        Path(runner.log_dir) / 'vis_data' / 'scalars.json',
+        work_dir / 'training_curves.png',
+        final=(cfg.train_cfg.max_iters, metrics.get('coco/bbox_mAP')),
+    )
     checkpoint = work_dir / f'iter_{cfg.train_cfg.max_iters}.pth'
     summary = dict(
-        checkpoint=str(checkpoint), table=str(work_dir / 'coco_bbox.txt'),
+        checkpoint=str(checkpoint),
+        table=str(work_dir / 'coco_bbox.txt'),
         metrics_json=str(work_dir / 'metrics.json'),
         predictions_png=str(work_dir / 'predictions.png'),
-        curves_png=str(work_dir / 'training_curves.png'), log_dir=runner.log_dir,
-        iterations=cfg.train_cfg.max_iters, bbox_mAP=metrics.get('coco/bbox_mAP'),
-        val_subset_history=[dict(iter=i, bbox_mAP=m.get('coco/bbox_mAP'))
-                            for i, m in keeper.history],
-        seconds=dict(data=round(data_time, 1), train=round(train_time, 1),
-                     final_eval=round(test_time, 1), total=round(time.time() - start, 1)),
-        load_average=os.getloadavg(), threads=args.threads)
+        curves_png=str(work_dir / 'training_curves.png'),
+        log_dir=runner.log_dir,
+        iterations=cfg.train_cfg.max_iters,
+        bbox_mAP=metrics.get('coco/bbox_mAP'),
+        val_subset_history=[
+            dict(iter=i, bbox_mAP=m.get('coco/bbox_mAP')) for i, m in keeper.history
+        ],
+        seconds=dict(
+            data=round(data_time, 1),
+            train=round(train_time, 1),
+            final_eval=round(test_time, 1),
+            total=round(time.time() - start, 1),
+        ),
+        load_average=os.getloadavg(),
+        threads=args.threads,
+    )
     (work_dir / 'summary.json').write_text(json.dumps(summary, indent=2))
-    print(f'[demo] bbox mAP {summary["bbox_mAP"]} on the {len(runner.test_dataloader.dataset)} '
-          f'val images, {summary["seconds"]["total"]} s in all; artefacts in {work_dir}/: '
-          f'{checkpoint.name}, coco_bbox.txt, metrics.json, predictions.png, '
-          'training_curves.png, summary.json', flush=True)
+    print(
+        f'[demo] bbox mAP {summary["bbox_mAP"]} on the {len(runner.test_dataloader.dataset)} '
+        f'val images, {summary["seconds"]["total"]} s in all; artefacts in {work_dir}/: '
+        f'{checkpoint.name}, coco_bbox.txt, metrics.json, predictions.png, '
+        'training_curves.png, summary.json',
+        flush=True,
+    )
 
 
 if __name__ == '__main__':

@@ -8,6 +8,7 @@ visualizer) and, with ``--save-pred``, the predictions as JSON to ``DIR/preds/``
 from the checkpoint's ``dataset_meta`` (COCO's when it has none). Importing ``mmdet_deformdetr``
 registers our modules and the safe loading of every checkpoint format we read.
 """
+
 import argparse
 
 import torch
@@ -23,14 +24,22 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--out-dir', default='outputs', help='where vis/ (and preds/) go')
-    parser.add_argument('--device', default=None,
-                        help='cpu, cuda:0, ... (default: cuda:0 when available, else cpu)')
-    parser.add_argument('--pred-score-thr', type=float, default=0.3,
-                        help='draw only detections scoring at least this')
+    parser.add_argument(
+        '--device', default=None, help='cpu, cuda:0, ... (default: cuda:0 when available, else cpu)'
+    )
+    parser.add_argument(
+        '--pred-score-thr',
+        type=float,
+        default=0.3,
+        help='draw only detections scoring at least this',
+    )
     parser.add_argument('--batch-size', type=int, default=1, help='images per forward pass')
-    parser.add_argument('--palette', default='none',
-                        help="box colours: 'coco', 'voc', 'citys', 'random', or 'none' (the "
-                        "checkpoint's or config's)")
+    parser.add_argument(
+        '--palette',
+        default='none',
+        help="box colours: 'coco', 'voc', 'citys', 'random', or 'none' (the "
+        "checkpoint's or config's)",
+    )
     parser.add_argument('--save-pred', action='store_true', help='also write predictions as JSON')
     parser.add_argument('--show', action='store_true', help='show each image in a window')
     return parser.parse_args()
@@ -39,13 +48,19 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     device = args.device or ('cuda:0' if torch.cuda.is_available() else 'cpu')
-    inferencer = DetInferencer(model=args.config, weights=args.checkpoint, device=device,
-                               palette=args.palette)
+    inferencer = DetInferencer(
+        model=args.config, weights=args.checkpoint, device=device, palette=args.palette
+    )
     # heads of another class count would draw random detections: refuse, naming num_classes
     check_checkpoint_for_testing(inferencer.model, args.checkpoint)
-    inferencer(args.inputs, batch_size=args.batch_size, out_dir=args.out_dir,
-               pred_score_thr=args.pred_score_thr, no_save_pred=not args.save_pred,
-               show=args.show)
+    inferencer(
+        args.inputs,
+        batch_size=args.batch_size,
+        out_dir=args.out_dir,
+        pred_score_thr=args.pred_score_thr,
+        no_save_pred=not args.save_pred,
+        show=args.show,
+    )
     print(f'results written to {args.out_dir}')
 
 

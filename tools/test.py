@@ -10,6 +10,7 @@ runs (``tools/dist_test.sh``) use gloo and a DDP wrapper that accepts CPU module
 ``mmdet_deformdetr/engine/``). Any checkpoint format our loader detects works (ours, official,
 mmdet zoo, Hugging Face).
 """
+
 import argparse
 import sys
 from pathlib import Path
@@ -55,7 +56,8 @@ def build_cfg(args: argparse.Namespace) -> Config:
         if missing:
             raise ValueError(
                 f'--tta needs {" and ".join(missing)} in the config; see configs/deformable_detr/'
-                f'deformable-detr-refine-twostage_x101-64x4d-dconv-c3-c5_16xb2-50e-tta_coco.py')
+                f'deformable-detr-refine-twostage_x101-64x4d-dconv-c3-c5_16xb2-50e-tta_coco.py'
+            )
         cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
     return cfg

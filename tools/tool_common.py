@@ -6,6 +6,7 @@ and what users import, and this is command-line code. The scripts import it as `
 (each puts the repository root on ``sys.path`` first, since ``python tools/train.py`` only puts
 ``tools/`` there); tests import it the same way.
 """
+
 import argparse
 import glob
 import os
@@ -25,11 +26,19 @@ def add_common_arguments(parser: argparse.ArgumentParser, work_dir_help: str) ->
     """``--work-dir``, ``--cfg-options``, ``--launcher`` and ``--local_rank`` as mmdet's tools
     define them."""
     parser.add_argument('--work-dir', help=work_dir_help)
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value (nested keys with dots, lists '
-                        'as key="[a,b]", no spaces)')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config settings, key=value (nested keys with dots, lists '
+        'as key="[a,b]", no spaces)',
+    )
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher',
+    )
     # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
 
@@ -43,8 +52,9 @@ def parse_with_local_rank(parser: argparse.ArgumentParser) -> argparse.Namespace
     return args
 
 
-def load_tool_config(config: str, launcher: str, cfg_options: Optional[dict],
-                     work_dir: Optional[str]) -> Config:
+def load_tool_config(
+    config: str, launcher: str, cfg_options: Optional[dict], work_dir: Optional[str]
+) -> Config:
     """Load ``config`` and apply the common command line, in mmdet's order of precedence.
 
     ``cfg_options`` are merged over the file; the work dir is the command line's, else the
@@ -94,7 +104,8 @@ def check_resume(cfg: Config) -> None:
         raise FileNotFoundError(
             f'--resume {path}: no such checkpoint file. Checkpoints in the work dir '
             f'{cfg.work_dir}: {_checkpoints_in(cfg.work_dir)}; pass one of them, or --resume '
-            f'alone for the latest.')
+            f'alone for the latest.'
+        )
 
 
 def build_runner(cfg: Config) -> Runner:

@@ -10,6 +10,7 @@ multi-process runs (``tools/dist_train.sh``) use gloo and a DDP wrapper that acc
 Importing ``mmdet_deformdetr`` also installs the safe checkpoint loading that ``--resume`` and
 ``load_from`` need on torch >= 2.6.
 """
+
 import argparse
 import sys
 from pathlib import Path
@@ -29,14 +30,25 @@ from tools import tool_common  # noqa: E402
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Train a detector')
     parser.add_argument('config', help='train config file path')
-    parser.add_argument('--amp', action='store_true', default=False,
-                        help='mixed precision: fp16 with dynamic loss scale on CUDA, '
-                        'bf16 autocast on CPU')
-    parser.add_argument('--auto-scale-lr', action='store_true',
-                        help='scale the lr by (total batch size / auto_scale_lr.base_batch_size)')
-    parser.add_argument('--resume', nargs='?', type=str, const='auto',
-                        help='resume from this checkpoint, or without a path from the latest '
-                        'checkpoint in the work dir')
+    parser.add_argument(
+        '--amp',
+        action='store_true',
+        default=False,
+        help='mixed precision: fp16 with dynamic loss scale on CUDA, bf16 autocast on CPU',
+    )
+    parser.add_argument(
+        '--auto-scale-lr',
+        action='store_true',
+        help='scale the lr by (total batch size / auto_scale_lr.base_batch_size)',
+    )
+    parser.add_argument(
+        '--resume',
+        nargs='?',
+        type=str,
+        const='auto',
+        help='resume from this checkpoint, or without a path from the latest '
+        'checkpoint in the work dir',
+    )
     tool_common.add_common_arguments(parser, work_dir_help='the dir to save logs and models')
     return tool_common.parse_with_local_rank(parser)
 

@@ -4,4 +4,6 @@ _base_ = 'deformable-detr-refine-twostage_r50_16xb2-50e_coco.py'
 model = dict(
     backbone=dict(
         depth=101,
-        init_cfg=dict(checkpoint='https://download.pytorch.org/models/resnet101-63fe2227.pth')))
+        init_cfg=dict(checkpoint='https://download.pytorch.org/models/resnet101-63fe2227.pth'),
+    )
+)

@@ -8,8 +8,8 @@ _base_ = 'deformable-detr-refine-twostage_x101-64x4d-dconv-c3-c5_16xb2-50e_coco.
 # the boxes of all views back to the original image, concatenates them and keeps the top 100 after a
 # class-wise NMS, which removes the copies of one object found in several views.
 tta_model = dict(
-    type='DetTTAModel',
-    tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
+    type='DetTTAModel', tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100)
+)
 
 # shorter sides 600 / 800 / 1000 around the single-scale test size (800, longer side <= 1333);
 # the largest scale lets the longer side reach 2000
@@ -25,8 +25,17 @@ tta_pipeline = [
             [
                 dict(
                     type='PackDetInputs',
-                    meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor',
-                               'flip', 'flip_direction')),
+                    meta_keys=(
+                        'img_id',
+                        'img_path',
+                        'ori_shape',
+                        'img_shape',
+                        'scale_factor',
+                        'flip',
+                        'flip_direction',
+                    ),
+                ),
             ],
-        ]),
+        ],
+    ),
 ]

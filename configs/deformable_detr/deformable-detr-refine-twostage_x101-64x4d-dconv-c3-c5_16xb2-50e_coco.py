@@ -4,4 +4,6 @@ _base_ = 'deformable-detr-refine-twostage_x101-64x4d_16xb2-50e_coco.py'
 model = dict(
     backbone=dict(
         dcn=dict(type='DCN', deform_groups=1, fallback_on_stride=False),
-        stage_with_dcn=(False, True, True, True)))
+        stage_with_dcn=(False, True, True, True),
+    )
+)

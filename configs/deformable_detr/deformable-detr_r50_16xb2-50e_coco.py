@@ -18,7 +18,8 @@ model = dict(
         mean=[123.675, 116.28, 103.53],
         std=[58.395, 57.12, 57.375],
         bgr_to_rgb=True,
-        pad_size_divisor=1),
+        pad_size_divisor=1,
+    ),
     backbone=dict(
         type='ResNet',
         depth=50,
@@ -33,7 +34,9 @@ model = dict(
         # installs, so the checkpoint is named by its direct URL (the same file).
         init_cfg=dict(
             type='Pretrained',
-            checkpoint='https://download.pytorch.org/models/resnet50-0676ba61.pth')),
+            checkpoint='https://download.pytorch.org/models/resnet50-0676ba61.pth',
+        ),
+    ),
     # the official input_proj: 1x1 conv (with bias) + GN per level, plus a 3x3 stride-2 conv + GN
     # on C5 for the fourth level (stride 64)
     neck=dict(
@@ -44,7 +47,8 @@ model = dict(
         bias=True,
         act_cfg=None,
         norm_cfg=dict(type='GN', num_groups=32),
-        num_outs=4),
+        num_outs=4,
+    ),
     positional_encoding=dict(normalize=True, offset=-0.5, temperature=10000),
     transformer=dict(
         type='DeformableDetrTransformer',
@@ -57,14 +61,16 @@ model = dict(
         activation='relu',
         enc_num_points=4,  # K, sampling points per head per level
         dec_num_points=4,
-        multi_scale_attention=True),
+        multi_scale_attention=True,
+    ),
     bbox_head=dict(
         type='DeformDETRHead',
         num_classes=80,
         sync_cls_avg_factor=True,
         loss_cls=dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=2.0),
         loss_bbox=dict(type='L1Loss', loss_weight=5.0),
-        loss_iou=dict(type='GIoULoss', loss_weight=2.0)),
+        loss_iou=dict(type='GIoULoss', loss_weight=2.0),
+    ),
     train_cfg=dict(
         assigner=dict(
             type='HungarianAssigner',
@@ -72,8 +78,11 @@ model = dict(
                 dict(type='FocalLossCost', weight=2.0),
                 dict(type='BBoxL1Cost', weight=5.0, box_format='xywh'),
                 dict(type='IoUCost', iou_mode='giou', weight=2.0),
-            ])),
-    test_cfg=dict(max_per_img=100))
+            ],
+        )
+    ),
+    test_cfg=dict(max_per_img=100),
+)
 
 # DETR's augmentation, used by the paper: horizontal flip, then either a multi-scale resize of the
 # shorter side to 480..800 (step 32, longer side <= 1333), or a resize of the shorter side to
@@ -82,7 +91,8 @@ model = dict(
 multi_scale_resize = dict(
     type='RandomChoiceResize',
     scales=[(1333, short_side) for short_side in range(480, 801, 32)],
-    keep_ratio=True)
+    keep_ratio=True,
+)
 train_pipeline = [
     dict(type='LoadImageFromFile', backend_args={{_base_.backend_args}}),
     dict(type='LoadAnnotations', with_bbox=True),
@@ -95,16 +105,19 @@ train_pipeline = [
                 dict(
                     type='RandomChoiceResize',
                     scales=[(4200, 400), (4200, 500), (4200, 600)],
-                    keep_ratio=True),
+                    keep_ratio=True,
+                ),
                 # DETR's RandomSizeCrop keeps crops without any box, hence allow_negative_crop
                 dict(
                     type='RandomCrop',
                     crop_type='absolute_range',
                     crop_size=(384, 600),
-                    allow_negative_crop=True),
+                    allow_negative_crop=True,
+                ),
                 multi_scale_resize,
             ],
-        ]),
+        ],
+    ),
     dict(type='PackDetInputs'),
 ]
 # Bad data (issue #11): mmdet's CocoDataset plus checks that name the file and the fix (missing,
@@ -114,9 +127,9 @@ train_pipeline = [
 # The official code trains on every image, including those without annotations.
 train_dataloader = dict(
     dataset=dict(
-        type='CheckedCocoDataset',
-        filter_cfg=dict(filter_empty_gt=False),
-        pipeline=train_pipeline))
+        type='CheckedCocoDataset', filter_cfg=dict(filter_empty_gt=False), pipeline=train_pipeline
+    )
+)
 # test: shorter side 800, longer side <= 1333, as the base test pipeline already does
 val_dataloader = dict(dataset=dict(type='CheckedCocoDataset'))
 test_dataloader = val_dataloader
@@ -133,7 +146,9 @@ optim_wrapper = dict(
             'backbone': dict(lr_mult=0.1),
             'sampling_offsets': dict(lr_mult=0.1),
             'reference_points': dict(lr_mult=0.1),
-        }))
+        }
+    ),
+)
 
 max_epochs = 50
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=1)
@@ -153,4 +168,5 @@ auto_scale_lr = dict(base_batch_size=32)
 # or weight, before it is saved. Children override the checkpoint settings, not the types.
 default_hooks = dict(
     checkpoint=dict(type='AtomicCheckpointHook', interval=1),
-    check_finite=dict(type='StopOnNonFiniteHook'))
+    check_finite=dict(type='StopOnNonFiniteHook'),
+)

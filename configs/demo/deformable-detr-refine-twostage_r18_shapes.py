@@ -51,7 +51,8 @@ model = dict(
         frozen_stages=-1,
         norm_cfg=dict(type='BN', requires_grad=True),
         norm_eval=False,
-        init_cfg=None),  # from scratch: nothing to download
+        init_cfg=None,
+    ),  # from scratch: nothing to download
     neck=dict(in_channels=[64, 128, 256], out_channels=embed_dims, num_outs=3),
     transformer=dict(
         embed_dims=embed_dims,
@@ -59,9 +60,11 @@ model = dict(
         num_encoder_layers=3,
         num_decoder_layers=3,
         feedforward_channels=512,
-        dropout=0.0),
+        dropout=0.0,
+    ),
     bbox_head=dict(num_classes=len(classes)),
-    test_cfg=dict(max_per_img=100))
+    test_cfg=dict(max_per_img=100),
+)
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -74,8 +77,10 @@ test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=img_scale, keep_ratio=True),
     dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='PackDetInputs',
-         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+    dict(
+        type='PackDetInputs',
+        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'),
+    ),
 ]
 train_dataloader = dict(
     batch_size=8,
@@ -90,7 +95,9 @@ train_dataloader = dict(
         data_prefix=dict(img='train/'),
         metainfo=dict(classes=classes),
         filter_cfg=dict(filter_empty_gt=False),
-        pipeline=train_pipeline))
+        pipeline=train_pipeline,
+    ),
+)
 val_dataloader = dict(
     batch_size=8,
     num_workers=1,
@@ -102,14 +109,17 @@ val_dataloader = dict(
         data_prefix=dict(img='val/'),
         metainfo=dict(classes=classes),
         test_mode=True,
-        pipeline=test_pipeline))
+        pipeline=test_pipeline,
+    ),
+)
 test_dataloader = val_dataloader
 val_evaluator = dict(
     type='CocoMetric',
     ann_file=data_root + 'annotations/instances_val.json',
     metric='bbox',
     classwise=True,
-    format_only=False)
+    format_only=False,
+)
 test_evaluator = val_evaluator
 
 optim_wrapper = dict(
@@ -121,28 +131,42 @@ optim_wrapper = dict(
             'backbone': dict(lr_mult=1.0),  # from scratch: no reason to slow it down
             'sampling_offsets': dict(lr_mult=0.1),
             'reference_points': dict(lr_mult=0.1),
-        }))
+        }
+    ),
+)
 
 # iteration-based: evaluate at the end only (tools/demo.py may add a midway evaluation)
-train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters,
-                 val_interval=max_iters)
+train_cfg = dict(
+    _delete_=True, type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters
+)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=warmup_iters),
-    dict(type='CosineAnnealingLR', by_epoch=False, begin=warmup_iters, end=max_iters,
-         T_max=max_iters - warmup_iters, eta_min_ratio=0.05),
+    dict(
+        type='CosineAnnealingLR',
+        by_epoch=False,
+        begin=warmup_iters,
+        end=max_iters,
+        T_max=max_iters - warmup_iters,
+        eta_min_ratio=0.05,
+    ),
 ]
 auto_scale_lr = dict(enable=False, base_batch_size=8)
 
 default_hooks = dict(
     # log_metric_by_epoch=False: validation metrics are logged at their iteration (else at epoch 0)
     logger=dict(type='LoggerHook', interval=20, log_metric_by_epoch=False),
-    checkpoint=dict(type='AtomicCheckpointHook', by_epoch=False, interval=max_iters,
-                    max_keep_ckpts=1),
-    visualization=dict(type='DetVisualizationHook', draw=False))
+    checkpoint=dict(
+        type='AtomicCheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1
+    ),
+    visualization=dict(type='DetVisualizationHook', draw=False),
+)
 log_processor = dict(type='LogProcessor', window_size=20, by_epoch=False)
 vis_backends = [dict(type='LocalVisBackend')]
 visualizer = dict(type='DetLocalVisualizer', vis_backends=vis_backends, name='visualizer')
-env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
-               dist_cfg=dict(backend='gloo'))
+env_cfg = dict(
+    cudnn_benchmark=False,
+    mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
+    dist_cfg=dict(backend='gloo'),
+)
 work_dir = 'work_dirs/demo'
 randomness = dict(seed=0)

@@ -1,5 +1,6 @@
 """Analysis helpers: FLOP handles for the deformable attention, and capture of the attention's
 sampling locations for drawing."""
+
 from .flops import MACS_PER_SAMPLE, deform_attn_handles
 from .sampling import capture_sampling
 

@@ -1,4 +1,5 @@
 """The config's val set, with its location overridable (the analysis tools' ``--data-root``)."""
+
 from typing import Optional
 
 from mmdet.registry import DATASETS
@@ -6,8 +7,12 @@ from mmengine.config import Config
 from mmengine.dataset import BaseDataset
 
 
-def val_dataset(cfg: Config, data_root: Optional[str] = None, ann_file: Optional[str] = None,
-                img_prefix: Optional[str] = None) -> BaseDataset:
+def val_dataset(
+    cfg: Config,
+    data_root: Optional[str] = None,
+    ann_file: Optional[str] = None,
+    img_prefix: Optional[str] = None,
+) -> BaseDataset:
     """Build ``cfg.val_dataloader.dataset`` (test pipeline included), every image of it.
 
     Args:
@@ -28,7 +33,9 @@ def val_dataset(cfg: Config, data_root: Optional[str] = None, ann_file: Optional
     dataset_cfg.pop('indices', None)
     dataset = DATASETS.build(dataset_cfg)
     if len(dataset) < 1:
-        raise SystemExit(f'the val set (data_root={dataset_cfg.get("data_root")!r}, ann_file='
-                         f'{dataset_cfg.get("ann_file")!r}) holds no image: point --data-root '
-                         '/ --ann-file at a COCO-format set')
+        raise SystemExit(
+            f'the val set (data_root={dataset_cfg.get("data_root")!r}, ann_file='
+            f'{dataset_cfg.get("ann_file")!r}) holds no image: point --data-root '
+            '/ --ann-file at a COCO-format set'
+        )
     return dataset

@@ -18,6 +18,7 @@ for the bilinear interpolation (one per corner) and 1 for the attention weight. 
 ``5 * M * L * K * D = 5 * C * L * K`` (20,480 for C = 256, L = K = 4). The handful of operations
 per *point* that compute corner weights are not counted (as no elementwise op is).
 """
+
 from typing import Any, Dict, List
 
 from mmengine.analysis.jit_handles import Handle, get_shape
@@ -27,8 +28,10 @@ WEIGHT_MACS = 1  # the attention weight applied to each sampled value, per chann
 MACS_PER_SAMPLE = BILINEAR_MACS + WEIGHT_MACS
 
 #: traced names of the fused deformable-attention functions (ours on CPU, mmcv's on CUDA)
-FUSED_OPS = ('prim::PythonOp.MSDeformAttnCPUFunction',
-             'prim::PythonOp.MultiScaleDeformableAttnFunction')
+FUSED_OPS = (
+    'prim::PythonOp.MSDeformAttnCPUFunction',
+    'prim::PythonOp.MultiScaleDeformableAttnFunction',
+)
 
 
 def fused_deform_attn_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:

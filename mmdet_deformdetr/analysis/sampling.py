@@ -7,6 +7,7 @@ that ``msdeform_attn.py`` calls (restored on exit) and tells calls apart with fo
 on the attention modules (removed on exit); the arguments are recorded as they are, so what is
 drawn is exactly what the kernel read.
 """
+
 import contextlib
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -50,23 +51,40 @@ def capture_sampling(model: nn.Module) -> Iterator[Dict[str, List[SamplingRecord
     current: List[Tuple[str, Optional[Tensor]]] = []
     original = msdeform_attn_module.multi_scale_deformable_attn
 
-    def recording_op(value: Tensor, spatial_shapes, level_start_index: Tensor,
-                     sampling_locations: Tensor, attention_weights: Tensor,
-                     *args, **kwargs) -> Tensor:
+    def recording_op(
+        value: Tensor,
+        spatial_shapes,
+        level_start_index: Tensor,
+        sampling_locations: Tensor,
+        attention_weights: Tensor,
+        *args,
+        **kwargs,
+    ) -> Tensor:
         if current:
             name, reference = current[-1]
-            records.setdefault(name, []).append(SamplingRecord(
-                reference_points=reference.detach().clone(),
-                sampling_locations=sampling_locations.detach().clone(),
-                attention_weights=attention_weights.detach().clone(),
-                level_shapes=[(int(h), int(w)) for h, w in level_shapes(spatial_shapes)]))
-        return original(value, spatial_shapes, level_start_index, sampling_locations,
-                        attention_weights, *args, **kwargs)
+            records.setdefault(name, []).append(
+                SamplingRecord(
+                    reference_points=reference.detach().clone(),
+                    sampling_locations=sampling_locations.detach().clone(),
+                    attention_weights=attention_weights.detach().clone(),
+                    level_shapes=[(int(h), int(w)) for h, w in level_shapes(spatial_shapes)],
+                )
+            )
+        return original(
+            value,
+            spatial_shapes,
+            level_start_index,
+            sampling_locations,
+            attention_weights,
+            *args,
+            **kwargs,
+        )
 
     def enter(name: str):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
             reference = kwargs.get('reference_points', args[1] if len(args) > 1 else None)
             current.append((name, reference))
+
         return hook
 
     def leave(module: nn.Module, args: tuple, kwargs: dict, output: Tensor) -> None:

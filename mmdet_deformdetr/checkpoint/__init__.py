@@ -26,6 +26,7 @@ A file that pickles any other type is refused, whatever ``TORCH_FORCE_NO_WEIGHTS
 trust it explicitly with ``safe_load(path, extra_globals=[Cls])`` or the tool's ``--trust-global``.
 Every error of this package is a :class:`CheckpointError` whose message says what to do.
 """
+
 from .families import (
     FAMILIES,
     OURS,
@@ -67,13 +68,39 @@ from .safe_load import (
 from .variant import ModelVariant, infer_variant, suggest_config, variant_mismatch, variant_of_model
 
 __all__ = [
-    'FAMILIES', 'OURS', 'SCHEME', 'CheckpointError', 'CheckpointFamily', 'CheckpointMismatchError',
-    'ConversionReport', 'CorruptCheckpointError', 'HeadsNotLoadedError', 'Identified',
-    'ModelVariant', 'NoCheckpointToResumeError', 'UnknownCheckpointError',
-    'UntrustedCheckpointError', 'chain', 'check_checkpoint_for_testing', 'check_fits',
-    'convert_checkpoint_pre_hook', 'convert_state_dict', 'find_resume_checkpoint', 'identify',
-    'identify_checkpoint', 'infer_variant', 'install_safe_globals', 'key_differences',
-    'load_from_deformdetr_uri', 'load_from_local_safely', 'read_checkpoint', 'safe_globals_list',
-    'safe_load', 'suggest_config', 'trust_globals', 'trusted_global_by_name', 'variant_mismatch',
-    'variant_of_model'
+    'FAMILIES',
+    'OURS',
+    'SCHEME',
+    'CheckpointError',
+    'CheckpointFamily',
+    'CheckpointMismatchError',
+    'ConversionReport',
+    'CorruptCheckpointError',
+    'HeadsNotLoadedError',
+    'Identified',
+    'ModelVariant',
+    'NoCheckpointToResumeError',
+    'UnknownCheckpointError',
+    'UntrustedCheckpointError',
+    'chain',
+    'check_checkpoint_for_testing',
+    'check_fits',
+    'convert_checkpoint_pre_hook',
+    'convert_state_dict',
+    'find_resume_checkpoint',
+    'identify',
+    'identify_checkpoint',
+    'infer_variant',
+    'install_safe_globals',
+    'key_differences',
+    'load_from_deformdetr_uri',
+    'load_from_local_safely',
+    'read_checkpoint',
+    'safe_globals_list',
+    'safe_load',
+    'suggest_config',
+    'trust_globals',
+    'trusted_global_by_name',
+    'variant_mismatch',
+    'variant_of_model',
 ]

@@ -29,7 +29,8 @@ _BACKBONE_PREFIXES = ('model.backbone.conv_encoder.model.', 'model.backbone.mode
 _HF_RESNET_STEM = re.compile(r'^embedder\.embedder\.(convolution|normalization)\.(.+)$')
 _HF_RESNET_BLOCK = re.compile(
     r'^encoder\.stages\.(\d+)\.layers\.(\d+)\.(shortcut|layer\.(\d))\.(convolution|normalization)'
-    r'\.(.+)$')
+    r'\.(.+)$'
+)
 _LAYER_RENAMES = {
     # encoder layer
     ('encoder', 'self_attn_layer_norm'): 'norm1',
@@ -40,8 +41,14 @@ _LAYER_RENAMES = {
     ('decoder', 'final_layer_norm'): 'norm3',
     ('decoder', 'encoder_attn'): 'cross_attn',
 }
-_TRANSFORMER_TOP = ('level_embed', 'reference_points.', 'enc_output.', 'enc_output_norm.',
-                    'pos_trans.', 'pos_trans_norm.')
+_TRANSFORMER_TOP = (
+    'level_embed',
+    'reference_points.',
+    'enc_output.',
+    'enc_output_norm.',
+    'pos_trans.',
+    'pos_trans_norm.',
+)
 
 
 def is_hf_state_dict(state_dict: Mapping[str, Any]) -> bool:
@@ -69,7 +76,7 @@ def _backbone_key(key: str) -> Optional[str]:
 
 def _transformer_layer_key(key: str) -> str:
     """``model.{encoder,decoder}.layers.i.<rest>`` -> official ``transformer....`` name."""
-    stack, _, rest = key[len('model.'):].partition('.')
+    stack, _, rest = key[len('model.') :].partition('.')
     _, index, rest = rest.split('.', 2)
     module, _, param = rest.partition('.')
     if module == 'mlp':  # transformers 5.x nests the FFN
@@ -77,12 +84,13 @@ def _transformer_layer_key(key: str) -> str:
     module = {'fc1': 'linear1', 'fc2': 'linear2'}.get(module, module)
     module = _LAYER_RENAMES.get((stack, module), module)
     if stack == 'decoder' and module == 'self_attn' and param.startswith('o_proj.'):
-        param = 'out_proj.' + param[len('o_proj.'):]
+        param = 'out_proj.' + param[len('o_proj.') :]
     return f'transformer.{stack}.layers.{index}.{module}.{param}'
 
 
-def hf_to_official(state_dict: Mapping[str, torch.Tensor],
-                   report: ConversionReport) -> Dict[str, torch.Tensor]:
+def hf_to_official(
+    state_dict: Mapping[str, torch.Tensor], report: ConversionReport
+) -> Dict[str, torch.Tensor]:
     """Rename an HF state dict to official keys; heads stored once (tied weights) are duplicated.
 
     Raises:
@@ -94,7 +102,7 @@ def hf_to_official(state_dict: Mapping[str, torch.Tensor],
         new_key: Optional[str]
         backbone_prefix = next((p for p in _BACKBONE_PREFIXES if key.startswith(p)), None)
         if backbone_prefix is not None:
-            name = _backbone_key(key[len(backbone_prefix):])
+            name = _backbone_key(key[len(backbone_prefix) :])
             if name is None:
                 raise KeyError(f'unknown Hugging Face backbone key: {key!r}')
             new_key = 'backbone.0.body.' + name
@@ -107,13 +115,13 @@ def hf_to_official(state_dict: Mapping[str, torch.Tensor],
                 report.remapped[key] = merged_key
                 continue
         elif key.startswith(('model.decoder.class_embed.', 'model.decoder.bbox_embed.')):
-            new_key = 'transformer.decoder.' + key[len('model.decoder.'):]
+            new_key = 'transformer.decoder.' + key[len('model.decoder.') :]
         elif key.startswith('model.input_proj.'):
-            new_key = key[len('model.'):]
+            new_key = key[len('model.') :]
         elif key.startswith('model.query_position_embeddings.'):
-            new_key = 'query_embed.' + key[len('model.query_position_embeddings.'):]
+            new_key = 'query_embed.' + key[len('model.query_position_embeddings.') :]
         elif key.startswith(tuple('model.' + name for name in _TRANSFORMER_TOP)):
-            new_key = 'transformer.' + key[len('model.'):]
+            new_key = 'transformer.' + key[len('model.') :]
         elif key.startswith(('class_embed.', 'bbox_embed.')):
             new_key = key
         else:
@@ -135,19 +143,25 @@ def _fill_tied_heads(official: Dict[str, torch.Tensor], report: ConversionReport
     (two-stage) ``bbox_embed`` (``class_embed``) to the decoder's copy, and keeps one key per tied
     group: sometimes the decoder alias, which the official layout would drop.
     """
-    for alias in [k for k in official if k.startswith(('transformer.decoder.class_embed.',
-                                                        'transformer.decoder.bbox_embed.'))]:
-        head_key = alias[len('transformer.decoder.'):]
+    for alias in [
+        k
+        for k in official
+        if k.startswith(('transformer.decoder.class_embed.', 'transformer.decoder.bbox_embed.'))
+    ]:
+        head_key = alias[len('transformer.decoder.') :]
         if head_key not in official:
             official[head_key] = official[alias]
             report.filled[head_key] = f'tied to {alias} (the file stores only the alias)'
-    decoder_layers = {int(m.group(1)) for k in official
-                      if (m := re.match(r'transformer\.decoder\.layers\.(\d+)\.', k))}
+    decoder_layers = {
+        int(m.group(1))
+        for k in official
+        if (m := re.match(r'transformer\.decoder\.layers\.(\d+)\.', k))
+    }
     for head in ('class_embed', 'bbox_embed'):
         stored: List[str] = [k for k in official if k.startswith(f'{head}.0.')]
         for layer in sorted(decoder_layers):
             for key in stored:
-                copy_key = f'{head}.{layer}.' + key[len(f'{head}.0.'):]
+                copy_key = f'{head}.{layer}.' + key[len(f'{head}.0.') :]
                 if copy_key not in official:
                     official[copy_key] = official[key]
                     report.filled[copy_key] = f'shared with {key} (stored once by the file)'

@@ -28,6 +28,7 @@ mmdet's zoo configs build the ChannelMapper without conv bias (GroupNorm follows
 (the official ``input_proj`` has one). Missing neck conv biases are filled with zeros, which
 leaves the function unchanged.
 """
+
 import re
 from collections import OrderedDict
 from typing import Any, Callable, List, Mapping, Tuple, Union
@@ -42,27 +43,46 @@ _DEFORM_ATTN = r'(?:sampling_offsets|attention_weights|value_proj|output_proj)'
 # mmdet's reg branch is Sequential(Linear, ReLU, Linear, ReLU, Linear): Linear i sits at 2 * i
 _REG_LINEAR = {'0': 0, '2': 1, '4': 2}
 # mmdet's norms.{i} in layer order -> official names (the decoder's norm2 follows self-attention)
-_NORM_NAMES = {'encoder': {'0': 'norm1', '1': 'norm2'},
-               'decoder': {'0': 'norm2', '1': 'norm1', '2': 'norm3'}}
+_NORM_NAMES = {
+    'encoder': {'0': 'norm1', '1': 'norm2'},
+    'decoder': {'0': 'norm2', '1': 'norm1', '2': 'norm3'},
+}
 _Replacement = Union[str, Callable[['re.Match[str]'], str]]
 _RULES: List[Tuple['re.Pattern[str]', _Replacement]] = [
     (re.compile(r'^(backbone|neck)\.(.+)$'), r'\1.\2'),
-    (re.compile(r'^bbox_head\.cls_branches\.(\d+)\.(weight|bias)$'),
-     r'bbox_head.cls_branches.\1.\2'),
-    (re.compile(r'^bbox_head\.reg_branches\.(\d+)\.([024])\.(weight|bias)$'),
-     lambda m: f'bbox_head.reg_branches.{m[1]}.layers.{_REG_LINEAR[m[2]]}.{m[3]}'),
-    (re.compile('^' + _LAYER + r'(self_attn|cross_attn)\.(' + _DEFORM_ATTN
-                + r'\.(?:weight|bias))$'),
-     r'transformer.\1.layers.\2.\3.\4'),
-    (re.compile(r'^decoder\.layers\.(\d+)\.self_attn\.attn\.'
-                r'(in_proj_weight|in_proj_bias|out_proj\.weight|out_proj\.bias)$'),
-     r'transformer.decoder.layers.\1.self_attn.\2'),
-    (re.compile('^' + _LAYER + r'ffn\.layers\.0\.0\.(weight|bias)$'),
-     r'transformer.\1.layers.\2.linear1.\3'),
-    (re.compile('^' + _LAYER + r'ffn\.layers\.1\.(weight|bias)$'),
-     r'transformer.\1.layers.\2.linear2.\3'),
-    (re.compile('^' + _LAYER + r'norms\.(\d)\.(weight|bias)$'),
-     lambda m: f'transformer.{m[1]}.layers.{m[2]}.{_NORM_NAMES[m[1]][m[3]]}.{m[4]}'),
+    (
+        re.compile(r'^bbox_head\.cls_branches\.(\d+)\.(weight|bias)$'),
+        r'bbox_head.cls_branches.\1.\2',
+    ),
+    (
+        re.compile(r'^bbox_head\.reg_branches\.(\d+)\.([024])\.(weight|bias)$'),
+        lambda m: f'bbox_head.reg_branches.{m[1]}.layers.{_REG_LINEAR[m[2]]}.{m[3]}',
+    ),
+    (
+        re.compile(
+            '^' + _LAYER + r'(self_attn|cross_attn)\.(' + _DEFORM_ATTN + r'\.(?:weight|bias))$'
+        ),
+        r'transformer.\1.layers.\2.\3.\4',
+    ),
+    (
+        re.compile(
+            r'^decoder\.layers\.(\d+)\.self_attn\.attn\.'
+            r'(in_proj_weight|in_proj_bias|out_proj\.weight|out_proj\.bias)$'
+        ),
+        r'transformer.decoder.layers.\1.self_attn.\2',
+    ),
+    (
+        re.compile('^' + _LAYER + r'ffn\.layers\.0\.0\.(weight|bias)$'),
+        r'transformer.\1.layers.\2.linear1.\3',
+    ),
+    (
+        re.compile('^' + _LAYER + r'ffn\.layers\.1\.(weight|bias)$'),
+        r'transformer.\1.layers.\2.linear2.\3',
+    ),
+    (
+        re.compile('^' + _LAYER + r'norms\.(\d)\.(weight|bias)$'),
+        lambda m: f'transformer.{m[1]}.layers.{m[2]}.{_NORM_NAMES[m[1]][m[3]]}.{m[4]}',
+    ),
     (re.compile(r'^level_embed$'), 'transformer.level_embed'),
     (re.compile(r'^query_embedding\.weight$'), 'transformer.query_embed.weight'),
     (re.compile(r'^reference_points_fc\.(weight|bias)$'), r'transformer.reference_points.\1'),
@@ -92,11 +112,13 @@ def convert_mmdet_key(key: str) -> str:
 def is_mmdet_state_dict(state_dict: Mapping[str, Any]) -> bool:
     """Whether a bare state dict has mmdet 3.x ``DeformableDETR``'s names."""
     return 'level_embed' in state_dict or any(
-        isinstance(k, str) and k.startswith('encoder.layers.') for k in state_dict)
+        isinstance(k, str) and k.startswith('encoder.layers.') for k in state_dict
+    )
 
 
-def mmdet_to_ours(state_dict: Mapping[str, Tensor],
-                  report: ConversionReport) -> 'OrderedDict[str, Tensor]':
+def mmdet_to_ours(
+    state_dict: Mapping[str, Tensor], report: ConversionReport
+) -> 'OrderedDict[str, Tensor]':
     """Rename every key of an mmdet 3.x ``DeformableDETR`` state dict to ours (the converter).
 
     Args:
@@ -123,16 +145,19 @@ def mmdet_to_ours(state_dict: Mapping[str, Tensor],
         converted[new_key] = value
         report.record(key, new_key)
     if unknown:
-        raise ValueError(f'{len(unknown)} keys are not mmdet 3.x DeformableDETR keys (first: '
-                         f'{unknown[:5]}); is this an mmdet 3.x DeformableDETR state dict?')
+        raise ValueError(
+            f'{len(unknown)} keys are not mmdet 3.x DeformableDETR keys (first: '
+            f'{unknown[:5]}); is this an mmdet 3.x DeformableDETR state dict?'
+        )
     for key in list(converted):
         match = _NECK_CONV_WEIGHT.match(key)
-        bias_key = key[:-len('weight')] + 'bias'
+        bias_key = key[: -len('weight')] + 'bias'
         if match and bias_key not in converted:
             weight = converted[key]
-            converted[bias_key] = torch.zeros(weight.shape[0], dtype=weight.dtype,
-                                              device=weight.device)
-            report.filled[bias_key] = 'zero bias: mmdet\'s zoo neck has none (GroupNorm follows)'
+            converted[bias_key] = torch.zeros(
+                weight.shape[0], dtype=weight.dtype, device=weight.device
+            )
+            report.filled[bias_key] = "zero bias: mmdet's zoo neck has none (GroupNorm follows)"
     return converted
 
 

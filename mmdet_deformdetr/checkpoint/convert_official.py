@@ -57,8 +57,9 @@ def _neck_keys(state_dict: Mapping[str, torch.Tensor]) -> Dict[int, str]:
     return names
 
 
-def official_to_ours(state_dict: Mapping[str, torch.Tensor],
-                     report: ConversionReport) -> Dict[str, torch.Tensor]:
+def official_to_ours(
+    state_dict: Mapping[str, torch.Tensor], report: ConversionReport
+) -> Dict[str, torch.Tensor]:
     """Rename an official ``model`` state dict to our keys (class channels untouched).
 
     Args:
@@ -80,7 +81,7 @@ def official_to_ours(state_dict: Mapping[str, torch.Tensor],
             converted[new_key] = value
     # Frozen BatchNorm stores no step counter; mmdet's BN does. 0 is what a frozen BN would count.
     for key in [k for k in converted if k.startswith('backbone.') and k.endswith('.running_var')]:
-        counter = key[:-len('running_var')] + 'num_batches_tracked'
+        counter = key[: -len('running_var')] + 'num_batches_tracked'
         if counter not in converted:
             converted[counter] = torch.tensor(0, dtype=torch.long)
             report.filled[counter] = 'frozen BatchNorm has no step counter'
@@ -89,7 +90,7 @@ def official_to_ours(state_dict: Mapping[str, torch.Tensor],
 
 def _rename(key: str, neck_names: Dict[int, str]) -> Optional[str]:
     if key.startswith('backbone.0.body.'):
-        return 'backbone.' + key[len('backbone.0.body.'):]
+        return 'backbone.' + key[len('backbone.0.body.') :]
     if key.startswith(('transformer.decoder.class_embed.', 'transformer.decoder.bbox_embed.')):
         return None
     if key.startswith('transformer.'):
@@ -110,11 +111,13 @@ def _rename(key: str, neck_names: Dict[int, str]) -> Optional[str]:
 def is_official_state_dict(state_dict: Mapping[str, Any]) -> bool:
     """Whether a bare state dict has the official names."""
     return 'transformer.level_embed' in state_dict and any(
-        isinstance(k, str) and k.startswith(_TELL_TALE_PREFIXES) for k in state_dict)
+        isinstance(k, str) and k.startswith(_TELL_TALE_PREFIXES) for k in state_dict
+    )
 
 
-def unwrap_official(checkpoint: Mapping[str, Any]) -> Optional[Tuple[Mapping[str, torch.Tensor],
-                                                                      dict]]:
+def unwrap_official(
+    checkpoint: Mapping[str, Any],
+) -> Optional[Tuple[Mapping[str, torch.Tensor], dict]]:
     """The ``model`` state dict and a small meta dict (epoch, a few args) of an official file, or
     None when ``checkpoint`` is not the official container."""
     model = checkpoint.get('model')
@@ -125,8 +128,15 @@ def unwrap_official(checkpoint: Mapping[str, Any]) -> Optional[Tuple[Mapping[str
         meta['epoch'] = checkpoint['epoch']
     args = checkpoint.get('args')
     if args is not None:
-        for name in ('with_box_refine', 'two_stage', 'num_feature_levels', 'enc_n_points',
-                     'dec_n_points', 'num_queries', 'dataset_file'):
+        for name in (
+            'with_box_refine',
+            'two_stage',
+            'num_feature_levels',
+            'enc_n_points',
+            'dec_n_points',
+            'num_queries',
+            'dataset_file',
+        ):
             if hasattr(args, name):
                 meta[f'official_args.{name}'] = getattr(args, name)
     return model, meta
@@ -138,13 +148,18 @@ def _ids(*ranges: Tuple[int, int]) -> Tuple[int, ...]:
 
 #: COCO category id of mmdet class index ``c`` (``COCO_IDS_OF_MMDET_CLASSES[c]``).
 COCO_IDS_OF_MMDET_CLASSES: Tuple[int, ...] = _ids(
-    (1, 11), (13, 25), (27, 28), (31, 44), (46, 65), (67, 67), (70, 70), (72, 82), (84, 90))
+    (1, 11), (13, 25), (27, 28), (31, 44), (46, 65), (67, 67), (70, 70), (72, 82), (84, 90)
+)
 NUM_COCO_ID_CHANNELS = 91
 assert len(COCO_IDS_OF_MMDET_CLASSES) == 80
 
 
-def adapt_class_channels(state_dict: Dict[str, torch.Tensor], num_classes: int,
-                         proposal_branch: int, report: ConversionReport) -> None:
+def adapt_class_channels(
+    state_dict: Dict[str, torch.Tensor],
+    num_classes: int,
+    proposal_branch: int,
+    report: ConversionReport,
+) -> None:
     """Bring ``bbox_head.cls_branches.*`` (our keys, in place) to ``num_classes`` channels.
 
     - Same count: nothing to do.
@@ -170,8 +185,10 @@ def adapt_class_channels(state_dict: Dict[str, torch.Tensor], num_classes: int,
     if source_counts != {NUM_COCO_ID_CHANNELS} or num_classes != len(COCO_IDS_OF_MMDET_CLASSES):
         # Another label space (fine-tuning on a new dataset): leave the heads alone, the loader
         # reports them as size mismatches and keeps the model's own.
-        report.notes.append(f'classification branches have {sorted(source_counts)} channels, the '
-                            f'model {num_classes}: not remapped (only 91 COCO ids -> 80 is)')
+        report.notes.append(
+            f'classification branches have {sorted(source_counts)} channels, the '
+            f'model {num_classes}: not remapped (only 91 COCO ids -> 80 is)'
+        )
         return
     coco_rows = torch.tensor(COCO_IDS_OF_MMDET_CLASSES)
     proposal_prefix = f'bbox_head.cls_branches.{proposal_branch}.'
@@ -179,11 +196,19 @@ def adapt_class_channels(state_dict: Dict[str, torch.Tensor], num_classes: int,
     for key in keys:
         source = state_dict[key]
         if source.data_ptr() not in remapped:
-            remapped[source.data_ptr()] = (source[:num_classes].clone()
-                                           if key.startswith(proposal_prefix)
-                                           else source.index_select(0, coco_rows))
+            remapped[source.data_ptr()] = (
+                source[:num_classes].clone()
+                if key.startswith(proposal_prefix)
+                else source.index_select(0, coco_rows)
+            )
         state_dict[key] = remapped[source.data_ptr()]
-    proposal_note = (f'; two-stage proposal branch {proposal_branch} keeps channels 0..79 '
-                     '(channel 0 = objectness)' if proposal_branch >= 0 else '')
-    report.notes.append('classification heads remapped from 91 COCO-id channels to mmdet\'s 80 '
-                        'classes' + proposal_note)
+    proposal_note = (
+        f'; two-stage proposal branch {proposal_branch} keeps channels 0..79 '
+        '(channel 0 = objectness)'
+        if proposal_branch >= 0
+        else ''
+    )
+    report.notes.append(
+        "classification heads remapped from 91 COCO-id channels to mmdet's 80 "
+        'classes' + proposal_note
+    )

@@ -93,14 +93,21 @@ def is_our_state_dict(state_dict: Mapping[str, Any]) -> bool:
 OURS = 'mmdet_deformdetr'
 
 #: name -> family, in detection order (see the module docstring to add one).
-FAMILIES: Dict[str, CheckpointFamily] = {family.name: family for family in (
-    CheckpointFamily('Hugging Face DeformableDetrForObjectDetection', is_hf_state_dict,
-                     chain(hf_to_official, official_to_ours)),
-    CheckpointFamily('official Deformable-DETR', is_official_state_dict, official_to_ours,
-                     unwrap_official),
-    CheckpointFamily(OURS, is_our_state_dict, ours_unchanged),
-    CheckpointFamily('mmdet 3.x DeformableDETR', is_mmdet_state_dict, mmdet_to_ours),
-)}
+FAMILIES: Dict[str, CheckpointFamily] = {
+    family.name: family
+    for family in (
+        CheckpointFamily(
+            'Hugging Face DeformableDetrForObjectDetection',
+            is_hf_state_dict,
+            chain(hf_to_official, official_to_ours),
+        ),
+        CheckpointFamily(
+            'official Deformable-DETR', is_official_state_dict, official_to_ours, unwrap_official
+        ),
+        CheckpointFamily(OURS, is_our_state_dict, ours_unchanged),
+        CheckpointFamily('mmdet 3.x DeformableDETR', is_mmdet_state_dict, mmdet_to_ours),
+    )
+}
 
 
 def _mmengine_or_bare(checkpoint: Mapping[str, Any]) -> Tuple[StateDict, dict]:
@@ -114,8 +121,10 @@ def identify(checkpoint: Mapping[str, Any]) -> Optional[Identified]:
     for family in FAMILIES.values():
         state_dict, meta = family.unwrap(checkpoint) or _mmengine_or_bare(checkpoint)
         # DataParallel / DDP wrappers prefix every key with ``module.``; mmengine strips it too.
-        state_dict = {(k[len('module.'):] if isinstance(k, str) and k.startswith('module.')
-                       else k): v for k, v in state_dict.items()}
+        state_dict = {
+            (k[len('module.') :] if isinstance(k, str) and k.startswith('module.') else k): v
+            for k, v in state_dict.items()
+        }
         if family.detect(state_dict):
             return Identified(family, state_dict, dict(meta))
     return None
@@ -129,13 +138,17 @@ def identify_checkpoint(checkpoint: Mapping[str, Any], source: str = '') -> Iden
         where = f'{source} is ' if source else ''
         raise UnknownCheckpointError(
             f'{where}not a Deformable DETR checkpoint of a known family ({", ".join(FAMILIES)}); '
-            f'first keys: {sample}')
+            f'first keys: {sample}'
+        )
     return found
 
 
-def convert_state_dict(checkpoint: Mapping[str, Any], *, num_classes: Optional[int] = None,
-                       family: Optional[CheckpointFamily] = None,
-                       ) -> Tuple[Dict[str, Tensor], ConversionReport]:
+def convert_state_dict(
+    checkpoint: Mapping[str, Any],
+    *,
+    num_classes: Optional[int] = None,
+    family: Optional[CheckpointFamily] = None,
+) -> Tuple[Dict[str, Tensor], ConversionReport]:
     """Convert a checkpoint (or bare state dict) of any family of :data:`FAMILIES` to our keys.
 
     Args:

@@ -50,29 +50,39 @@ class HeadsNotLoadedError(CheckpointMismatchError):
     """The checkpoint's classification heads have another class count than the model's."""
 
 
-def key_differences(converted: Mapping[str, torch.Tensor],
-                    target: Mapping[str, torch.Tensor], max_keys: int = 8) -> List[str]:
+def key_differences(
+    converted: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], max_keys: int = 8
+) -> List[str]:
     """Lines naming keys found on one side only, and keys whose shapes disagree.
 
     At most ``max_keys`` keys are named per line.
     """
     only_ckpt = [k for k in converted if k not in target]
     only_model = [k for k in target if k not in converted and not k.endswith('num_batches_tracked')]
-    shapes = [f'{k}: checkpoint {tuple(converted[k].shape)} vs model {tuple(target[k].shape)}'
-              for k in converted if k in target and converted[k].shape != target[k].shape]
+    shapes = [
+        f'{k}: checkpoint {tuple(converted[k].shape)} vs model {tuple(target[k].shape)}'
+        for k in converted
+        if k in target and converted[k].shape != target[k].shape
+    ]
     lines = []
-    for title, items in (('only in checkpoint', only_ckpt), ('only in model', only_model),
-                         ('shape differs', shapes)):
+    for title, items in (
+        ('only in checkpoint', only_ckpt),
+        ('only in model', only_model),
+        ('shape differs', shapes),
+    ):
         if items:
-            shown = items[:max_keys] + ([f'... ({len(items) - max_keys} more)']
-                                        if len(items) > max_keys else [])
+            shown = items[:max_keys] + (
+                [f'... ({len(items) - max_keys} more)'] if len(items) > max_keys else []
+            )
             lines.append(f'{title} ({len(items)}): ' + '; '.join(shown))
     return lines
 
 
-def check_fits(converted: Mapping[str, torch.Tensor],
-               target: Union[nn.Module, Mapping[str, torch.Tensor]],
-               report: Optional[ConversionReport] = None) -> None:
+def check_fits(
+    converted: Mapping[str, torch.Tensor],
+    target: Union[nn.Module, Mapping[str, torch.Tensor]],
+    report: Optional[ConversionReport] = None,
+) -> None:
     """Raise :class:`CheckpointMismatchError` when ``converted`` is another Deformable DETR variant
     than ``target``.
 
@@ -90,12 +100,16 @@ def check_fits(converted: Mapping[str, torch.Tensor],
         report.unexpected = [k for k in converted if k not in target_state]
     if not (is_full_detector(converted) and is_full_detector(target_state)):
         return
-    model_variant = (variant_of_model(target, target_state) if isinstance(target, nn.Module)
-                     else infer_variant(target_state, by_identity=True))
+    model_variant = (
+        variant_of_model(target, target_state)
+        if isinstance(target, nn.Module)
+        else infer_variant(target_state, by_identity=True)
+    )
     message = variant_mismatch(infer_variant(converted), model_variant, converted)
     if message is not None:
         raise CheckpointMismatchError(
-            message + '\n' + '\n'.join(key_differences(converted, target_state)))
+            message + '\n' + '\n'.join(key_differences(converted, target_state))
+        )
 
 
 class _Fitted(NamedTuple):
@@ -109,19 +123,26 @@ def _fit(found: Identified, model: nn.Module) -> _Fitted:
     """Convert ``found`` for ``model`` and refuse another variant (:func:`check_fits`)."""
     target = model.state_dict()
     num_classes = target[_CLASSES_KEY].shape[0] if _CLASSES_KEY in target else None
-    converted, report = convert_state_dict(found.state_dict, num_classes=num_classes,
-                                           family=found.family)
+    converted, report = convert_state_dict(
+        found.state_dict, num_classes=num_classes, family=found.family
+    )
     check_fits(converted, model, report)
     counts = None
     if _CLASSES_KEY in converted and _CLASSES_KEY in target:
         counts = (converted[_CLASSES_KEY].shape[0], target[_CLASSES_KEY].shape[0])
-    return _Fitted(converted, report, target, counts if counts and counts[0] != counts[1]
-                   else None)
+    return _Fitted(converted, report, target, counts if counts and counts[0] != counts[1] else None)
 
 
-def convert_checkpoint_pre_hook(module: nn.Module, state_dict: Dict[str, Any], prefix: str,
-                                local_metadata: dict, strict: bool, missing_keys: List[str],
-                                unexpected_keys: List[str], error_msgs: List[str]) -> None:
+def convert_checkpoint_pre_hook(
+    module: nn.Module,
+    state_dict: Dict[str, Any],
+    prefix: str,
+    local_metadata: dict,
+    strict: bool,
+    missing_keys: List[str],
+    unexpected_keys: List[str],
+    error_msgs: List[str],
+) -> None:
     """Rewrite ``state_dict`` (in place) into our keys before ``module`` loads it.
 
     Signature of ``nn.Module.register_load_state_dict_pre_hook`` (module first). Only entries under
@@ -130,16 +151,19 @@ def convert_checkpoint_pre_hook(module: nn.Module, state_dict: Dict[str, Any], p
     Raises:
         CheckpointMismatchError: the checkpoint is another Deformable DETR variant than ``module``.
     """
-    own = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    own = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
     found = identify(own)
     if found is None:
         return  # a partial or foreign dict: let the normal missing/unexpected reporting speak
     converted, report, _, counts = _fit(found, module)
     if counts is not None:
-        _log(f'the checkpoint\'s classification heads have {counts[0]} classes, the model '
-             f'num_classes={counts[1]} ({_CLASSES_SETTING}): bbox_head.cls_branches keep their '
-             'initialisation. Right for fine-tuning on another label space; to test or infer '
-             f'with this checkpoint, set {_CLASSES_SETTING}={counts[0]}.', logging.WARNING)
+        _log(
+            f"the checkpoint's classification heads have {counts[0]} classes, the model "
+            f'num_classes={counts[1]} ({_CLASSES_SETTING}): bbox_head.cls_branches keep their '
+            'initialisation. Right for fine-tuning on another label space; to test or infer '
+            f'with this checkpoint, set {_CLASSES_SETTING}={counts[0]}.',
+            logging.WARNING,
+        )
     if converted.keys() == own.keys() and all(converted[k] is own[k] for k in own):
         return  # already our keys and tensors (our own checkpoints): nothing to rewrite
     for key in [k for k in state_dict if k.startswith(prefix)]:
@@ -156,9 +180,9 @@ def _unwrap_model(model: nn.Module) -> nn.Module:
     return model
 
 
-def check_checkpoint_for_testing(model: nn.Module,
-                                 checkpoint: Union[str, os.PathLike, Mapping[str, Any]]
-                                 ) -> ConversionReport:
+def check_checkpoint_for_testing(
+    model: nn.Module, checkpoint: Union[str, os.PathLike, Mapping[str, Any]]
+) -> ConversionReport:
     """Raise unless every weight of ``model`` comes from ``checkpoint``: call before testing.
 
     Args:
@@ -190,14 +214,16 @@ def check_checkpoint_for_testing(model: nn.Module,
             f'{label} has classification heads for {counts[0]} classes, the model '
             f'num_classes={counts[1]}: testing would score every class with randomly initialised '
             f'heads. Set {_CLASSES_SETTING}={counts[0]} (e.g. --cfg-options '
-            f'{_CLASSES_SETTING}={counts[0]}) with the dataset\'s classes to match, or test a '
+            f"{_CLASSES_SETTING}={counts[0]}) with the dataset's classes to match, or test a "
             f'checkpoint trained for {counts[1]} classes. (Fine-tuning with load_from is '
-            'unaffected: there the heads are re-initialised on purpose.)')
+            'unaffected: there the heads are re-initialised on purpose.)'
+        )
     differences = key_differences({k: v for k, v in converted.items() if k in target}, target)
     if differences:
         raise CheckpointMismatchError(
             f'{label} does not hold every weight of the model; testing would use random values '
-            'for:\n' + '\n'.join(differences))
+            'for:\n' + '\n'.join(differences)
+        )
     return report
 
 

@@ -43,8 +43,9 @@ def _hf_weights_file(directory: Path) -> Path:
     raise FileNotFoundError(f'{directory} holds neither model.safetensors nor pytorch_model.bin')
 
 
-def read_checkpoint(path: Union[str, os.PathLike], *,
-                    extra_globals: Sequence[Any] = ()) -> Tuple[Dict[str, Any], Optional[dict]]:
+def read_checkpoint(
+    path: Union[str, os.PathLike], *, extra_globals: Sequence[Any] = ()
+) -> Tuple[Dict[str, Any], Optional[dict]]:
     """Read a checkpoint of any supported family without running code from it.
 
     Args:
@@ -72,15 +73,15 @@ def read_checkpoint(path: Union[str, os.PathLike], *,
         checkpoint = safe_load(path, 'cpu', extra_globals=extra_globals)
     if not isinstance(checkpoint, Mapping):
         raise UnknownCheckpointError(
-            f'{path} holds a {type(checkpoint).__name__}, not a checkpoint dict')
+            f'{path} holds a {type(checkpoint).__name__}, not a checkpoint dict'
+        )
     config_file = path.parent / 'config.json'
     hf_config = None
     if config_file.is_file() and is_hf_state_dict(checkpoint):
         try:
             hf_config = json.loads(config_file.read_text())
         except (ValueError, UnicodeDecodeError) as error:
-            raise corrupt_checkpoint_error(config_file, f'it is not valid JSON ({error})'
-                                           ) from None
+            raise corrupt_checkpoint_error(config_file, f'it is not valid JSON ({error})') from None
     return dict(checkpoint), hf_config
 
 
@@ -108,15 +109,17 @@ def load_from_deformdetr_uri(filename: str, map_location: Any = None) -> dict:
         ``meta['hf_config']`` from an HF directory), otherwise the file's dict unchanged; tensors
         are moved with ``map_location`` if given.
     """
-    checkpoint, hf_config = read_checkpoint(filename[len(SCHEME):])
+    checkpoint, hf_config = read_checkpoint(filename[len(SCHEME) :])
     found = identify(checkpoint)
     if found is None:
         return checkpoint
     meta = dict(found.meta, **({'hf_config': hf_config} if hf_config is not None else {}))
     state_dict = found.state_dict
     if map_location is not None and not callable(map_location):
-        state_dict = {k: v.to(map_location) if isinstance(v, torch.Tensor) else v
-                      for k, v in state_dict.items()}
+        state_dict = {
+            k: v.to(map_location) if isinstance(v, torch.Tensor) else v
+            for k, v in state_dict.items()
+        }
     return {'meta': meta, 'state_dict': state_dict}
 
 
@@ -139,17 +142,27 @@ def find_resume_checkpoint(work_dir: Union[str, os.PathLike]) -> str:
         for candidate in (target, os.path.join(work_dir, target)):
             if target and os.path.isfile(candidate):
                 return candidate
-        problem = f'{pointer} names {target}, which does not exist' if target else (
-            f'{pointer} is empty')
+        problem = (
+            f'{pointer} names {target}, which does not exist' if target else (f'{pointer} is empty')
+        )
     elif not os.path.isdir(work_dir):
         problem = f'the work dir {work_dir} does not exist'
     else:
-        problem = (f'{work_dir} has no last_checkpoint file (CheckpointHook writes it after each '
-                   'save)')
-    found = sorted(Path(work_dir).glob('*.pth'), key=lambda p: p.stat().st_mtime) if (
-        os.path.isdir(work_dir)) else []
-    listing = (f'checkpoints there: {", ".join(p.name for p in found)}; to resume from one, name '
-               f'it: --resume {found[-1]}' if found else 'there is no *.pth file there')
+        problem = (
+            f'{work_dir} has no last_checkpoint file (CheckpointHook writes it after each save)'
+        )
+    found = (
+        sorted(Path(work_dir).glob('*.pth'), key=lambda p: p.stat().st_mtime)
+        if (os.path.isdir(work_dir))
+        else []
+    )
+    listing = (
+        f'checkpoints there: {", ".join(p.name for p in found)}; to resume from one, name '
+        f'it: --resume {found[-1]}'
+        if found
+        else 'there is no *.pth file there'
+    )
     raise NoCheckpointToResumeError(
         f'--resume found nothing to resume from: {problem}; {listing}. To start a new run, leave '
-        'out --resume; to continue another run, pass its --work-dir or --resume PATH.')
+        'out --resume; to continue another run, pass its --work-dir or --resume PATH.'
+    )

@@ -77,9 +77,14 @@ class ConversionReport:
         lines += listing('remapped', [f'{k} -> {v}' for k, v in self.remapped.items()])
         lines += listing('dropped', [f'{k} ({v})' for k, v in self.dropped.items()])
         lines += listing('filled', [f'{k} ({v})' for k, v in self.filled.items()])
-        for title, keys in (('missing in checkpoint', self.missing),
-                            ('unexpected for model', self.unexpected)):
-            lines += (listing(title, keys) if keys is not None
-                      else [f'{title}: not checked (no target model; see --config)'])
+        for title, keys in (
+            ('missing in checkpoint', self.missing),
+            ('unexpected for model', self.unexpected),
+        ):
+            lines += (
+                listing(title, keys)
+                if keys is not None
+                else [f'{title}: not checked (no target model; see --config)']
+            )
         lines += [f'note: {note}' for note in self.notes]
         return '\n'.join(lines)

@@ -84,7 +84,8 @@ def _history_buffer_statistic(owner: Any, name: str) -> Callable:
     # torch re-raises this as a plain UnpicklingError carrying the text; _refused_globals reads it
     raise UntrustedCheckpointError(
         f'refusing builtins.getattr({owner_name}, {name!r}) while unpickling: only '
-        f'getattr(HistoryBuffer, one of {_HISTORY_BUFFER_STATISTICS}) is allowed')
+        f'getattr(HistoryBuffer, one of {_HISTORY_BUFFER_STATISTICS}) is allowed'
+    )
 
 
 def _numpy_globals() -> List[Any]:
@@ -100,9 +101,24 @@ def _numpy_globals() -> List[Any]:
     # A dtype is rebuilt as ``np.dtype(...)`` and then BUILD with its state, which the unpickler
     # only allows on allow-listed types: numpy >= 1.25 gives each dtype its own class
     # (Float32DType, ...).
-    for scalar_type in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
-                        np.uint32, np.uint64, np.float16, np.float32, np.float64, np.complex64,
-                        np.complex128, np.str_, np.bytes_):
+    for scalar_type in (
+        np.bool_,
+        np.int8,
+        np.int16,
+        np.int32,
+        np.int64,
+        np.uint8,
+        np.uint16,
+        np.uint32,
+        np.uint64,
+        np.float16,
+        np.float32,
+        np.float64,
+        np.complex64,
+        np.complex128,
+        np.str_,
+        np.bytes_,
+    ):
         dtype_class = type(np.dtype(scalar_type))
         if dtype_class is not np.dtype:
             entries.append(dtype_class)
@@ -113,8 +129,11 @@ def safe_globals_list() -> List[Any]:
     """Every global the formats of this package need, for torch's weights-only unpickler."""
     from mmengine.logging import HistoryBuffer
 
-    entries: List[Any] = [argparse.Namespace, HistoryBuffer,
-                          (_history_buffer_statistic, 'builtins.getattr')]
+    entries: List[Any] = [
+        argparse.Namespace,
+        HistoryBuffer,
+        (_history_buffer_statistic, 'builtins.getattr'),
+    ]
     entries.extend(_numpy_globals())
     return entries
 
@@ -155,16 +174,20 @@ def _refused_globals(source: PathOrFile, error: Exception, allowed: Sequence[Any
 
 def _refusal(label: str, names: List[str]) -> UntrustedCheckpointError:
     listed = ' '.join(f'--trust-global {name}' for name in names)
-    env_note = (f' ({_FORCE_NO_WEIGHTS_ONLY} is set in the environment: it does not apply here; '
-                'mmdet_deformdetr always loads with weights_only=True.)'
-                if os.environ.get(_FORCE_NO_WEIGHTS_ONLY) else '')
+    env_note = (
+        f' ({_FORCE_NO_WEIGHTS_ONLY} is set in the environment: it does not apply here; '
+        'mmdet_deformdetr always loads with weights_only=True.)'
+        if os.environ.get(_FORCE_NO_WEIGHTS_ONLY)
+        else ''
+    )
     return UntrustedCheckpointError(
         f'refusing to load {label}: it pickles {", ".join(names)}, which mmdet_deformdetr does '
         'not allow in a checkpoint (unpickling it could run code), so the file was not loaded.'
         f'{env_note} Only if you trust the file, allow exactly these globals: convert it once '
         f'into a file of plain tensors with `python {CONVERTER} {label} CLEAN.pth {listed}`, or '
         'in Python pass `extra_globals=[...]` to mmdet_deformdetr.checkpoint.safe_load '
-        f'(process-wide: mmdet_deformdetr.checkpoint.trust_globals({names!r})).')
+        f'(process-wide: mmdet_deformdetr.checkpoint.trust_globals({names!r})).'
+    )
 
 
 def _damage(path: str) -> Optional[str]:
@@ -185,8 +208,10 @@ def _damage(path: str) -> Optional[str]:
             return f'its zip archive is damaged ({error})'
         return f'{bad_member} inside it is damaged (CRC mismatch)' if bad_member else None
     if head.startswith(b'PK'):
-        return ('it is cut short: torch.save writes a zip archive whose directory sits at the end, '
-                'and the end is missing')
+        return (
+            'it is cut short: torch.save writes a zip archive whose directory sits at the end, '
+            'and the end is missing'
+        )
     if head == _LEGACY_MAGIC:
         return 'it is a legacy torch.save file that is cut short or damaged'
     return 'it is not a torch.save file (neither its zip archive nor its legacy pickle format)'
@@ -200,11 +225,13 @@ def corrupt_checkpoint_error(path: Union[str, os.PathLike], reason: str) -> Corr
         f'cannot read checkpoint {path} ({size} bytes): {reason}. Such files come from an '
         'interrupted download or copy, a run killed while saving, or a path that names another '
         'file. Download or copy it again (or check the path); to resume training, resume from an '
-        'earlier checkpoint of the work dir (`tools/train.py CONFIG --resume PATH`).')
+        'earlier checkpoint of the work dir (`tools/train.py CONFIG --resume PATH`).'
+    )
 
 
-def safe_load(source: PathOrFile, map_location: Any = 'cpu', *,
-              extra_globals: Sequence[Any] = ()) -> Any:
+def safe_load(
+    source: PathOrFile, map_location: Any = 'cpu', *, extra_globals: Sequence[Any] = ()
+) -> Any:
     """``torch.load`` with ``weights_only=True`` and this package's allow-list.
 
     Args:
@@ -224,8 +251,11 @@ def safe_load(source: PathOrFile, map_location: Any = 'cpu', *,
     if not isinstance(source, io.IOBase):
         source = os.fspath(Path(source).expanduser())
         if not os.path.isfile(source):
-            hint = (' (a directory: for a Hugging Face model directory use '
-                    f'deformdetr://{source})' if os.path.isdir(source) else '')
+            hint = (
+                f' (a directory: for a Hugging Face model directory use deformdetr://{source})'
+                if os.path.isdir(source)
+                else ''
+            )
             raise FileNotFoundError(f'checkpoint file not found: {source}{hint}')
         if os.path.getsize(source) == 0:  # torch would say only "EOFError: Ran out of input"
             raise corrupt_checkpoint_error(source, 'the file is empty')
@@ -241,8 +271,11 @@ def safe_load(source: PathOrFile, map_location: Any = 'cpu', *,
     except UntrustedCheckpointError:  # raised by _history_buffer_statistic
         raise
     except Exception as error:  # noqa: BLE001  (classified below; anything else is re-raised)
-        refused = (_refused_globals(source, error, allowed)
-                   if isinstance(error, pickle.UnpicklingError) else [])
+        refused = (
+            _refused_globals(source, error, allowed)
+            if isinstance(error, pickle.UnpicklingError)
+            else []
+        )
         if refused:
             raise _refusal(label, refused) from None
         reason = _damage(source) if isinstance(source, str) else None
@@ -261,15 +294,17 @@ def load_safetensors(path: Union[str, os.PathLike], device: str = 'cpu') -> dict
     try:
         from safetensors.torch import load_file
     except ImportError as error:
-        raise ImportError('reading .safetensors files needs the `safetensors` package: '
-                          'pip install safetensors') from error
+        raise ImportError(
+            'reading .safetensors files needs the `safetensors` package: pip install safetensors'
+        ) from error
     if os.path.getsize(path) == 0:
         raise corrupt_checkpoint_error(path, 'the file is empty')
     try:
         return load_file(os.fspath(path), device=device)
     except Exception as error:  # noqa: BLE001  (safetensors raises its own error types)
-        raise corrupt_checkpoint_error(path, f'it is not a readable .safetensors file ({error})'
-                                       ) from None
+        raise corrupt_checkpoint_error(
+            path, f'it is not a readable .safetensors file ({error})'
+        ) from None
 
 
 def trusted_global_by_name(qualified_name: str) -> Tuple[Any, str]:
@@ -291,8 +326,9 @@ def trusted_global_by_name(qualified_name: str) -> Tuple[Any, str]:
         except AttributeError:
             break
         return obj, qualified_name
-    raise ValueError(f'cannot import {qualified_name!r}; expected a dotted name like '
-                     'package.module.Class')
+    raise ValueError(
+        f'cannot import {qualified_name!r}; expected a dotted name like package.module.Class'
+    )
 
 
 def trust_globals(qualified_names: Sequence[str]) -> None:

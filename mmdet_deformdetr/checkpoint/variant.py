@@ -68,15 +68,20 @@ class ModelVariant:
 
     def describe(self) -> str:
         """One line naming every fact, for error messages and conversion reports."""
-        attention = (f'attention rows {self.enc_attention_rows}/{self.dec_attention_rows} '
-                     '(enc/dec = num_heads x sampled levels x K)')
+        attention = (
+            f'attention rows {self.enc_attention_rows}/{self.dec_attention_rows} '
+            '(enc/dec = num_heads x sampled levels x K)'
+        )
         if self.num_heads is not None:
-            attention += (f', num_heads={self.num_heads}, '
-                          f'K={self.enc_num_points}/{self.dec_num_points}')
-        return (f'{self.name}, {self.num_feature_levels} feature level(s), {attention}, '
-                f'{self.num_encoder_layers}+{self.num_decoder_layers} layers, '
-                f'embed_dims={self.embed_dims}, num_queries={self.num_queries}, '
-                f'num_classes={self.num_classes}, backbone blocks {self.backbone_blocks}')
+            attention += (
+                f', num_heads={self.num_heads}, K={self.enc_num_points}/{self.dec_num_points}'
+            )
+        return (
+            f'{self.name}, {self.num_feature_levels} feature level(s), {attention}, '
+            f'{self.num_encoder_layers}+{self.num_decoder_layers} layers, '
+            f'embed_dims={self.embed_dims}, num_queries={self.num_queries}, '
+            f'num_classes={self.num_classes}, backbone blocks {self.backbone_blocks}'
+        )
 
 
 def _count_layers(keys: Iterable[str], prefix: str) -> int:
@@ -93,8 +98,9 @@ def _backbone_blocks(keys: List[str]) -> Optional[Tuple[int, ...]]:
     return tuple(blocks) or None
 
 
-def _branches_distinct(state_dict: Mapping[str, torch.Tensor], key_a: str, key_b: str,
-                       by_identity: bool) -> Optional[bool]:
+def _branches_distinct(
+    state_dict: Mapping[str, torch.Tensor], key_a: str, key_b: str, by_identity: bool
+) -> Optional[bool]:
     """Whether two branch tensors are separate modules: False if shared, None if undecidable.
 
     A shared module is one tensor (same storage; torch.save keeps that), or stored once. Separate
@@ -114,12 +120,15 @@ def _branches_distinct(state_dict: Mapping[str, torch.Tensor], key_a: str, key_b
 
 def is_full_detector(state_dict: Mapping[str, torch.Tensor]) -> bool:
     """Whether the dict (our keys) holds a whole detector, not e.g. a backbone alone."""
-    return ('transformer.level_embed' in state_dict
-            and f'{_ENC_ATTN}.attention_weights.weight' in state_dict)
+    return (
+        'transformer.level_embed' in state_dict
+        and f'{_ENC_ATTN}.attention_weights.weight' in state_dict
+    )
 
 
-def infer_variant(state_dict: Mapping[str, torch.Tensor], *,
-                  by_identity: bool = False) -> ModelVariant:
+def infer_variant(
+    state_dict: Mapping[str, torch.Tensor], *, by_identity: bool = False
+) -> ModelVariant:
     """Describe the model behind a state dict in our keys.
 
     Args:
@@ -131,15 +140,22 @@ def infer_variant(state_dict: Mapping[str, torch.Tensor], *,
         ValueError: the dict lacks the keys every Deformable DETR has.
     """
     if not is_full_detector(state_dict):
-        raise ValueError('not a whole Deformable DETR state dict: transformer.level_embed or '
-                         f'{_ENC_ATTN}.attention_weights.weight is missing')
+        raise ValueError(
+            'not a whole Deformable DETR state dict: transformer.level_embed or '
+            f'{_ENC_ATTN}.attention_weights.weight is missing'
+        )
     keys = list(state_dict)
     levels, embed_dims = state_dict['transformer.level_embed'].shape
     as_two_stage = any(key.startswith('transformer.enc_output.') for key in keys)
-    distinct = [_branches_distinct(state_dict, f'bbox_head.{branch}.0.{param}',
-                                   f'bbox_head.{branch}.1.{param}', by_identity)
-                for branch, param in (('cls_branches', 'weight'),
-                                      ('reg_branches', 'layers.0.weight'))]
+    distinct = [
+        _branches_distinct(
+            state_dict,
+            f'bbox_head.{branch}.0.{param}',
+            f'bbox_head.{branch}.1.{param}',
+            by_identity,
+        )
+        for branch, param in (('cls_branches', 'weight'), ('reg_branches', 'layers.0.weight'))
+    ]
     with_box_refine: Optional[bool]
     if as_two_stage or True in distinct:
         with_box_refine = True
@@ -161,21 +177,27 @@ def infer_variant(state_dict: Mapping[str, torch.Tensor], *,
         dec_attention_rows=int(dec_attn.shape[0]) if dec_attn is not None else 0,
         num_queries=int(query_embed.shape[0]) if query_embed is not None else None,
         num_classes=int(cls_weight.shape[0]) if cls_weight is not None else None,
-        backbone_blocks=_backbone_blocks(keys))
+        backbone_blocks=_backbone_blocks(keys),
+    )
 
 
-def variant_of_model(model: nn.Module,
-                     state_dict: Optional[Mapping[str, torch.Tensor]] = None) -> ModelVariant:
+def variant_of_model(
+    model: nn.Module, state_dict: Optional[Mapping[str, torch.Tensor]] = None
+) -> ModelVariant:
     """:func:`infer_variant` of a live model, plus its attention modules' own head and point
     counts (read by attribute, so nothing from ``models`` is imported)."""
-    variant = infer_variant(model.state_dict() if state_dict is None else state_dict,
-                            by_identity=True)
+    variant = infer_variant(
+        model.state_dict() if state_dict is None else state_dict, by_identity=True
+    )
     try:
         encoder, decoder = model.get_submodule(_ENC_ATTN), model.get_submodule(_DEC_ATTN)
-        return replace(variant, num_heads=int(encoder.num_heads),
-                       enc_sampled_levels=int(encoder.num_levels),
-                       enc_num_points=int(encoder.num_points),
-                       dec_num_points=int(decoder.num_points))
+        return replace(
+            variant,
+            num_heads=int(encoder.num_heads),
+            enc_sampled_levels=int(encoder.num_levels),
+            enc_num_points=int(encoder.num_points),
+            dec_num_points=int(decoder.num_points),
+        )
     except (AttributeError, TypeError):  # another attention module: rows are all we know
         return variant
 
@@ -191,18 +213,22 @@ def variant_of_config(model_cfg: Mapping) -> Optional[ModelVariant]:
         enc_levels = levels if transformer.get('multi_scale_attention', True) else 1
         arch = getattr(MODELS.get(backbone['type']), 'arch_settings', {}).get(backbone['depth'])
         return ModelVariant(
-            as_two_stage=model_cfg['as_two_stage'], with_box_refine=model_cfg['with_box_refine'],
-            num_feature_levels=levels, embed_dims=transformer['embed_dims'],
+            as_two_stage=model_cfg['as_two_stage'],
+            with_box_refine=model_cfg['with_box_refine'],
+            num_feature_levels=levels,
+            embed_dims=transformer['embed_dims'],
             num_encoder_layers=transformer['num_encoder_layers'],
             num_decoder_layers=transformer['num_decoder_layers'],
             enc_attention_rows=heads * enc_levels * transformer['enc_num_points'],
             dec_attention_rows=heads * levels * transformer['dec_num_points'],
             num_queries=None if model_cfg['as_two_stage'] else model_cfg['num_queries'],
             num_classes=model_cfg['bbox_head']['num_classes'],
-            backbone_blocks=(tuple(arch[1][:backbone.get('num_stages', 4)]) if arch else None),
-            num_heads=heads, enc_sampled_levels=enc_levels,
+            backbone_blocks=(tuple(arch[1][: backbone.get('num_stages', 4)]) if arch else None),
+            num_heads=heads,
+            enc_sampled_levels=enc_levels,
             enc_num_points=transformer['enc_num_points'],
-            dec_num_points=transformer['dec_num_points'])
+            dec_num_points=transformer['dec_num_points'],
+        )
     except (KeyError, TypeError, AttributeError):
         return None
 
@@ -222,14 +248,14 @@ _STRUCTURAL = {
 }
 
 
-def _differences(checkpoint: ModelVariant, model: ModelVariant,
-                 names: Iterable[str]) -> List[str]:
+def _differences(checkpoint: ModelVariant, model: ModelVariant, names: Iterable[str]) -> List[str]:
     out = []
     for name in names:
         ours, theirs = getattr(checkpoint, name), getattr(model, name)
         if None not in (ours, theirs) and ours != theirs:
-            out.append(f'{name}: checkpoint {ours} vs model {theirs} '
-                       f'({_STRUCTURAL.get(name, name)})')
+            out.append(
+                f'{name}: checkpoint {ours} vs model {theirs} ({_STRUCTURAL.get(name, name)})'
+            )
     return out
 
 
@@ -246,8 +272,11 @@ def _shipped_variants() -> Tuple[Tuple[str, ModelVariant, Any], ...]:
             model_cfg = Config.fromfile(str(path)).get('model')
         except Exception:  # noqa: BLE001  (a broken config must not hide the real error)
             continue
-        variant = (variant_of_config(model_cfg)
-                   if model_cfg and model_cfg.get('type') == 'DeformDETR' else None)
+        variant = (
+            variant_of_config(model_cfg)
+            if model_cfg and model_cfg.get('type') == 'DeformDETR'
+            else None
+        )
         if variant is not None:
             found.append((str(path.relative_to(_CONFIG_ROOT.parent)), variant, model_cfg))
     return tuple(found)
@@ -255,9 +284,11 @@ def _shipped_variants() -> Tuple[Tuple[str, ModelVariant, Any], ...]:
 
 def _signature(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, Tuple[int, ...]]:
     """Key -> shape, without what a checkpoint may differ in and still load for fine-tuning."""
-    return {k: tuple(v.shape) for k, v in state_dict.items()
-            if not k.startswith('bbox_head.cls_branches.')
-            and not k.endswith('num_batches_tracked')}
+    return {
+        k: tuple(v.shape)
+        for k, v in state_dict.items()
+        if not k.startswith('bbox_head.cls_branches.') and not k.endswith('num_batches_tracked')
+    }
 
 
 @functools.cache
@@ -271,14 +302,18 @@ def _built_signature(config_path: str) -> Dict[str, Tuple[int, ...]]:
         return _signature(MODELS.build(copy.deepcopy(model_cfg)).state_dict())
 
 
-def shipped_configs_that_fit(checkpoint: ModelVariant,
-                             state_dict: Optional[Mapping[str, torch.Tensor]] = None) -> List[str]:
+def shipped_configs_that_fit(
+    checkpoint: ModelVariant, state_dict: Optional[Mapping[str, torch.Tensor]] = None
+) -> List[str]:
     """Shipped config files (``configs/...``) whose model the checkpoint loads into: the same
     structural facts and, when ``state_dict`` (our keys) is given, the same keys and shapes as the
     built model (so e.g. another neck type does not count as fitting)."""
     names = list(_STRUCTURAL) + ['num_queries']
-    fitting = [path for path, variant, _ in _shipped_variants()
-               if not _differences(checkpoint, variant, names)]
+    fitting = [
+        path
+        for path, variant, _ in _shipped_variants()
+        if not _differences(checkpoint, variant, names)
+    ]
     if state_dict is None:
         return fitting
     wanted = _signature(state_dict)
@@ -295,7 +330,8 @@ def suggest_config(checkpoint: ModelVariant, model: ModelVariant) -> str:
     """The ``model = dict(...)`` override that turns ``model`` into the checkpoint's variant."""
     top, transformer, notes = [], [], []
     if None not in (checkpoint.with_box_refine, model.with_box_refine) and (
-            checkpoint.with_box_refine != model.with_box_refine):
+        checkpoint.with_box_refine != model.with_box_refine
+    ):
         top.append(f'with_box_refine={checkpoint.with_box_refine}')
     if checkpoint.as_two_stage != model.as_two_stage:
         top.append(f'as_two_stage={checkpoint.as_two_stage}')
@@ -304,7 +340,8 @@ def suggest_config(checkpoint: ModelVariant, model: ModelVariant) -> str:
         top.append(f'num_feature_levels={levels}')
         notes.append('with the backbone out_indices and the neck in_channels / num_outs to match')
     if None not in (checkpoint.num_queries, model.num_queries) and (
-            checkpoint.num_queries != model.num_queries):
+        checkpoint.num_queries != model.num_queries
+    ):
         top.append(f'num_queries={checkpoint.num_queries}')
     for name in ('embed_dims', 'num_encoder_layers', 'num_decoder_layers'):
         if getattr(checkpoint, name) != getattr(model, name):
@@ -316,24 +353,30 @@ def suggest_config(checkpoint: ModelVariant, model: ModelVariant) -> str:
             continue
         points = _points(rows, model.num_heads, sampled)
         if points is None:
-            notes.append(f'{part} attention rows {rows} are not num_heads ({model.num_heads}) x '
-                         f'{sampled} level(s) x a whole K: the checkpoint has another '
-                         'model.transformer.num_heads (the weights cannot tell heads from K)')
+            notes.append(
+                f'{part} attention rows {rows} are not num_heads ({model.num_heads}) x '
+                f'{sampled} level(s) x a whole K: the checkpoint has another '
+                'model.transformer.num_heads (the weights cannot tell heads from K)'
+            )
         elif points != getattr(model, f'{part}_num_points'):
             transformer.append(f'{part}_num_points={points}')
     if any('_num_points=' in item for item in transformer):
-        notes.append(f'K from rows = num_heads x levels x K with the model\'s '
-                     f'num_heads={model.num_heads}; if the checkpoint has other heads, change '
-                     'model.transformer.num_heads instead')
+        notes.append(
+            f"K from rows = num_heads x levels x K with the model's "
+            f'num_heads={model.num_heads}; if the checkpoint has other heads, change '
+            'model.transformer.num_heads instead'
+        )
     if transformer:
         top.append(f'transformer=dict({", ".join(transformer)})')
     override = f'model = dict({", ".join(top)})' if top else 'no model = dict(...) override'
     return '; '.join([override] + notes)
 
 
-def variant_mismatch(checkpoint: ModelVariant, model: ModelVariant,
-                     checkpoint_state: Optional[Mapping[str, torch.Tensor]] = None
-                     ) -> Optional[str]:
+def variant_mismatch(
+    checkpoint: ModelVariant,
+    model: ModelVariant,
+    checkpoint_state: Optional[Mapping[str, torch.Tensor]] = None,
+) -> Optional[str]:
     """A message explaining why ``checkpoint`` cannot load into ``model``, or None if it can.
 
     ``checkpoint_state`` (our keys) makes the list of shipped configs that fit exact (keys and
@@ -347,10 +390,17 @@ def variant_mismatch(checkpoint: ModelVariant, model: ModelVariant,
     if not differences:
         return None
     configs = shipped_configs_that_fit(checkpoint, checkpoint_state)
-    shipped = (', '.join(configs) if configs else
-               'none of those in configs/' if _CONFIG_ROOT.is_dir() else 'none found')
-    return ('checkpoint and model are different Deformable DETR variants:\n  '
-            + '\n  '.join(differences)
-            + f'\ncheckpoint: {checkpoint.describe()}\nmodel:      {model.describe()}'
-            + f'\nsettings that fit the checkpoint: {suggest_config(checkpoint, model)}'
-            + f'\nshipped configs that fit the checkpoint: {shipped}')
+    shipped = (
+        ', '.join(configs)
+        if configs
+        else 'none of those in configs/'
+        if _CONFIG_ROOT.is_dir()
+        else 'none found'
+    )
+    return (
+        'checkpoint and model are different Deformable DETR variants:\n  '
+        + '\n  '.join(differences)
+        + f'\ncheckpoint: {checkpoint.describe()}\nmodel:      {model.describe()}'
+        + f'\nsettings that fit the checkpoint: {suggest_config(checkpoint, model)}'
+        + f'\nshipped configs that fit the checkpoint: {shipped}'
+    )

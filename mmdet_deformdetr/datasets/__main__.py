@@ -1,4 +1,5 @@
 """Command line: ``python -m mmdet_deformdetr.datasets OUT_DIR [--seed S] [--num-train N] ...``."""
+
 import argparse
 import time
 
@@ -10,8 +11,9 @@ def main() -> None:
     parser.add_argument('out_dir')
     defaults = ShapesConfig()
     for name in ('seed', 'num_train', 'num_val', 'img_size', 'min_size', 'max_size', 'max_objects'):
-        parser.add_argument('--' + name.replace('_', '-'), type=int,
-                            default=getattr(defaults, name))
+        parser.add_argument(
+            '--' + name.replace('_', '-'), type=int, default=getattr(defaults, name)
+        )
     parser.add_argument('--overwrite', action='store_true')
     args = vars(parser.parse_args())
     out_dir, overwrite = args.pop('out_dir'), args.pop('overwrite')

@@ -26,6 +26,7 @@ Decoding itself is mmcv's ``LoadImageFromFile`` (OpenCV, colour): grayscale, RGB
 images arrive as 8-bit 3-channel BGR, as mmdet always did. ``tools/misc/check_dataset.py`` finds
 all of these problems before training.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,9 @@ from .checks import (
 
 _EXAMPLES = 5  # annotation ids / file names quoted per problem
 CHECKER_HINT = 'tools/misc/check_dataset.py CONFIG lists every problem of the dataset'
-FILE_CHECKER_HINT = ('tools/misc/check_dataset.py --ann-file FILE --img-dir DIR lists every '
-                     'problem of the file')
+FILE_CHECKER_HINT = (
+    'tools/misc/check_dataset.py --ann-file FILE --img-dir DIR lists every problem of the file'
+)
 
 
 class CheckedCocoDataset(CocoDataset):
@@ -68,14 +70,18 @@ class CheckedCocoDataset(CocoDataset):
         *args, **kwargs: those of mmdet's ``CocoDataset``.
     """
 
-    def __init__(self, *args, missing_images: str = 'error', max_skipped_images: int = 100,
-                 **kwargs) -> None:
+    def __init__(
+        self, *args, missing_images: str = 'error', max_skipped_images: int = 100, **kwargs
+    ) -> None:
         if missing_images not in ('error', 'skip', 'off'):
-            raise ValueError("CheckedCocoDataset: missing_images must be 'error', 'skip' or "
-                             f"'off', got {missing_images!r}")
+            raise ValueError(
+                "CheckedCocoDataset: missing_images must be 'error', 'skip' or "
+                f"'off', got {missing_images!r}"
+            )
         if max_skipped_images < 1:
-            raise ValueError('CheckedCocoDataset: max_skipped_images must be >= 1, got '
-                             f'{max_skipped_images}')
+            raise ValueError(
+                f'CheckedCocoDataset: max_skipped_images must be >= 1, got {max_skipped_images}'
+            )
         self.missing_images = missing_images
         self.max_skipped_images = max_skipped_images
         self._skipped: dict[int, str] = {}  # dataset index -> problem, in this process
@@ -90,8 +96,9 @@ class CheckedCocoDataset(CocoDataset):
         try:
             return super().load_data_list()
         except json.JSONDecodeError as error:
-            raise BadDataError(f'{self.ann_file} is not valid JSON ({error}); re-export it.'
-                               ) from error
+            raise BadDataError(
+                f'{self.ann_file} is not valid JSON ({error}); re-export it.'
+            ) from error
         except KeyError as error:  # pycocotools indexes the file with bare ann['key'] lookups
             raise BadDataError(
                 f'{self.ann_file}: an image or annotation entry has no {error}; COCO needs '
@@ -105,8 +112,10 @@ class CheckedCocoDataset(CocoDataset):
         img = raw_data_info['raw_img_info']
         field = malformed_image_field(img)
         if field is not None:
-            raise BadDataError(f'{self.ann_file}: image id {img.get("id")} has no valid '
-                               f'{field!r}: {describe("malformed_image_entry")}')
+            raise BadDataError(
+                f'{self.ann_file}: image id {img.get("id")} has no valid '
+                f'{field!r}: {describe("malformed_image_entry")}'
+            )
         for ann in raw_data_info['raw_ann_info']:
             if not ann.get('ignore', False):
                 self._count_annotation(ann, img)
@@ -121,25 +130,30 @@ class CheckedCocoDataset(CocoDataset):
         if unknown:
             raise BadDataError(
                 f'metainfo.classes names {unknown}, which {self.ann_file} does not have; its '
-                f'categories are {file_names}. Spell metainfo.classes as the file\'s '
-                '"categories" names.')
+                f"categories are {file_names}. Spell metainfo.classes as the file's "
+                '"categories" names.'
+            )
         twice = sorted({name for name in classes if file_names.count(name) > 1})
         if twice:
-            raise BadDataError(f'{self.ann_file} has several categories named {twice}: each '
-                               'listed class must name one category; rename them in the file.')
+            raise BadDataError(
+                f'{self.ann_file} has several categories named {twice}: each '
+                'listed class must name one category; rename them in the file.'
+            )
         in_file_order = tuple(name for name in file_names if name in classes)
         if in_file_order != classes:
             raise BadDataError(
                 f'metainfo.classes {classes} is not in the order of the categories of '
                 f"{self.ann_file}: mmdet's CocoDataset and CocoMetric number the labels in the "
                 'order of the file, so class names would be attached to the wrong labels. List '
-                f'the classes in that order: {in_file_order}')
+                f'the classes in that order: {in_file_order}'
+            )
 
     def _count_annotation(self, ann: dict, img: dict) -> None:
         if malformed_field(ann) is not None:
             raise BadDataError(
                 f'{self.ann_file}: annotation id {ann.get("id")} (image {img["file_name"]}) has '
-                f'no valid {malformed_field(ann)!r}: {describe("malformed_annotation")}')
+                f'no valid {malformed_field(ann)!r}: {describe("malformed_annotation")}'
+            )
         category = ann['category_id']
         if category not in self._category_names:
             problem = 'unknown_category'
@@ -158,9 +172,11 @@ class CheckedCocoDataset(CocoDataset):
         self._log_annotation_summary(kept)
         kept = self._check_image_files(kept)
         if not kept:
-            raise BadDataError(f'{self.ann_file}: no image left to use (images listed: '
-                               f'{len(self.data_list)}, filter_cfg={self.filter_cfg}). '
-                               f'{CHECKER_HINT}.')
+            raise BadDataError(
+                f'{self.ann_file}: no image left to use (images listed: '
+                f'{len(self.data_list)}, filter_cfg={self.filter_cfg}). '
+                f'{CHECKER_HINT}.'
+            )
         return kept
 
     def _log_annotation_summary(self, kept: list[dict]) -> None:
@@ -172,26 +188,35 @@ class CheckedCocoDataset(CocoDataset):
             severity, what, fix = PROBLEMS[problem]
             verb = 'dropped' if severity == 'dropped' else 'kept'
             warn |= severity == 'dropped'
-            lines.append(f'  {verb} {count} box(es): {what} (annotation ids '
-                         f'{self._examples[problem]}{", ..." if count > _EXAMPLES else ""}); '
-                         f'{fix}.')
+            lines.append(
+                f'  {verb} {count} box(es): {what} (annotation ids '
+                f'{self._examples[problem]}{", ..." if count > _EXAMPLES else ""}); '
+                f'{fix}.'
+            )
         if self._unlisted:
-            lines.append(f'  left out {sum(self._unlisted.values())} boxes of categories not in '
-                         f'metainfo.classes: {dict(self._unlisted.most_common(10))}.')
+            lines.append(
+                f'  left out {sum(self._unlisted.values())} boxes of categories not in '
+                f'metainfo.classes: {dict(self._unlisted.most_common(10))}.'
+            )
         empty = sum(not info['instances'] for info in self.data_list)
         empty_kept = sum(not info['instances'] for info in kept)
         if empty:
-            lines.append(f'  {empty} images have no box of the listed classes: {empty_kept} '
-                         f'kept as background, {empty - empty_kept} dropped '
-                         f'(filter_cfg={self.filter_cfg}).')
+            lines.append(
+                f'  {empty} images have no box of the listed classes: {empty_kept} '
+                f'kept as background, {empty - empty_kept} dropped '
+                f'(filter_cfg={self.filter_cfg}).'
+            )
         others_dropped = len(self.data_list) - len(kept) - (empty - empty_kept)
         if others_dropped:
-            lines.append(f'  {others_dropped} images with boxes dropped by '
-                         f'filter_cfg={self.filter_cfg} (min_size: shorter side in pixels).')
+            lines.append(
+                f'  {others_dropped} images with boxes dropped by '
+                f'filter_cfg={self.filter_cfg} (min_size: shorter side in pixels).'
+            )
         if warn:
             lines.append(f'  {CHECKER_HINT}.')
-        print_log('\n'.join(lines), logger='current',
-                  level=logging.WARNING if warn else logging.INFO)
+        print_log(
+            '\n'.join(lines), logger='current', level=logging.WARNING if warn else logging.INFO
+        )
 
     # ---- image files at start ----------------------------------------------------------------
     def _local(self, path: str) -> bool:
@@ -218,17 +243,23 @@ class CheckedCocoDataset(CocoDataset):
                 bad_ids.add(info['img_id'])
         if not bad:
             return data_list
-        lines = [f'{type(self).__name__} ({self.ann_file}): {len(bad_ids)} of {len(data_list)} '
-                 'image files cannot be used:']
+        lines = [
+            f'{type(self).__name__} ({self.ann_file}): {len(bad_ids)} of {len(data_list)} '
+            'image files cannot be used:'
+        ]
         for problem, paths in bad.items():
             more = f' and {len(paths) - _EXAMPLES} more' if len(paths) > _EXAMPLES else ''
             lines.append(f'  {len(paths)}: {describe(problem)}: {paths[:_EXAMPLES]}{more}')
         if len(bad.get('missing_image', [])) == len(data_list):
-            lines.append(f'  none exists: data_root / data_prefix.img probably point to the '
-                         f'wrong folder (images are looked up as {data_list[0]["img_path"]!r}).')
+            lines.append(
+                f'  none exists: data_root / data_prefix.img probably point to the '
+                f'wrong folder (images are looked up as {data_list[0]["img_path"]!r}).'
+            )
         if self.missing_images == 'error':
-            lines.append("  Fix the files, or set missing_images='skip' in this dataset's "
-                         'config to train without them. ' + CHECKER_HINT + '.')
+            lines.append(
+                "  Fix the files, or set missing_images='skip' in this dataset's "
+                'config to train without them. ' + CHECKER_HINT + '.'
+            )
             raise BadDataError('\n'.join(lines))
         lines.append("  Left out (missing_images='skip').")
         print_log('\n'.join(lines), logger='current', level=logging.WARNING)
@@ -251,10 +282,15 @@ class CheckedCocoDataset(CocoDataset):
             return self._bad_image(idx, path, problem, detail, error)
         expected = (data_info.get('height'), data_info.get('width'))
         decoded = data_info.get('ori_shape')  # set by LoadImageFromFile on this dict
-        if data is not None and decoded is not None and None not in expected and \
-                tuple(decoded[:2]) != expected:
-            return self._bad_image(idx, path, 'size_mismatch',
-                                   decoded_shape_note(tuple(decoded[:2]), expected))
+        if (
+            data is not None
+            and decoded is not None
+            and None not in expected
+            and tuple(decoded[:2]) != expected
+        ):
+            return self._bad_image(
+                idx, path, 'size_mismatch', decoded_shape_note(tuple(decoded[:2]), expected)
+            )
         return data
 
     def _diagnose(self, path: str) -> tuple[Optional[str], Optional[str]]:
@@ -266,12 +302,20 @@ class CheckedCocoDataset(CocoDataset):
             return 'missing_image', f'{type(error).__name__}: {error}'
         return decode_problem(data)[0], None
 
-    def _bad_image(self, idx: int, path: str, problem: str, detail: Optional[str],
-                   error: Optional[BaseException] = None) -> None:
+    def _bad_image(
+        self,
+        idx: int,
+        path: str,
+        problem: str,
+        detail: Optional[str],
+        error: Optional[BaseException] = None,
+    ) -> None:
         message = f'{path}: {describe(problem)}' + (f' ({detail})' if detail else '')
         if self.test_mode:
-            raise BadDataError(f'{message}. In test mode every image counts, so nothing is '
-                               f'skipped. {CHECKER_HINT}.') from error
+            raise BadDataError(
+                f'{message}. In test mode every image counts, so nothing is '
+                f'skipped. {CHECKER_HINT}.'
+            ) from error
         self._skipped[idx] = problem
         limit = min(self.max_skipped_images, len(self))
         if len(self._skipped) >= limit:
@@ -279,8 +323,13 @@ class CheckedCocoDataset(CocoDataset):
                 f'{type(self).__name__} ({self.ann_file}): {len(self._skipped)} images skipped '
                 f'in this process (limit: max_skipped_images={self.max_skipped_images}, or all '
                 f'{len(self)} images), the last one {message}. The dataset looks broken: '
-                f'{CHECKER_HINT}.') from error
-        print_log(f'{type(self).__name__}: skipped {message}. {len(self._skipped)} image(s) '
-                  f'skipped so far in this process; training goes on with another image '
-                  f'(it stops at {limit}).', logger='current', level=logging.WARNING)
+                f'{CHECKER_HINT}.'
+            ) from error
+        print_log(
+            f'{type(self).__name__}: skipped {message}. {len(self._skipped)} image(s) '
+            f'skipped so far in this process; training goes on with another image '
+            f'(it stops at {limit}).',
+            logger='current',
+            level=logging.WARNING,
+        )
         return None

@@ -6,6 +6,7 @@ so that both use the same rules and the same words. The rules follow mmdet's ``C
 drops a box whose width or height is below 1 px, whose ``area`` is not positive, that does not
 overlap the image, or whose category is not in ``metainfo.classes``.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,42 +18,84 @@ from typing import Optional
 #: refuses to start (or the checker exits non-zero); 'dropped': left out of training, counted and
 #: logged; 'note': expected in some datasets, reported and kept.
 PROBLEMS: dict[str, tuple[str, str, str]] = {
-    'missing_image': ('error', 'image file does not exist',
-                      'check data_root / data_prefix.img, or remove the image from the '
-                      'annotation file'),
-    'empty_image': ('error', 'image file is empty (0 bytes)',
-                    're-download or re-export it, or remove it from the annotation file'),
-    'undecodable_image': ('error', 'image cannot be decoded (corrupt, truncated, or a format '
-                          'OpenCV does not read)',
-                          'replace the file, or remove it from the annotation file'),
-    'truncated_image': ('error', 'image has no end marker (truncated file)',
-                        'replace the file, or remove it from the annotation file'),
-    'size_mismatch': ('error', "image size differs from the annotation file's width/height",
-                      'fix width/height in the annotation file (the boxes must be in the '
-                      "decoded image's pixels), or the image"),
-    'malformed_image_entry': ('error', 'image entry lacks file_name, or a positive integer width '
-                              'or height', 'fix the "images" list of the annotation file'),
-    'malformed_annotation': ('error', 'annotation lacks bbox [x, y, w, h] (finite numbers), '
-                             'area or category_id',
-                             'fix the annotation file (COCO needs all three)'),
-    'unknown_image_id': ('error', 'annotation refers to an image id the file does not list',
-                         'fix image_id, or add the image to "images"'),
-    'duplicate_id': ('error', 'an image id or annotation id occurs twice',
-                     'give every image and annotation a unique id'),
-    'unknown_category': ('dropped', 'category_id is not among the file\'s "categories"',
-                         'fix category_id, or add the category'),
-    'degenerate_box': ('dropped', 'box width or height is below 1 pixel (zero or negative '
-                       'included)', 'fix or delete the box'),
-    'zero_area': ('dropped', 'annotation area is not positive',
-                  'set area (COCO: the mask area; w * h for boxes only)'),
+    'missing_image': (
+        'error',
+        'image file does not exist',
+        'check data_root / data_prefix.img, or remove the image from the annotation file',
+    ),
+    'empty_image': (
+        'error',
+        'image file is empty (0 bytes)',
+        're-download or re-export it, or remove it from the annotation file',
+    ),
+    'undecodable_image': (
+        'error',
+        'image cannot be decoded (corrupt, truncated, or a format OpenCV does not read)',
+        'replace the file, or remove it from the annotation file',
+    ),
+    'truncated_image': (
+        'error',
+        'image has no end marker (truncated file)',
+        'replace the file, or remove it from the annotation file',
+    ),
+    'size_mismatch': (
+        'error',
+        "image size differs from the annotation file's width/height",
+        'fix width/height in the annotation file (the boxes must be in the '
+        "decoded image's pixels), or the image",
+    ),
+    'malformed_image_entry': (
+        'error',
+        'image entry lacks file_name, or a positive integer width or height',
+        'fix the "images" list of the annotation file',
+    ),
+    'malformed_annotation': (
+        'error',
+        'annotation lacks bbox [x, y, w, h] (finite numbers), area or category_id',
+        'fix the annotation file (COCO needs all three)',
+    ),
+    'unknown_image_id': (
+        'error',
+        'annotation refers to an image id the file does not list',
+        'fix image_id, or add the image to "images"',
+    ),
+    'duplicate_id': (
+        'error',
+        'an image id or annotation id occurs twice',
+        'give every image and annotation a unique id',
+    ),
+    'unknown_category': (
+        'dropped',
+        'category_id is not among the file\'s "categories"',
+        'fix category_id, or add the category',
+    ),
+    'degenerate_box': (
+        'dropped',
+        'box width or height is below 1 pixel (zero or negative included)',
+        'fix or delete the box',
+    ),
+    'zero_area': (
+        'dropped',
+        'annotation area is not positive',
+        'set area (COCO: the mask area; w * h for boxes only)',
+    ),
     'outside_image': ('dropped', 'box does not overlap the image', 'fix or delete the box'),
-    'unlisted_class': ('note', 'category is not in metainfo.classes',
-                       'left out on purpose; list the class to train on it'),
-    'partly_outside': ('note', 'box extends past the image border',
-                       'training clips it to the image (Resize, RandomCrop)'),
-    'no_boxes': ('note', 'image has no box of the listed classes',
-                 'kept as background with filter_cfg.filter_empty_gt=False (the paper\'s '
-                 'setting), dropped with True'),
+    'unlisted_class': (
+        'note',
+        'category is not in metainfo.classes',
+        'left out on purpose; list the class to train on it',
+    ),
+    'partly_outside': (
+        'note',
+        'box extends past the image border',
+        'training clips it to the image (Resize, RandomCrop)',
+    ),
+    'no_boxes': (
+        'note',
+        'image has no box of the listed classes',
+        "kept as background with filter_cfg.filter_empty_gt=False (the paper's "
+        'setting), dropped with True',
+    ),
 }
 
 
@@ -70,8 +113,11 @@ def malformed_field(ann: dict) -> Optional[str]:
     """The first missing or invalid field of a COCO annotation (``'bbox'``, ``'area'``,
     ``'category_id'``), or None."""
     bbox = ann.get('bbox')
-    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(
-            isinstance(v, (int, float)) and math.isfinite(v) for v in bbox):
+    if (
+        not isinstance(bbox, (list, tuple))
+        or len(bbox) != 4
+        or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)
+    ):
         return 'bbox'
     area = ann.get('area')
     if not isinstance(area, (int, float)) or not math.isfinite(area):
@@ -118,6 +164,7 @@ def decode_problem(data: bytes) -> tuple[Optional[str], Optional[tuple[int, int]
         None; the size is None when it did not decode.
     """
     import mmcv
+
     if len(data) == 0:
         return 'empty_image', None
     try:
@@ -148,6 +195,7 @@ def read_header(path: str) -> HeaderInfo:
         OSError: the header cannot be read (Pillow's ``UnidentifiedImageError`` included).
     """
     from PIL import Image
+
     with Image.open(path) as image:
         width, height = image.size
         image_format = image.format or ''
@@ -172,14 +220,18 @@ def is_truncated(path: str, image_format: str) -> bool:
         size = file.tell()
         file.seek(max(0, size - 1024))
         tail = file.read()
-    return marker not in tail.rstrip(b'\x00')[-len(marker) - 256:]
+    return marker not in tail.rstrip(b'\x00')[-len(marker) - 256 :]
 
 
 def decoded_shape_note(decoded: tuple[int, int], expected: tuple[int, int]) -> str:
     """Words for a size mismatch: ``'decoded 480x640, annotation file says 640x480 (...)'``."""
-    note = (f'decoded {decoded[0]}x{decoded[1]} (HxW), the annotation file says '
-            f'{expected[0]}x{expected[1]}')
+    note = (
+        f'decoded {decoded[0]}x{decoded[1]} (HxW), the annotation file says '
+        f'{expected[0]}x{expected[1]}'
+    )
     if tuple(decoded) == tuple(expected[::-1]):
-        note += (': swapped, so either the annotation file exchanged width and height, or the '
-                 'image has an EXIF orientation tag, which OpenCV applies when decoding')
+        note += (
+            ': swapped, so either the annotation file exchanged width and height, or the '
+            'image has an EXIF orientation tag, which OpenCV applies when decoding'
+        )
     return note

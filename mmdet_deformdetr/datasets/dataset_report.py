@@ -7,6 +7,7 @@ end marker: truncation), or with ``decode=True`` a full decode as the training p
 The annotation file is checked with the rules of :mod:`.checks`, the ones
 :class:`~mmdet_deformdetr.datasets.CheckedCocoDataset` applies while training.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,10 +30,10 @@ from .checks import (
 # Problems of the file as a whole (not per image or box), in the words of the report.
 FILE_PROBLEMS = {
     'unreadable_file': 'the annotation file is not COCO JSON (an object with "images", '
-                       '"annotations" and "categories")',
+    '"annotations" and "categories")',
     'classes_not_in_file': 'metainfo.classes names categories the file lacks',
     'classes_order': "metainfo.classes is not in the file's category order (mmdet numbers "
-                     'labels in that order)',
+    'labels in that order)',
 }
 
 
@@ -52,8 +53,9 @@ class Report:
         return 'error' if problem in FILE_PROBLEMS else PROBLEMS[problem][0]
 
     def count(self, *severities: str) -> int:
-        return sum(len(items) for key, items in self.findings.items()
-                   if self.severity(key) in severities)
+        return sum(
+            len(items) for key, items in self.findings.items() if self.severity(key) in severities
+        )
 
     def summary(self, examples: int = 5) -> str:
         """The report as text: one block per problem, errors first, with examples."""
@@ -65,19 +67,23 @@ class Report:
                 what, fix = FILE_PROBLEMS[key], ''
             else:
                 _, what, fix = PROBLEMS[key]
-            lines.append(f'[{self.severity(key)}] {key} x{len(items)}: {what}'
-                         + (f'; {fix}' if fix else ''))
+            lines.append(
+                f'[{self.severity(key)}] {key} x{len(items)}: {what}' + (f'; {fix}' if fix else '')
+            )
             lines += [f'    {item}' for item in items[:examples]]
             if len(items) > examples:
                 lines.append(f'    ... and {len(items) - examples} more')
         if self.unlisted:
-            lines.append(f'[note] {sum(self.unlisted.values())} boxes of categories not in '
-                         f'metainfo.classes (left out on purpose): '
-                         f'{dict(self.unlisted.most_common(10))}')
+            lines.append(
+                f'[note] {sum(self.unlisted.values())} boxes of categories not in '
+                f'metainfo.classes (left out on purpose): '
+                f'{dict(self.unlisted.most_common(10))}'
+            )
         errors, dropped = self.count('error'), self.count('dropped')
-        lines.append(f'{errors} error(s) (training stops or skips the image), {dropped} box(es) '
-                     'training drops, ' + ('no problem found.' if not errors + dropped else
-                                           'see above.'))
+        lines.append(
+            f'{errors} error(s) (training stops or skips the image), {dropped} box(es) '
+            'training drops, ' + ('no problem found.' if not errors + dropped else 'see above.')
+        )
         return '\n'.join(lines)
 
 
@@ -102,8 +108,7 @@ def check_image(task: tuple[str, int, int, bool]) -> Optional[tuple[str, str]]:
             return 'undecodable_image', f'{type(error).__name__}: {error}'
         if is_truncated(path, header.image_format):
             return 'truncated_image', f'{header.image_format} without end marker'
-        shape = (header.width, header.height) if header.rotated else (header.height,
-                                                                      header.width)
+        shape = (header.width, header.height) if header.rotated else (header.height, header.width)
     if tuple(shape) != (height, width):
         return 'size_mismatch', decoded_shape_note(tuple(shape), (height, width))
     return None
@@ -118,11 +123,17 @@ def _check_classes(report: Report, categories: list, classes: Optional[Sequence[
         report.add('classes_not_in_file', f'{unknown}; the file has {names}')
     in_file_order = tuple(n for n in names if n in classes)
     if not unknown and in_file_order != tuple(classes):
-        report.add('classes_order', f'{tuple(classes)}; in the file\'s order: {in_file_order}')
+        report.add('classes_order', f"{tuple(classes)}; in the file's order: {in_file_order}")
 
 
-def check_coco(ann_file: str, img_dir: str, classes: Optional[Sequence[str]] = None,
-               decode: bool = False, nproc: int = 1, progress: bool = True) -> Report:
+def check_coco(
+    ann_file: str,
+    img_dir: str,
+    classes: Optional[Sequence[str]] = None,
+    decode: bool = False,
+    nproc: int = 1,
+    progress: bool = True,
+) -> Report:
     """Check the annotation file and every image it lists.
 
     Args:
@@ -137,16 +148,18 @@ def check_coco(ann_file: str, img_dir: str, classes: Optional[Sequence[str]] = N
     try:
         with open(ann_file) as file:
             coco = json.load(file)
-        images, annotations, categories = (coco[k] for k in
-                                           ('images', 'annotations', 'categories'))
+        images, annotations, categories = (coco[k] for k in ('images', 'annotations', 'categories'))
     except (OSError, ValueError, KeyError, TypeError) as error:
         report.add('unreadable_file', f'{ann_file}: {type(error).__name__}: {error}')
         return report
     report.num_images, report.num_annotations = len(images), len(annotations)
     _check_classes(report, categories, classes)
     category_names = {c.get('id'): c.get('name') for c in categories}
-    listed = set(category_names) if classes is None else {
-        i for i, name in category_names.items() if name in classes}
+    listed = (
+        set(category_names)
+        if classes is None
+        else {i for i, name in category_names.items() if name in classes}
+    )
 
     by_id: dict = {}
     for img in images:
@@ -193,21 +206,27 @@ def check_coco(ann_file: str, img_dir: str, classes: Optional[Sequence[str]] = N
     return report
 
 
-def _check_files(report: Report, images: list, img_dir: str, decode: bool, nproc: int,
-                 progress: bool) -> None:
+def _check_files(
+    report: Report, images: list, img_dir: str, decode: bool, nproc: int, progress: bool
+) -> None:
     from mmengine.utils import track_parallel_progress, track_progress
-    tasks = [(os.path.join(img_dir, img['file_name']), img['height'], img['width'], decode)
-             for img in images]
+
+    tasks = [
+        (os.path.join(img_dir, img['file_name']), img['height'], img['width'], decode)
+        for img in images
+    ]
     if not tasks:
         return
     if progress and nproc > 1:
         # chunks of tasks per message: a header read takes ~0.1 ms, less than a pool round trip
-        results = track_parallel_progress(check_image, tasks, nproc,
-                                          chunksize=max(1, min(64, len(tasks) // (8 * nproc))))
+        results = track_parallel_progress(
+            check_image, tasks, nproc, chunksize=max(1, min(64, len(tasks) // (8 * nproc)))
+        )
     elif progress:
         results = track_progress(check_image, tasks)
     elif nproc > 1:
         from multiprocessing import Pool
+
         with Pool(nproc) as pool:
             results = pool.map(check_image, tasks, chunksize=64)
     else:

@@ -9,6 +9,7 @@ maps labels through the dataset's category ids). Neither names the setting to ch
 ``tools/test.py``; this hook checks the head against every loop's dataset at the start of the run
 and says which key to change.
 """
+
 from __future__ import annotations
 
 from mmengine.hooks import Hook
@@ -46,12 +47,15 @@ class CheckNumClassesHook(Hook):
         if head is None or not hasattr(head, 'num_classes') or classes is None:
             return
         if isinstance(classes, str):
-            raise BadDataError(f'{loader_key}.dataset.metainfo.classes is the string '
-                               f'{classes!r}; it must be a tuple of names, e.g. ({classes!r},)')
+            raise BadDataError(
+                f'{loader_key}.dataset.metainfo.classes is the string '
+                f'{classes!r}; it must be a tuple of names, e.g. ({classes!r},)'
+            )
         if head.num_classes != len(classes):
             raise BadDataError(
                 f'model.bbox_head.num_classes = {head.num_classes}, but {loader_key}.dataset '
                 f'has {len(classes)} classes (metainfo.classes = {tuple(classes)}). Set '
                 f'model.bbox_head.num_classes={len(classes)} in the config (or '
                 f'--cfg-options model.bbox_head.num_classes={len(classes)}), or list the '
-                f'{head.num_classes} classes to train on in {loader_key}.dataset.metainfo.classes.')
+                f'{head.num_classes} classes to train on in {loader_key}.dataset.metainfo.classes.'
+            )

@@ -16,11 +16,14 @@ Annotations hold the full (unoccluded) box of every shape in ``[x, y, w, h]`` pi
 the visible pixel area (as COCO's ``area`` is the mask area), and a shape is only placed when it
 leaves every earlier shape at least ``min_visible`` of its pixels visible, so overlaps stay partial.
 """
+
 from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
+from multiprocessing import Pool
 from pathlib import Path
 from typing import Optional
 
@@ -40,10 +43,10 @@ class ShapesConfig:
     num_train: int = 1000
     num_val: int = 200
     img_size: int = 256
-    min_size: int = 8            # shortest side of a shape's box, in pixels
-    max_size: int = 120          # longest side of a shape's box, in pixels
+    min_size: int = 8  # shortest side of a shape's box, in pixels
+    max_size: int = 120  # longest side of a shape's box, in pixels
     max_objects: int = 8
-    min_visible: float = 0.6     # an earlier shape keeps at least this fraction of its pixels
+    min_visible: float = 0.6  # an earlier shape keeps at least this fraction of its pixels
     classes: tuple[str, ...] = field(default=CLASSES)
     format_version: int = _FORMAT_VERSION
 
@@ -52,15 +55,18 @@ class ShapesConfig:
         if unknown:
             raise ValueError(f'unknown shape classes {sorted(unknown)}; known: {CLASSES}')
         if not 4 <= self.min_size <= self.max_size <= self.img_size:
-            raise ValueError('need 4 <= min_size <= max_size <= img_size, got '
-                             f'{self.min_size}, {self.max_size}, {self.img_size}')
+            raise ValueError(
+                'need 4 <= min_size <= max_size <= img_size, got '
+                f'{self.min_size}, {self.max_size}, {self.img_size}'
+            )
         if self.num_train < 0 or self.num_val < 0 or self.max_objects < 1:
             raise ValueError('num_train, num_val must be >= 0 and max_objects >= 1')
         self.classes = tuple(self.classes)
 
 
-def _regular_polygon(num_vertices: int, radius: float, angle: float,
-                     inner_ratio: Optional[float] = None) -> np.ndarray:
+def _regular_polygon(
+    num_vertices: int, radius: float, angle: float, inner_ratio: Optional[float] = None
+) -> np.ndarray:
     """Vertices (N, 2) around the origin; with ``inner_ratio`` a star with alternating radii."""
     if inner_ratio is None:
         thetas = angle + 2 * math.pi * np.arange(num_vertices) / num_vertices
@@ -122,16 +128,19 @@ def _background(size: int, rng: np.random.Generator) -> np.ndarray:
 def _shape_colour(background_mean: np.ndarray, rng: np.random.Generator) -> tuple[int, int, int]:
     """A saturated random colour that differs clearly from the local background."""
     for _ in range(20):
-        hsv = np.array([[[rng.integers(0, 180), rng.integers(120, 256), rng.integers(90, 256)]]],
-                       dtype=np.uint8)
+        hsv = np.array(
+            [[[rng.integers(0, 180), rng.integers(120, 256), rng.integers(90, 256)]]],
+            dtype=np.uint8,
+        )
         rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float64)
         if np.abs(rgb - background_mean).sum() > 120:
             break
     return int(rgb[0]), int(rgb[1]), int(rgb[2])
 
 
-def _draw_mask(name: str, outline: Optional[np.ndarray], centre: np.ndarray, size: float,
-               img_size: int) -> np.ndarray:
+def _draw_mask(
+    name: str, outline: Optional[np.ndarray], centre: np.ndarray, size: float, img_size: int
+) -> np.ndarray:
     mask = np.zeros((img_size, img_size), np.uint8)
     if outline is None:
         cv2.circle(mask, (round(centre[0]), round(centre[1])), max(1, round(size / 2)), 1, -1)
@@ -140,8 +149,9 @@ def _draw_mask(name: str, outline: Optional[np.ndarray], centre: np.ndarray, siz
     return mask.astype(bool)
 
 
-def render_image(cfg: ShapesConfig, split: str, index: int,
-                 return_masks: bool = False) -> tuple[np.ndarray, list[dict]]:
+def render_image(
+    cfg: ShapesConfig, split: str, index: int, return_masks: bool = False
+) -> tuple[np.ndarray, list[dict]]:
     """Draw one image.
 
     Args:
@@ -178,58 +188,89 @@ def render_image(cfg: ShapesConfig, split: str, index: int,
         x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
         if min(x1 - x0, y1 - y0) < min(cfg.min_size, 6):
             continue
-        region = image[max(0, y0 - 4):y1 + 4, max(0, x0 - 4):x1 + 4]
+        region = image[max(0, y0 - 4) : y1 + 4, max(0, x0 - 4) : x1 + 4]
         colour = _shape_colour(region.reshape(-1, 3).mean(0), rng)
         for p in placed:
             p['mask'] &= ~mask
         # Slight per-shape shading so shapes are not perfectly flat.
-        shaded = np.clip(np.array(colour)[None, :] + rng.normal(0, 6, size=(int(mask.sum()), 3)),
-                         0, 255).astype(np.uint8)
+        shaded = np.clip(
+            np.array(colour)[None, :] + rng.normal(0, 6, size=(int(mask.sum()), 3)), 0, 255
+        ).astype(np.uint8)
         image[mask] = shaded
-        placed.append(dict(mask=mask, full_area=int(mask.sum()), category_id=label + 1,
-                           bbox=[float(x0), float(y0), float(x1 - x0), float(y1 - y0)]))
+        placed.append(
+            dict(
+                mask=mask,
+                full_area=int(mask.sum()),
+                category_id=label + 1,
+                bbox=[float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+            )
+        )
     # Soft edges, as real photos have.
     image = cv2.GaussianBlur(image, (3, 3), 0.6)
-    objects = [dict(category_id=p['category_id'], bbox=p['bbox'], area=float(p['mask'].sum()))
-               for p in placed]
+    objects = [
+        dict(category_id=p['category_id'], bbox=p['bbox'], area=float(p['mask'].sum()))
+        for p in placed
+    ]
     if return_masks:
         for obj, p in zip(objects, placed):
             obj.update(mask=p['mask'], full_area=p['full_area'])
     return image, objects
 
 
-def _write_split(cfg: ShapesConfig, out_dir: Path, split: str, num_images: int) -> Path:
+def _write_image(job: tuple[ShapesConfig, str, str, int]) -> list[dict]:
+    """Render image ``index`` of ``split``, write it as PNG into ``image_dir``; its objects."""
+    cfg, split, image_dir, index = job
+    image, objects = render_image(cfg, split, index)
+    # cv2 writes BGR; the arrays are RGB.
+    cv2.imwrite(os.path.join(image_dir, f'{index:06d}.png'), image[..., ::-1])
+    return objects
+
+
+def _write_split(
+    cfg: ShapesConfig, out_dir: Path, split: str, num_images: int, pool: Optional[Pool] = None
+) -> Path:
     image_dir = out_dir / split
     image_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [(cfg, split, str(image_dir), index) for index in range(num_images)]
+    # every image has its own random stream, so the files do not depend on the worker count
+    per_image = pool.map(_write_image, jobs, chunksize=16) if pool else map(_write_image, jobs)
     images, annotations = [], []
-    for index in range(num_images):
-        image, objects = render_image(cfg, split, index)
-        file_name = f'{index:06d}.png'
-        # cv2 writes BGR; the arrays are RGB.
-        cv2.imwrite(str(image_dir / file_name), image[..., ::-1])
-        images.append(dict(id=index + 1, file_name=file_name, height=cfg.img_size,
-                           width=cfg.img_size))
+    for index, objects in enumerate(per_image):
+        images.append(
+            dict(
+                id=index + 1, file_name=f'{index:06d}.png', height=cfg.img_size, width=cfg.img_size
+            )
+        )
         for obj in objects:
             annotations.append(dict(id=len(annotations) + 1, image_id=index + 1, iscrowd=0, **obj))
     coco = dict(
         info=dict(description=f'synthetic shapes, seed {cfg.seed}, split {split}'),
-        images=images, annotations=annotations,
-        categories=[dict(id=i + 1, name=name, supercategory='shape')
-                    for i, name in enumerate(cfg.classes)])
+        images=images,
+        annotations=annotations,
+        categories=[
+            dict(id=i + 1, name=name, supercategory='shape') for i, name in enumerate(cfg.classes)
+        ],
+    )
     ann_file = out_dir / 'annotations' / f'instances_{split}.json'
     ann_file.parent.mkdir(parents=True, exist_ok=True)
     ann_file.write_text(json.dumps(coco))
     return ann_file
 
 
-def generate_shapes_dataset(out_dir: str | Path, cfg: Optional[ShapesConfig] = None,
-                            overwrite: bool = False) -> Path:
+def generate_shapes_dataset(
+    out_dir: str | Path,
+    cfg: Optional[ShapesConfig] = None,
+    overwrite: bool = False,
+    workers: Optional[int] = None,
+) -> Path:
     """Write the dataset under ``out_dir`` (skipped when a dataset with equal parameters is there).
 
     Args:
         out_dir: target folder; created if needed.
         cfg: generation parameters (default ``ShapesConfig()``).
         overwrite: regenerate even when the cached parameters match.
+        workers: processes drawing images (default: one per CPU; 1 draws in this process).
+            The files are the same for any count.
 
     Returns:
         ``out_dir`` as a Path.
@@ -247,7 +288,14 @@ def generate_shapes_dataset(out_dir: str | Path, cfg: Optional[ShapesConfig] = N
             pass  # a broken marker means a broken dataset: regenerate
     out_dir.mkdir(parents=True, exist_ok=True)
     meta_file.unlink(missing_ok=True)  # written last, so an interrupted run is never "cached"
-    _write_split(cfg, out_dir, 'train', cfg.num_train)
-    _write_split(cfg, out_dir, 'val', cfg.num_val)
+    workers = workers or os.cpu_count() or 1
+    pool = Pool(workers, initializer=cv2.setNumThreads, initargs=(1,)) if workers > 1 else None
+    try:
+        _write_split(cfg, out_dir, 'train', cfg.num_train, pool)
+        _write_split(cfg, out_dir, 'val', cfg.num_val, pool)
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
     meta_file.write_text(json.dumps(wanted, indent=2))
     return out_dir

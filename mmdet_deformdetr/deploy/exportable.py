@@ -1,4 +1,5 @@
 """The module that is exported: normalised images in, the head's top-k detections out."""
+
 from typing import Tuple
 
 from torch import Tensor, nn
@@ -52,8 +53,9 @@ class ExportableDeformDETR(nn.Module):
         detector = self.detector
         outputs = detector.forward_transformer(detector.extract_feat(images), None)
         all_cls_scores, all_bbox_preds = detector.bbox_head(
-            outputs['hidden_states'], outputs['init_reference'], outputs['inter_references'])
+            outputs['hidden_states'], outputs['init_reference'], outputs['inter_references']
+        )
         height, width = images.shape[-2:]
-        return topk_detections(all_cls_scores[-1], all_bbox_preds[-1], self.max_per_img,
-                               width, height)
-
+        return topk_detections(
+            all_cls_scores[-1], all_bbox_preds[-1], self.max_per_img, width, height
+        )

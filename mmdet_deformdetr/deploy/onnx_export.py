@@ -12,6 +12,7 @@ written silently; the model side keeps its level shapes as Python ints for that
 Opset 18: the exporter's own opset (``torch.onnx``'s torchlib is written for 18, so no version
 conversion runs); ONNX ``GridSample``, which the deformable attention becomes, needs >= 16.
 """
+
 import json
 import time
 from dataclasses import dataclass, field
@@ -51,12 +52,13 @@ def require_onnx() -> None:
         except ImportError:
             missing.append(name)
     if missing:
-        raise ImportError(f'ONNX export and inference need {", ".join(missing)}: install the '
-                          "deploy extra, pip install -e '.[deploy]'")
+        raise ImportError(
+            f'ONNX export and inference need {", ".join(missing)}: install the '
+            "deploy extra, pip install -e '.[deploy]'"
+        )
 
 
-def _input_ranges(exported: torch.export.ExportedProgram,
-                  axes: Tuple[int, ...]) -> Tuple[int, int]:
+def _input_ranges(exported: torch.export.ExportedProgram, axes: Tuple[int, ...]) -> Tuple[int, int]:
     """Smallest height and width the exported program was traced for.
 
     torch.export assumes that no symbolic size is 0 or 1, so the coarsest level (stride 64) must
@@ -64,22 +66,31 @@ def _input_ranges(exported: torch.export.ExportedProgram,
     ">= 2" on paper; a batch of one runs through the same graph (every batched op has the batch
     on both sides, nothing broadcasts over it), which the tests check.
     """
-    placeholder = next(node for node in exported.graph.nodes
-                       if node.op == 'placeholder' and node.name == INPUT_NAME)
+    placeholder = next(
+        node
+        for node in exported.graph.nodes
+        if node.op == 'placeholder' and node.name == INPUT_NAME
+    )
     lowest = {}
     for axis in axes:
         size = placeholder.meta['val'].shape[axis]
         if isinstance(size, int):
-            raise RuntimeError(f'torch.export specialised axis {axis} of the input to {size}; '
-                               'the graph would accept only that size')
+            raise RuntimeError(
+                f'torch.export specialised axis {axis} of the input to {size}; '
+                'the graph would accept only that size'
+            )
         value_range = exported.range_constraints.get(size.node.expr)
         lowest[axis] = int(value_range.lower) if value_range is not None else 1
     return lowest[2], lowest[3]
 
 
-def export_onnx(detector: nn.Module, out: Union[str, Path],
-                example_hw: Tuple[int, int] = (320, 320), dynamic_batch: bool = False,
-                metadata: Optional[Dict[str, object]] = None) -> ExportReport:
+def export_onnx(
+    detector: nn.Module,
+    out: Union[str, Path],
+    example_hw: Tuple[int, int] = (320, 320),
+    dynamic_batch: bool = False,
+    metadata: Optional[Dict[str, object]] = None,
+) -> ExportReport:
     """Export ``detector`` (a built ``DeformDETR``, weights loaded) to ``out``.
 
     Args:
@@ -109,38 +120,62 @@ def export_onnx(detector: nn.Module, out: Union[str, Path],
     axes = (0, 2, 3) if dynamic_batch else (2, 3)
     dynamic_shapes = {INPUT_NAME: {axis: torch.export.Dim.DYNAMIC for axis in axes}}
     with torch.no_grad():
-        exported = torch.export.export(module, (example,), dynamic_shapes=dynamic_shapes,
-                                       strict=False)
+        exported = torch.export.export(
+            module, (example,), dynamic_shapes=dynamic_shapes, strict=False
+        )
     min_height, min_width = _input_ranges(exported, axes)
     # optimize=False: onnxscript's optimizer (0.7) fuses consecutive Clip nodes into one that
     # reads a value defined after it (the graph fails onnx.checker and onnxruntime's loader);
     # onnxruntime runs its own graph optimisations when it loads the model anyway.
-    torch.onnx.export(exported, (example,), str(out), dynamo=True, opset_version=OPSET,
-                      input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-                      optimize=False, external_data=False)
+    torch.onnx.export(
+        exported,
+        (example,),
+        str(out),
+        dynamo=True,
+        opset_version=OPSET,
+        input_names=[INPUT_NAME],
+        output_names=list(OUTPUT_NAMES),
+        optimize=False,
+        external_data=False,
+    )
     model = onnx.load(str(out))
     dims = model.graph.input[0].type.tensor_type.shape.dim
     if any(not dims[axis].dim_param for axis in axes):
-        raise RuntimeError(f'{out}: the exported input has fixed sizes '
-                           f'{[d.dim_value or d.dim_param for d in dims]}; expected symbolic '
-                           f'axes {axes}')
+        raise RuntimeError(
+            f'{out}: the exported input has fixed sizes '
+            f'{[d.dim_value or d.dim_param for d in dims]}; expected symbolic '
+            f'axes {axes}'
+        )
     head = detector.bbox_head
     info = dict(
-        version=__version__, exporter='torch.export + torch.onnx (dynamo)', opset=OPSET,
+        version=__version__,
+        exporter='torch.export + torch.onnx (dynamo)',
+        opset=OPSET,
         input=f'{INPUT_NAME} ({"batch" if dynamic_batch else 1}, 3, height, width) float32, '
-        'normalised, unpadded', dynamic_batch=dynamic_batch,
-        outputs=list(OUTPUT_NAMES), min_height=min_height,
-        min_width=min_width, num_classes=head.num_classes, max_per_img=head.test_cfg.get(
-            'max_per_img'), with_box_refine=detector.with_box_refine,
-        as_two_stage=detector.as_two_stage, num_queries=detector.num_queries,
-        **(metadata or {}))
+        'normalised, unpadded',
+        dynamic_batch=dynamic_batch,
+        outputs=list(OUTPUT_NAMES),
+        min_height=min_height,
+        min_width=min_width,
+        num_classes=head.num_classes,
+        max_per_img=head.test_cfg.get('max_per_img'),
+        with_box_refine=detector.with_box_refine,
+        as_two_stage=detector.as_two_stage,
+        num_queries=detector.num_queries,
+        **(metadata or {}),
+    )
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(info)
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(out))
-    return ExportReport(path=out, min_height=min_height, min_width=min_width,
-                        num_nodes=len(model.graph.node),
-                        export_seconds=time.perf_counter() - start, metadata=info)
+    return ExportReport(
+        path=out,
+        min_height=min_height,
+        min_width=min_width,
+        num_nodes=len(model.graph.node),
+        export_seconds=time.perf_counter() - start,
+        metadata=info,
+    )
 
 
 def read_metadata(path: Union[str, Path]) -> Dict[str, object]:
@@ -152,5 +187,7 @@ def read_metadata(path: Union[str, Path]) -> Dict[str, object]:
     for entry in model.metadata_props:
         if entry.key == METADATA_KEY:
             return json.loads(entry.value)
-    raise ValueError(f'{path} has no {METADATA_KEY!r} metadata: it was not written by '
-                     'tools/deployment/export_onnx.py; export the model with that tool')
+    raise ValueError(
+        f'{path} has no {METADATA_KEY!r} metadata: it was not written by '
+        'tools/deployment/export_onnx.py; export the model with that tool'
+    )

@@ -4,6 +4,7 @@ Pre-processing is the config's own: mmdet's test pipeline (resize, ...) and the 
 ``DetDataPreprocessor`` (mean/std, BGR -> RGB), built from the config, with padding switched off
 because the graph assumes unpadded images. Boxes come back in original-image pixels.
 """
+
 import json
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
@@ -40,21 +41,28 @@ class OnnxDetector:
         num_threads: onnxruntime intra-op threads (None: onnxruntime's default, one per core).
     """
 
-    def __init__(self, onnx_path: Union[str, Path], config: Union[str, Path, Config],
-                 num_threads: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        onnx_path: Union[str, Path],
+        config: Union[str, Path, Config],
+        num_threads: Optional[int] = None,
+    ) -> None:
         require_onnx()
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
         if num_threads is not None:
             options.intra_op_num_threads = num_threads
-        self.session = onnxruntime.InferenceSession(str(onnx_path), options,
-                                                    providers=['CPUExecutionProvider'])
+        self.session = onnxruntime.InferenceSession(
+            str(onnx_path), options, providers=['CPUExecutionProvider']
+        )
         custom = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in custom:
-            raise ValueError(f'{onnx_path} has no {METADATA_KEY!r} metadata: it was not written '
-                             'by tools/deployment/export_onnx.py; export the model with that '
-                             'tool')
+            raise ValueError(
+                f'{onnx_path} has no {METADATA_KEY!r} metadata: it was not written '
+                'by tools/deployment/export_onnx.py; export the model with that '
+                'tool'
+            )
         self.metadata: Dict[str, object] = json.loads(custom[METADATA_KEY])
         cfg = config if isinstance(config, Config) else Config.fromfile(str(config))
         self.pipeline = _test_pipeline(cfg)
@@ -71,8 +79,9 @@ class OnnxDetector:
         input and its data sample (``img_shape``, ``scale_factor``, ``ori_shape``)."""
         # mmdet's InferencerLoader reads a path, or takes an array as it is
         packed = self.pipeline(image if isinstance(image, np.ndarray) else str(image))
-        data = self.preprocessor(dict(inputs=[packed['inputs']],
-                                      data_samples=[packed['data_samples']]), False)
+        data = self.preprocessor(
+            dict(inputs=[packed['inputs']], data_samples=[packed['data_samples']]), False
+        )
         return data['inputs'], data['data_samples'][0]
 
     def run(self, inputs: Union[torch.Tensor, np.ndarray]) -> Tuple[np.ndarray, ...]:
@@ -83,14 +92,18 @@ class OnnxDetector:
         if array.ndim != 4 or array.shape[1] != 3:
             raise ValueError(f'expected a (batch, 3, height, width) input, got {array.shape}')
         if array.shape[0] != 1 and not self.metadata.get('dynamic_batch'):
-            raise ValueError(f'this model was exported for one image at a time, got a batch of '
-                             f'{array.shape[0]}: run the images one by one, or export with '
-                             '--dynamic-batch')
+            raise ValueError(
+                f'this model was exported for one image at a time, got a batch of '
+                f'{array.shape[0]}: run the images one by one, or export with '
+                '--dynamic-batch'
+            )
         height, width = array.shape[-2:]
         if height < self.metadata['min_height'] or width < self.metadata['min_width']:
-            raise ValueError(f'input {height}x{width} is smaller than the exported graph '
-                             f'accepts ({self.metadata["min_height"]}x'
-                             f'{self.metadata["min_width"]}): resize the image up')
+            raise ValueError(
+                f'input {height}x{width} is smaller than the exported graph '
+                f'accepts ({self.metadata["min_height"]}x'
+                f'{self.metadata["min_width"]}): resize the image up'
+            )
         return tuple(self.session.run(None, {INPUT_NAME: array}))
 
     def predict(self, image: Union[str, np.ndarray]) -> DetDataSample:

@@ -12,12 +12,20 @@
 Registration of the classes happens in ``mmdet_deformdetr/__init__.py``; the command-line helpers
 of ``tools/train.py`` / ``tools/test.py`` live with the tools (``tools/tool_common.py``).
 """
+
 from .atomic_checkpoint import AtomicCheckpointHook
 from .cpu_amp import CPUAutocastOptimWrapper, cpu_bf16_support, select_amp_optim_wrapper
 from .cpu_ddp import CPUDistributedDataParallel
 from .cpu_dist import configure_cpu_distributed
 from .finite_check import NonFiniteTrainingError, StopOnNonFiniteHook
 
-__all__ = ['AtomicCheckpointHook', 'CPUAutocastOptimWrapper', 'CPUDistributedDataParallel',
-           'NonFiniteTrainingError', 'StopOnNonFiniteHook', 'configure_cpu_distributed',
-           'cpu_bf16_support', 'select_amp_optim_wrapper']
+__all__ = [
+    'AtomicCheckpointHook',
+    'CPUAutocastOptimWrapper',
+    'CPUDistributedDataParallel',
+    'NonFiniteTrainingError',
+    'StopOnNonFiniteHook',
+    'configure_cpu_distributed',
+    'cpu_bf16_support',
+    'select_amp_optim_wrapper',
+]

@@ -31,6 +31,7 @@ On other storage backends (``backend_args`` for petrel, S3 ...) an object ``put`
 or nothing; there only the order changes (deletions last). The fsync protects against a machine
 crash, not a killed process (the page cache survives the process); it costs one flush per save.
 """
+
 import os
 import os.path as osp
 from collections import deque
@@ -85,8 +86,11 @@ def remove_partial_files(folder: str) -> List[str]:
     """Delete the ``.*.writing`` files an interrupted save left in ``folder``; their names."""
     if not osp.isdir(folder):
         return []
-    names = sorted(name for name in os.listdir(folder)
-                   if name.startswith('.') and name.endswith(PARTIAL_SUFFIX))
+    names = sorted(
+        name
+        for name in os.listdir(folder)
+        if name.startswith('.') and name.endswith(PARTIAL_SUFFIX)
+    )
     for name in names:
         os.remove(osp.join(folder, name))
     return names
@@ -158,17 +162,24 @@ class AtomicCheckpointHook(CheckpointHook):
             runner.logger.warning(
                 f'Removed {len(removed)} incomplete file(s) that an interrupted checkpoint save '
                 f'left in {self.out_dir}: {", ".join(removed)}. The checkpoints themselves are '
-                f'complete (they are renamed into place only once fully written).')
-        outdated = [path for path in runner.message_hub.get_info(OUTDATED_KEY, [])
-                    if self.file_backend.exists(path)]
+                f'complete (they are renamed into place only once fully written).'
+            )
+        outdated = [
+            path
+            for path in runner.message_hub.get_info(OUTDATED_KEY, [])
+            if self.file_backend.exists(path)
+        ]
         for path in outdated:
             _remove_checkpoint(self.file_backend, path)
         if outdated:
-            runner.logger.info(f'Deleted the outdated checkpoint(s) that an interrupted save had '
-                               f'not deleted yet: {", ".join(outdated)}.')
+            runner.logger.info(
+                f'Deleted the outdated checkpoint(s) that an interrupted save had '
+                f'not deleted yet: {", ".join(outdated)}.'
+            )
 
-    def _save_atomically(self, runner, out_dir: str, filename: str, *args: Any,
-                         **kwargs: Any) -> None:
+    def _save_atomically(
+        self, runner, out_dir: str, filename: str, *args: Any, **kwargs: Any
+    ) -> None:
         """``runner.save_checkpoint(out_dir, filename, ...)``, written under a temporary name and
         renamed into place on a local file system (``runner.save_checkpoint`` writes on the main
         process only, so the rename does too)."""
@@ -192,8 +203,10 @@ class AtomicCheckpointHook(CheckpointHook):
         outdated = [kept.popleft()] if len(kept) == self.max_keep_ckpts else []
         kept.append(step)
         runner.message_hub.update_info('keep_ckpt_ids', list(kept))
-        return [self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(old))
-                for old in outdated]
+        return [
+            self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(old))
+            for old in outdated
+        ]
 
     def _save_checkpoint_with_step(self, runner, step: int, meta: Dict[str, Any]) -> None:
         """Write the checkpoint of ``step`` atomically, then ``last_checkpoint``, then delete the
@@ -203,14 +216,23 @@ class AtomicCheckpointHook(CheckpointHook):
         # recorded in the checkpoint: a run resumed from it deletes them if a kill came first
         # (inside a best save, the previous best is among the deferred removals)
         runner.message_hub.update_info(
-            OUTDATED_KEY, outdated + list(getattr(self.file_backend, 'paths', [])))
+            OUTDATED_KEY, outdated + list(getattr(self.file_backend, 'paths', []))
+        )
         filename = self.filename_tmpl.format(step)
         self.last_ckpt = self.file_backend.join_path(self.out_dir, filename)
         runner.message_hub.update_info('last_ckpt', self.last_ckpt)
         self._save_atomically(
-            runner, self.out_dir, filename, self.file_client_args,
-            save_optimizer=self.save_optimizer, save_param_scheduler=self.save_param_scheduler,
-            meta=meta, by_epoch=self.by_epoch, backend_args=self.backend_args, **self.args)
+            runner,
+            self.out_dir,
+            filename,
+            self.file_client_args,
+            save_optimizer=self.save_optimizer,
+            save_param_scheduler=self.save_param_scheduler,
+            meta=meta,
+            by_epoch=self.by_epoch,
+            backend_args=self.backend_args,
+            **self.args,
+        )
         if not is_main_process():
             return
         write_text_atomically(osp.join(runner.work_dir, 'last_checkpoint'), self.last_ckpt)

@@ -21,6 +21,7 @@ elsewhere gives comparable results, and a user who wants bf16 (memory) keeps it.
 names the faster path (train without ``--amp``); ``tools/analysis_tools/benchmark_cpu_amp.py``
 measures the ratio on the machine at hand.
 """
+
 import logging
 import os
 from contextlib import contextmanager
@@ -39,8 +40,11 @@ X86_CAPABILITIES_WITHOUT_BF16 = {'DEFAULT', 'NO AVX', 'AVX', 'AVX2'}
 ONEDNN_ISAS_WITH_BF16 = ('BF16', 'AMX', 'FP16', 'AVX10', 'ALL', 'DEFAULT')
 
 
-def cpu_bf16_support(cpuinfo: Optional[str] = None, capability: Optional[str] = None,
-                     environ: Optional[Mapping[str, str]] = None) -> Tuple[Optional[bool], str]:
+def cpu_bf16_support(
+    cpuinfo: Optional[str] = None,
+    capability: Optional[str] = None,
+    environ: Optional[Mapping[str, str]] = None,
+) -> Tuple[Optional[bool], str]:
     """Whether bfloat16 runs on native instructions here, and the evidence in words.
 
     Native means: the CPU has them (``/proc/cpuinfo``: x86 ``avx512_bf16`` / ``amx_bf16``, Arm
@@ -76,8 +80,10 @@ def cpu_bf16_support(cpuinfo: Optional[str] = None, capability: Optional[str] = 
         return None, f'no CPU flags in /proc/cpuinfo; torch CPU capability {capability}'
     native = sorted(flags & NATIVE_BF16_FLAGS)
     if not native:
-        return False, (f'/proc/cpuinfo lists none of {", ".join(sorted(NATIVE_BF16_FLAGS))}; '
-                       f'torch CPU capability {capability}')
+        return False, (
+            f'/proc/cpuinfo lists none of {", ".join(sorted(NATIVE_BF16_FLAGS))}; '
+            f'torch CPU capability {capability}'
+        )
     evidence = f'/proc/cpuinfo lists {", ".join(native)}; torch CPU capability {capability}'
     onednn = environ.get('ONEDNN_MAX_CPU_ISA') or environ.get('DNNL_MAX_CPU_ISA')
     if x86 and capability.upper() in X86_CAPABILITIES_WITHOUT_BF16:
@@ -104,7 +110,10 @@ class CPUAutocastOptimWrapper(OptimWrapper):
                 f'float32 on this CPU, which has no native bfloat16 arithmetic ({evidence}): '
                 f'~13x per iteration measured for the demo model on an AVX2 CPU. Train without '
                 f'--amp (float32) unless you need bf16; tools/analysis_tools/benchmark_cpu_amp.py '
-                f'measures the ratio here.', logger='current', level=logging.WARNING)
+                f'measures the ratio here.',
+                logger='current',
+                level=logging.WARNING,
+            )
 
     @contextmanager
     def optim_context(self, model: torch.nn.Module) -> Iterator[None]:
@@ -119,7 +128,8 @@ class CPUAutocastOptimWrapper(OptimWrapper):
             raise ValueError(
                 f'CPUAutocastOptimWrapper autocasts CPU ops only, but the model has parameters on '
                 f'{sorted(devices)}; use AmpOptimWrapper for GPU training (tools/train.py --amp '
-                f'picks it when CUDA is available).')
+                f'picks it when CUDA is available).'
+            )
         with super().optim_context(model), torch.autocast('cpu', dtype=torch.bfloat16):
             yield
 

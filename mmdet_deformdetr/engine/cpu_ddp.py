@@ -11,6 +11,7 @@ else, so the Runner, its loops and ``train_step`` / ``val_step`` / ``test_step``
 ``tools/train.py`` and ``tools/test.py`` select it (through ``configure_cpu_distributed``) only
 when CUDA is unavailable and a launcher other than ``none`` is used.
 """
+
 from typing import Any
 
 import torch

@@ -24,6 +24,7 @@ peer on another machine that vanishes) leaves the others blocked in a gloo colle
 ``--cfg-options env_cfg.dist_cfg.timeout=S`` lowers it. Keep it above the longest phase one rank
 spends alone (a checkpoint save, the COCO evaluation on rank 0).
 """
+
 import datetime
 import os
 from typing import Optional
@@ -60,9 +61,10 @@ def configure_cpu_distributed(cfg: Config, cuda_available: Optional[bool] = None
         return False
     if launcher != 'pytorch':
         raise ValueError(
-            f"CPU multi-process runs support --launcher pytorch (tools/dist_train.sh, "
+            f'CPU multi-process runs support --launcher pytorch (tools/dist_train.sh, '
             f"tools/dist_test.sh), not '{launcher}': mmengine's {launcher} initialisation "
-            f"selects a CUDA device, and no CUDA device is available.")
+            f'selects a CUDA device, and no CUDA device is available.'
+        )
 
     env_cfg = cfg.setdefault('env_cfg', {})
     dist_cfg = env_cfg.setdefault('dist_cfg', {})
@@ -75,12 +77,15 @@ def configure_cpu_distributed(cfg: Config, cuda_available: Optional[bool] = None
     if wrapper_type not in ('CPUDistributedDataParallel', 'MMDistributedDataParallel'):
         raise ValueError(
             f"model_wrapper_cfg.type='{wrapper_type}' is not supported on the CPU; leave it unset "
-            f"(CPUDistributedDataParallel is used).")
+            f'(CPUDistributedDataParallel is used).'
+        )
     cfg.model_wrapper_cfg = dict(
-        dict(broadcast_buffers=False,
-             find_unused_parameters=cfg.get('find_unused_parameters', False)),
+        dict(
+            broadcast_buffers=False, find_unused_parameters=cfg.get('find_unused_parameters', False)
+        ),
         **{key: value for key, value in wrapper_cfg.items() if key != 'type'},
-        type='CPUDistributedDataParallel')
+        type='CPUDistributedDataParallel',
+    )
 
     _init_process_group(dist_cfg)
     return True
@@ -90,15 +95,18 @@ def _init_process_group(dist_cfg: dict) -> None:
     """``init_process_group`` from torchrun's RANK / WORLD_SIZE / MASTER_* variables (env://)."""
     if torch_dist.is_initialized():
         return
-    missing = [name for name in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')
-               if name not in os.environ]
+    missing = [
+        name
+        for name in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')
+        if name not in os.environ
+    ]
     if missing:
         raise RuntimeError(
             f'--launcher pytorch needs the variables torchrun sets ({", ".join(missing)} '
-            f'missing); start the run with tools/dist_train.sh or python -m torch.distributed.run.')
+            f'missing); start the run with tools/dist_train.sh or python -m torch.distributed.run.'
+        )
     kwargs = {key: value for key, value in dist_cfg.items() if key != 'backend'}
     if kwargs.get('timeout') is not None:
         # mmengine's convention: seconds in the config, a timedelta for torch
         kwargs['timeout'] = datetime.timedelta(seconds=kwargs['timeout'])
     torch_dist.init_process_group(backend=dist_cfg['backend'], **kwargs)
-

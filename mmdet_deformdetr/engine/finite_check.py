@@ -26,6 +26,7 @@ It raises ``NonFiniteTrainingError`` naming the iteration and the terms; with
 the gradients are all-reduced, so every rank sees the same non-finite norm and stops at the same
 iteration.
 """
+
 import math
 from typing import Dict, Iterable, List, Optional, Tuple
 
@@ -42,8 +43,9 @@ class NonFiniteTrainingError(RuntimeError):
 def _non_finite_scalars(values: Dict[str, object]) -> List[Tuple[str, float]]:
     """(name, value) of the scalar entries (tensors, numbers) that are not finite; one host
     sync for all the tensors."""
-    numbers = {name: float(value) for name, value in values.items()
-               if isinstance(value, (int, float))}
+    numbers = {
+        name: float(value) for name, value in values.items() if isinstance(value, (int, float))
+    }
     tensors = {name: value for name, value in values.items() if isinstance(value, torch.Tensor)}
     if tensors:
         stacked = torch.stack([value.detach().float().sum() for value in tensors.values()])
@@ -58,8 +60,11 @@ def non_finite_tensors(named: Iterable[Tuple[str, torch.Tensor]]) -> List[str]:
     inf * 0 = nan), without the overflow a plain sum of large finite values could have; all
     tensors are reduced before the one host sync.
     """
-    named = [(name, tensor) for name, tensor in named
-             if isinstance(tensor, torch.Tensor) and tensor.is_floating_point()]
+    named = [
+        (name, tensor)
+        for name, tensor in named
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point()
+    ]
     if not named:
         return []
     sums = torch.stack([(tensor.detach() * 0).sum().float().cpu() for _, tensor in named])
@@ -85,8 +90,9 @@ class StopOnNonFiniteHook(Hook):
             raise ValueError(f"check_weights must be 'auto' or 'always', got {check_weights!r}")
         self.check_weights = check_weights
 
-    def after_train_iter(self, runner, batch_idx: int, data_batch=None,
-                         outputs: Optional[Dict[str, object]] = None) -> None:
+    def after_train_iter(
+        self, runner, batch_idx: int, data_batch=None, outputs: Optional[Dict[str, object]] = None
+    ) -> None:
         bad = [f'{name}={value}' for name, value in _non_finite_scalars(dict(outputs or {}))]
         grad_norm = runner.message_hub.log_scalars.get('train/grad_norm')
         trust_grad_norm = grad_norm is not None and self.check_weights == 'auto'
@@ -107,21 +113,27 @@ class StopOnNonFiniteHook(Hook):
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         weights = non_finite_tensors(checkpoint.get('state_dict', {}).items())
         if weights:
-            self._stop(runner, f'the checkpoint about to be saved has non-finite weights '
-                       f'{_listed(weights)}')
+            self._stop(
+                runner,
+                f'the checkpoint about to be saved has non-finite weights {_listed(weights)}',
+            )
 
     def _stop(self, runner, what: str) -> None:
         where = f'iteration {runner.iter + 1}'
         if getattr(runner.train_loop, 'max_epochs', 1) > 1:
             where = f'epoch {runner.epoch + 1}, {where} (counted over all epochs)'
         last = last_checkpoint_of(runner.work_dir)
-        kept = (f'The last good checkpoint, {last}, is kept (work_dir/last_checkpoint names it; '
-                f'tools/train.py --resume continues from it).' if last else
-                'No checkpoint had been saved yet.')
+        kept = (
+            f'The last good checkpoint, {last}, is kept (work_dir/last_checkpoint names it; '
+            f'tools/train.py --resume continues from it).'
+            if last
+            else 'No checkpoint had been saved yet.'
+        )
         message = (
             f'Training stopped at {where}: {what}. Nothing of this iteration was saved. {kept} '
             f'Usually the learning rate is too high for the batch size, or an annotation is '
-            f'degenerate: lower optim_wrapper.optimizer.lr or check the data before resuming.')
+            f'degenerate: lower optim_wrapper.optimizer.lr or check the data before resuming.'
+        )
         runner.logger.error(message)
         raise NonFiniteTrainingError(message)
 

@@ -1,4 +1,5 @@
 """``DeformDETR``: backbone -> neck -> DeformableDetrTransformer -> DeformDETRHead."""
+
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -13,8 +14,14 @@ from ..checkpoint.load_hook import convert_checkpoint_pre_hook
 
 # set once on the detector and handed down in code (docs/architecture.md, config interface)
 _TRANSFORMER_DERIVED = ('num_queries', 'num_feature_levels', 'with_box_refine', 'as_two_stage')
-_HEAD_DERIVED = ('embed_dims', 'num_pred_layer', 'with_box_refine', 'as_two_stage',
-                 'train_cfg', 'test_cfg')
+_HEAD_DERIVED = (
+    'embed_dims',
+    'num_pred_layer',
+    'with_box_refine',
+    'as_two_stage',
+    'train_cfg',
+    'test_cfg',
+)
 
 
 class DeformDETR(BaseDetector):
@@ -44,12 +51,22 @@ class DeformDETR(BaseDetector):
         init_cfg: mmengine initialisation config.
     """
 
-    def __init__(self, backbone: dict, neck: dict, transformer: dict, bbox_head: dict,
-                 positional_encoding: Optional[dict] = None, num_queries: int = 300,
-                 num_feature_levels: int = 4, with_box_refine: bool = False,
-                 as_two_stage: bool = False, train_cfg: Optional[dict] = None,
-                 test_cfg: Optional[dict] = None, data_preprocessor: Optional[dict] = None,
-                 init_cfg: Optional[dict] = None) -> None:
+    def __init__(
+        self,
+        backbone: dict,
+        neck: dict,
+        transformer: dict,
+        bbox_head: dict,
+        positional_encoding: Optional[dict] = None,
+        num_queries: int = 300,
+        num_feature_levels: int = 4,
+        with_box_refine: bool = False,
+        as_two_stage: bool = False,
+        train_cfg: Optional[dict] = None,
+        test_cfg: Optional[dict] = None,
+        data_preprocessor: Optional[dict] = None,
+        init_cfg: Optional[dict] = None,
+    ) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         _reject_derived_keys('transformer', transformer, _TRANSFORMER_DERIVED)
         _reject_derived_keys('bbox_head', bbox_head, _HEAD_DERIVED)
@@ -61,20 +78,34 @@ class DeformDETR(BaseDetector):
         self.as_two_stage = as_two_stage
 
         # the transformer first: it validates embed_dims / num_heads and defines C for the rest
-        self.transformer = MODELS.build(dict(
-            transformer, num_queries=num_queries, num_feature_levels=num_feature_levels,
-            with_box_refine=with_box_refine, as_two_stage=as_two_stage))
+        self.transformer = MODELS.build(
+            dict(
+                transformer,
+                num_queries=num_queries,
+                num_feature_levels=num_feature_levels,
+                with_box_refine=with_box_refine,
+                as_two_stage=as_two_stage,
+            )
+        )
         self.embed_dims = self.transformer.embed_dims
         _check_neck(neck, self.embed_dims, num_feature_levels)
         self.backbone = MODELS.build(backbone)
         self.neck = MODELS.build(neck)
         num_pred_layer = self.transformer.num_decoder_layers + int(as_two_stage)
-        self.bbox_head = MODELS.build(dict(
-            bbox_head, embed_dims=self.embed_dims, num_pred_layer=num_pred_layer,
-            with_box_refine=with_box_refine, as_two_stage=as_two_stage, train_cfg=train_cfg,
-            test_cfg=test_cfg))
-        self.positional_encoding = SinePositionalEncoding(num_feats=self.embed_dims // 2,
-                                                          **positional_encoding)
+        self.bbox_head = MODELS.build(
+            dict(
+                bbox_head,
+                embed_dims=self.embed_dims,
+                num_pred_layer=num_pred_layer,
+                with_box_refine=with_box_refine,
+                as_two_stage=as_two_stage,
+                train_cfg=train_cfg,
+                test_cfg=test_cfg,
+            )
+        )
+        self.positional_encoding = SinePositionalEncoding(
+            num_feats=self.embed_dims // 2, **positional_encoding
+        )
         self.train_cfg = train_cfg
         self.test_cfg = test_cfg
         # Official, mmdet-zoo and Hugging Face state dicts are converted to our keys on load, so
@@ -85,19 +116,23 @@ class DeformDETR(BaseDetector):
         """Args: batch_inputs ``(bs, 3, H, W)``. Returns L maps ``(bs, C, H_l, W_l)``."""
         return tuple(self.neck(self.backbone(batch_inputs)))
 
-    def forward_transformer(self, feats: Sequence[Tensor],
-                            batch_data_samples: OptSampleList) -> Dict[str, Optional[Tensor]]:
+    def forward_transformer(
+        self, feats: Sequence[Tensor], batch_data_samples: OptSampleList
+    ) -> Dict[str, Optional[Tensor]]:
         """Masks and positional embeddings per level, then the transformer (see
         ``DeformableDetrTransformer.forward`` for the returned dict)."""
         masks = self.padding_masks(feats, batch_data_samples)
         pos_embeds = [self.positional_encoding(mask) for mask in masks]
-        return self.transformer(feats, masks, pos_embeds,
-                                reg_branches=self.bbox_head.reg_branches,
-                                cls_branches=self.bbox_head.cls_branches)
+        return self.transformer(
+            feats,
+            masks,
+            pos_embeds,
+            reg_branches=self.bbox_head.reg_branches,
+            cls_branches=self.bbox_head.cls_branches,
+        )
 
     @staticmethod
-    def padding_masks(feats: Sequence[Tensor],
-                      batch_data_samples: OptSampleList) -> List[Tensor]:
+    def padding_masks(feats: Sequence[Tensor], batch_data_samples: OptSampleList) -> List[Tensor]:
         """Where each level's features are padding.
 
         Args:
@@ -111,15 +146,18 @@ class DeformDETR(BaseDetector):
         """
         batch_size = feats[0].shape[0]
         if batch_data_samples is None:
-            return [feat.new_zeros((batch_size, *feat.shape[-2:]), dtype=torch.bool)
-                    for feat in feats]
+            return [
+                feat.new_zeros((batch_size, *feat.shape[-2:]), dtype=torch.bool) for feat in feats
+            ]
         input_h, input_w = batch_data_samples[0].batch_input_shape
         input_mask = feats[0].new_ones((batch_size, input_h, input_w))
         for index, sample in enumerate(batch_data_samples):
             img_h, img_w = sample.img_shape[:2]
             input_mask[index, :img_h, :img_w] = 0
-        return [F.interpolate(input_mask[None], size=feat.shape[-2:])[0].to(torch.bool)
-                for feat in feats]
+        return [
+            F.interpolate(input_mask[None], size=feat.shape[-2:])[0].to(torch.bool)
+            for feat in feats
+        ]
 
     def loss(self, batch_inputs: Tensor, batch_data_samples: SampleList) -> Dict[str, Tensor]:
         """Args: batch_inputs ``(bs, 3, H, W)`` normalised images; batch_data_samples with
@@ -127,42 +165,55 @@ class DeformDETR(BaseDetector):
         outputs = self.forward_transformer(self.extract_feat(batch_inputs), batch_data_samples)
         return self.bbox_head.loss(**outputs, batch_data_samples=batch_data_samples)
 
-    def predict(self, batch_inputs: Tensor, batch_data_samples: SampleList,
-                rescale: bool = True) -> SampleList:
+    def predict(
+        self, batch_inputs: Tensor, batch_data_samples: SampleList, rescale: bool = True
+    ) -> SampleList:
         """Adds ``pred_instances`` (``bboxes (k, 4)`` xyxy, ``scores (k,)``, ``labels (k,)``) to
         every data sample; boxes are in original-image pixels when ``rescale``."""
         outputs = self.forward_transformer(self.extract_feat(batch_inputs), batch_data_samples)
-        results = self.bbox_head.predict(outputs['hidden_states'], outputs['init_reference'],
-                                         outputs['inter_references'], batch_data_samples,
-                                         rescale=rescale)
+        results = self.bbox_head.predict(
+            outputs['hidden_states'],
+            outputs['init_reference'],
+            outputs['inter_references'],
+            batch_data_samples,
+            rescale=rescale,
+        )
         return self.add_pred_to_datasample(batch_data_samples, results)
 
-    def _forward(self, batch_inputs: Tensor,
-                 batch_data_samples: OptSampleList = None) -> Tuple[Tensor, Tensor]:
+    def _forward(
+        self, batch_inputs: Tensor, batch_data_samples: OptSampleList = None
+    ) -> Tuple[Tensor, Tensor]:
         """Raw head outputs: ``all_cls_scores (D, bs, nq, num_classes)`` logits and
         ``all_bbox_preds (D, bs, nq, 4)`` normalised ``(cx, cy, w, h)``."""
         outputs = self.forward_transformer(self.extract_feat(batch_inputs), batch_data_samples)
-        return self.bbox_head(outputs['hidden_states'], outputs['init_reference'],
-                              outputs['inter_references'])
+        return self.bbox_head(
+            outputs['hidden_states'], outputs['init_reference'], outputs['inter_references']
+        )
 
 
 def _reject_derived_keys(name: str, cfg: dict, derived: Sequence[str]) -> None:
     """Values derived by the detector must not be restated in a sub-config (they would drift)."""
     restated = [key for key in derived if key in cfg]
     if restated:
-        raise ValueError(f'model.{name} must not set {restated}: they are set on the detector '
-                         f'(model.<key>) or derived from it')
+        raise ValueError(
+            f'model.{name} must not set {restated}: they are set on the detector '
+            f'(model.<key>) or derived from it'
+        )
 
 
 def _check_neck(neck: dict, embed_dims: int, num_feature_levels: int) -> None:
     """Catch neck/transformer mismatches at build time, saying which value to change."""
     out_channels = neck.get('out_channels')
     if out_channels is not None and out_channels != embed_dims:
-        raise ValueError(f'model.neck.out_channels={out_channels} must equal '
-                         f'model.transformer.embed_dims={embed_dims}')
+        raise ValueError(
+            f'model.neck.out_channels={out_channels} must equal '
+            f'model.transformer.embed_dims={embed_dims}'
+        )
     num_outs = neck.get('num_outs')
     if num_outs is None and 'in_channels' in neck:
         num_outs = len(neck['in_channels'])  # ChannelMapper's default
     if num_outs is not None and num_outs != num_feature_levels:
-        raise ValueError(f'the neck outputs {num_outs} levels (model.neck.num_outs) but '
-                         f'model.num_feature_levels={num_feature_levels}: set one to the other')
+        raise ValueError(
+            f'the neck outputs {num_outs} levels (model.neck.num_outs) but '
+            f'model.num_feature_levels={num_feature_levels}: set one to the other'
+        )

@@ -5,6 +5,7 @@ Pure functions of their tensor arguments. Coordinates are normalised to [0, 1] a
 which boxes are predicted, and each level's *padded* map (1.0 is the padding border) in which the
 sampling operator reads; ``valid_ratios`` convert between them.
 """
+
 from typing import List
 
 import torch
@@ -89,7 +90,8 @@ def encoder_reference_points(spatial_shapes: SpatialShapes, valid_ratios: Tensor
         centre_y, centre_x = torch.meshgrid(
             torch.arange(height, dtype=dtype, device=device) + 0.5,
             torch.arange(width, dtype=dtype, device=device) + 0.5,
-            indexing='ij')
+            indexing='ij',
+        )
         # (bs, H*W): divide by the valid extent of this level
         ref_x = centre_x.reshape(1, -1) / (valid_ratios[:, level, 0:1] * width)
         ref_y = centre_y.reshape(1, -1) / (valid_ratios[:, level, 1:2] * height)
@@ -112,6 +114,8 @@ def scale_by_valid_ratios(reference_points: Tensor, valid_ratios: Tensor) -> Ten
     if reference_points.shape[-1] == 4:
         valid_ratios = torch.cat([valid_ratios, valid_ratios], -1)
     elif reference_points.shape[-1] != 2:
-        raise ValueError('reference_points must end in 2 (points) or 4 (boxes), got shape '
-                         f'{tuple(reference_points.shape)}')
+        raise ValueError(
+            'reference_points must end in 2 (points) or 4 (boxes), got shape '
+            f'{tuple(reference_points.shape)}'
+        )
     return reference_points[:, :, None] * valid_ratios[:, None]

@@ -1,4 +1,5 @@
 """``DeformDETRHead``: per-decoder-layer classification and box branches, losses, predict."""
+
 import copy
 import math
 from typing import Dict, List, Optional, Tuple, Union
@@ -38,7 +39,8 @@ class RegressionMLP(nn.Module):
             raise ValueError(f'num_layers must be >= 1, got {num_layers}')
         widths = [in_dims] + [hidden_dims] * (num_layers - 1) + [out_dims]
         self.layers = nn.ModuleList(
-            nn.Linear(w_in, w_out) for w_in, w_out in zip(widths[:-1], widths[1:]))
+            nn.Linear(w_in, w_out) for w_in, w_out in zip(widths[:-1], widths[1:])
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         """Args: x ``(..., in_dims)``. Returns ``(..., out_dims)``."""
@@ -71,22 +73,31 @@ class DeformDETRHead(BaseModule):
         init_cfg: mmengine initialisation config.
     """
 
-    def __init__(self, num_classes: int, embed_dims: int = 256, num_pred_layer: int = 6,
-                 with_box_refine: bool = False, as_two_stage: bool = False,
-                 sync_cls_avg_factor: bool = True,
-                 loss_cls: dict = dict(type='FocalLoss', use_sigmoid=True, gamma=2.0,
-                                       alpha=0.25, loss_weight=2.0),
-                 loss_bbox: dict = dict(type='L1Loss', loss_weight=5.0),
-                 loss_iou: dict = dict(type='GIoULoss', loss_weight=2.0),
-                 train_cfg: Optional[dict] = None,
-                 test_cfg: Optional[dict] = None,
-                 init_cfg: Optional[dict] = None) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        embed_dims: int = 256,
+        num_pred_layer: int = 6,
+        with_box_refine: bool = False,
+        as_two_stage: bool = False,
+        sync_cls_avg_factor: bool = True,
+        loss_cls: dict = dict(
+            type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=2.0
+        ),
+        loss_bbox: dict = dict(type='L1Loss', loss_weight=5.0),
+        loss_iou: dict = dict(type='GIoULoss', loss_weight=2.0),
+        train_cfg: Optional[dict] = None,
+        test_cfg: Optional[dict] = None,
+        init_cfg: Optional[dict] = None,
+    ) -> None:
         super().__init__(init_cfg=init_cfg)
         if as_two_stage and not with_box_refine:
             # the one owner of this invariant: two-stage proposals need their own (last) branch
             # pair, which only separate per-layer branches give
-            raise ValueError('as_two_stage=True requires with_box_refine=True (as the official '
-                             'code): set model.with_box_refine=True')
+            raise ValueError(
+                'as_two_stage=True requires with_box_refine=True (as the official '
+                'code): set model.with_box_refine=True'
+            )
         if train_cfg is not None and 'assigner' not in train_cfg:
             raise ValueError(f'train_cfg must hold an assigner, got keys {sorted(train_cfg)}')
         self.num_classes = num_classes
@@ -97,17 +108,23 @@ class DeformDETRHead(BaseModule):
         self.train_cfg = train_cfg
         self.test_cfg = dict(max_per_img=100) if test_cfg is None else test_cfg
         self.criterion = HungarianSetLoss(
-            num_classes, loss_cls, loss_bbox, loss_iou,
+            num_classes,
+            loss_cls,
+            loss_bbox,
+            loss_iou,
             assigner=None if train_cfg is None else train_cfg['assigner'],
-            sync_cls_avg_factor=sync_cls_avg_factor)
+            sync_cls_avg_factor=sync_cls_avg_factor,
+        )
 
         cls_branch = nn.Linear(embed_dims, num_classes)
         reg_branch = RegressionMLP(embed_dims, embed_dims, 4, num_layers=3)
         if with_box_refine:
             self.cls_branches = nn.ModuleList(
-                copy.deepcopy(cls_branch) for _ in range(num_pred_layer))
+                copy.deepcopy(cls_branch) for _ in range(num_pred_layer)
+            )
             self.reg_branches = nn.ModuleList(
-                copy.deepcopy(reg_branch) for _ in range(num_pred_layer))
+                copy.deepcopy(reg_branch) for _ in range(num_pred_layer)
+            )
         else:
             self.cls_branches = nn.ModuleList([cls_branch] * num_pred_layer)
             self.reg_branches = nn.ModuleList([reg_branch] * num_pred_layer)
@@ -139,8 +156,9 @@ class DeformDETRHead(BaseModule):
         if not self.as_two_stage:
             nn.init.constant_(self.reg_branches[0].layers[-1].bias[2:], _INITIAL_SIZE_LOGIT)
 
-    def forward(self, hidden_states: Tensor, init_reference: Tensor,
-                inter_references: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(
+        self, hidden_states: Tensor, init_reference: Tensor, inter_references: Tensor
+    ) -> Tuple[Tensor, Tensor]:
         """Scores and boxes of every decoder layer.
 
         Args:
@@ -165,9 +183,15 @@ class DeformDETRHead(BaseModule):
             all_bbox_preds.append(apply_box_delta(delta.to(precise), reference.to(precise)))
         return torch.stack(all_cls_scores), torch.stack(all_bbox_preds)
 
-    def loss(self, hidden_states: Tensor, init_reference: Tensor, inter_references: Tensor,
-             enc_outputs_class: Optional[Tensor], enc_outputs_coord: Optional[Tensor],
-             batch_data_samples: SampleList) -> Dict[str, Tensor]:
+    def loss(
+        self,
+        hidden_states: Tensor,
+        init_reference: Tensor,
+        inter_references: Tensor,
+        enc_outputs_class: Optional[Tensor],
+        enc_outputs_coord: Optional[Tensor],
+        batch_data_samples: SampleList,
+    ) -> Dict[str, Tensor]:
         """Losses of all layers (and proposals); see ``HungarianSetLoss.forward`` for names.
 
         Args:
@@ -177,21 +201,42 @@ class DeformDETRHead(BaseModule):
             batch_data_samples: with ``gt_instances`` and metainfo ``img_shape``.
         """
         all_cls_scores, all_bbox_preds = self(hidden_states, init_reference, inter_references)
-        return self.loss_by_feat(all_cls_scores, all_bbox_preds, enc_outputs_class,
-                                 enc_outputs_coord,
-                                 [sample.gt_instances for sample in batch_data_samples],
-                                 [sample.metainfo for sample in batch_data_samples])
+        return self.loss_by_feat(
+            all_cls_scores,
+            all_bbox_preds,
+            enc_outputs_class,
+            enc_outputs_coord,
+            [sample.gt_instances for sample in batch_data_samples],
+            [sample.metainfo for sample in batch_data_samples],
+        )
 
-    def loss_by_feat(self, all_cls_scores: Tensor, all_bbox_preds: Tensor,
-                     enc_cls_scores: Optional[Tensor], enc_bbox_preds: Optional[Tensor],
-                     batch_gt_instances: List[InstanceData],
-                     batch_img_metas: List[dict]) -> Dict[str, Tensor]:
+    def loss_by_feat(
+        self,
+        all_cls_scores: Tensor,
+        all_bbox_preds: Tensor,
+        enc_cls_scores: Optional[Tensor],
+        enc_bbox_preds: Optional[Tensor],
+        batch_gt_instances: List[InstanceData],
+        batch_img_metas: List[dict],
+    ) -> Dict[str, Tensor]:
         """Losses from the outputs of ``forward`` (shapes there) and the proposals."""
-        return self.criterion(all_cls_scores, all_bbox_preds, enc_cls_scores, enc_bbox_preds,
-                              batch_gt_instances, batch_img_metas)
+        return self.criterion(
+            all_cls_scores,
+            all_bbox_preds,
+            enc_cls_scores,
+            enc_bbox_preds,
+            batch_gt_instances,
+            batch_img_metas,
+        )
 
-    def predict(self, hidden_states: Tensor, init_reference: Tensor, inter_references: Tensor,
-                batch_data_samples: SampleList, rescale: bool = True) -> List[InstanceData]:
+    def predict(
+        self,
+        hidden_states: Tensor,
+        init_reference: Tensor,
+        inter_references: Tensor,
+        batch_data_samples: SampleList,
+        rescale: bool = True,
+    ) -> List[InstanceData]:
         """Detections of the last decoder layer.
 
         Args:
@@ -204,12 +249,20 @@ class DeformDETRHead(BaseModule):
             ``labels (k,)``, ``k = min(max_per_img, nq * num_classes)``.
         """
         all_cls_scores, all_bbox_preds = self(hidden_states, init_reference, inter_references)
-        return self.predict_by_feat(all_cls_scores, all_bbox_preds,
-                                    [sample.metainfo for sample in batch_data_samples], rescale)
+        return self.predict_by_feat(
+            all_cls_scores,
+            all_bbox_preds,
+            [sample.metainfo for sample in batch_data_samples],
+            rescale,
+        )
 
-    def predict_by_feat(self, all_cls_scores: Tensor, all_bbox_preds: Tensor,
-                        batch_img_metas: List[dict],
-                        rescale: bool = True) -> List[InstanceData]:
+    def predict_by_feat(
+        self,
+        all_cls_scores: Tensor,
+        all_bbox_preds: Tensor,
+        batch_img_metas: List[dict],
+        rescale: bool = True,
+    ) -> List[InstanceData]:
         """Top-k over sigmoid scores of all (query, class) pairs, as the official post-process.
 
         Args:
@@ -222,12 +275,16 @@ class DeformDETRHead(BaseModule):
             to ``img_shape`` (then rescaled), ``scores (k,)`` sorted descending, ``labels (k,)``.
         """
         results = []
-        for cls_score, bbox_pred, img_meta in zip(all_cls_scores[-1], all_bbox_preds[-1],
-                                                  batch_img_metas):
+        for cls_score, bbox_pred, img_meta in zip(
+            all_cls_scores[-1], all_bbox_preds[-1], batch_img_metas
+        ):
             img_h, img_w = img_meta['img_shape'][:2]
-            boxes, scores, labels = (result[0] for result in topk_detections(
-                cls_score[None], bbox_pred[None], self.test_cfg.get('max_per_img'), img_w,
-                img_h))
+            boxes, scores, labels = (
+                result[0]
+                for result in topk_detections(
+                    cls_score[None], bbox_pred[None], self.test_cfg.get('max_per_img'), img_w, img_h
+                )
+            )
             if rescale:
                 if img_meta.get('scale_factor') is None:
                     raise KeyError('rescale=True needs scale_factor in the image metainfo')
@@ -236,9 +293,13 @@ class DeformDETRHead(BaseModule):
         return results
 
 
-def topk_detections(cls_scores: Tensor, bbox_preds: Tensor, max_per_img: Optional[int],
-                    img_w: Union[int, Tensor], img_h: Union[int, Tensor]
-                    ) -> Tuple[Tensor, Tensor, Tensor]:
+def topk_detections(
+    cls_scores: Tensor,
+    bbox_preds: Tensor,
+    max_per_img: Optional[int],
+    img_w: Union[int, Tensor],
+    img_h: Union[int, Tensor],
+) -> Tuple[Tensor, Tensor, Tensor]:
     """The official post-process, batched: top-k sigmoid scores over all (query, class) pairs.
 
     A function of tensors and sizes only, so that the ONNX export (``mmdet_deformdetr.deploy``)

@@ -1,5 +1,6 @@
 """``DeformableDetrTransformer``: flatten levels -> encoder -> queries (or two-stage proposals)
 -> decoder. The detection head's branches are handed in by the caller."""
+
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -74,21 +75,35 @@ class DeformableDetrTransformer(BaseModule):
         init_cfg: mmengine initialisation config.
     """
 
-    def __init__(self, embed_dims: int = 256, num_heads: int = 8, num_encoder_layers: int = 6,
-                 num_decoder_layers: int = 6, feedforward_channels: int = 1024,
-                 dropout: float = 0.1, activation: str = 'relu', enc_num_points: int = 4,
-                 dec_num_points: int = 4, multi_scale_attention: bool = True,
-                 num_queries: int = 300, num_feature_levels: int = 4,
-                 with_box_refine: bool = False, as_two_stage: bool = False,
-                 init_cfg: Optional[dict] = None) -> None:
+    def __init__(
+        self,
+        embed_dims: int = 256,
+        num_heads: int = 8,
+        num_encoder_layers: int = 6,
+        num_decoder_layers: int = 6,
+        feedforward_channels: int = 1024,
+        dropout: float = 0.1,
+        activation: str = 'relu',
+        enc_num_points: int = 4,
+        dec_num_points: int = 4,
+        multi_scale_attention: bool = True,
+        num_queries: int = 300,
+        num_feature_levels: int = 4,
+        with_box_refine: bool = False,
+        as_two_stage: bool = False,
+        init_cfg: Optional[dict] = None,
+    ) -> None:
         super().__init__(init_cfg=init_cfg)
         if embed_dims % num_heads:
-            raise ValueError(f'embed_dims ({embed_dims}) must be divisible by num_heads '
-                             f'({num_heads})')
+            raise ValueError(
+                f'embed_dims ({embed_dims}) must be divisible by num_heads ({num_heads})'
+            )
         if embed_dims % 4:
-            raise ValueError(f'embed_dims ({embed_dims}) must be divisible by 4: the sine '
-                             'embeddings use embed_dims / 2 features per coordinate in sin/cos '
-                             'pairs')
+            raise ValueError(
+                f'embed_dims ({embed_dims}) must be divisible by 4: the sine '
+                'embeddings use embed_dims / 2 features per coordinate in sin/cos '
+                'pairs'
+            )
         self.embed_dims = embed_dims
         self.num_decoder_layers = num_decoder_layers
         self.num_queries = num_queries
@@ -96,15 +111,22 @@ class DeformableDetrTransformer(BaseModule):
         self.with_box_refine = with_box_refine
         self.as_two_stage = as_two_stage
 
-        layer_args = dict(embed_dims=embed_dims, num_heads=num_heads,
-                          num_levels=num_feature_levels,
-                          feedforward_channels=feedforward_channels, dropout=dropout,
-                          activation=activation, multi_scale_attention=multi_scale_attention)
+        layer_args = dict(
+            embed_dims=embed_dims,
+            num_heads=num_heads,
+            num_levels=num_feature_levels,
+            feedforward_channels=feedforward_channels,
+            dropout=dropout,
+            activation=activation,
+            multi_scale_attention=multi_scale_attention,
+        )
         # one layer each, cloned (the official _get_clones); _reset_parameters re-draws each copy
         self.encoder = DeformableEncoder(
-            DeformableEncoderLayer(num_points=enc_num_points, **layer_args), num_encoder_layers)
+            DeformableEncoderLayer(num_points=enc_num_points, **layer_args), num_encoder_layers
+        )
         self.decoder = DeformableDecoder(
-            DeformableDecoderLayer(num_points=dec_num_points, **layer_args), num_decoder_layers)
+            DeformableDecoderLayer(num_points=dec_num_points, **layer_args), num_decoder_layers
+        )
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, embed_dims))
         if as_two_stage:
             self.enc_output = nn.Linear(embed_dims, embed_dims)
@@ -138,10 +160,14 @@ class DeformableDetrTransformer(BaseModule):
             nn.init.normal_(self.query_embed.weight)
             nn.init.zeros_(self.reference_points.bias)
 
-    def forward(self, mlvl_feats: Sequence[Tensor], mlvl_masks: Sequence[Tensor],
-                mlvl_pos_embeds: Sequence[Tensor],
-                reg_branches: Optional[Sequence[nn.Module]] = None,
-                cls_branches: Optional[Sequence[nn.Module]] = None) -> Dict[str, Optional[Tensor]]:
+    def forward(
+        self,
+        mlvl_feats: Sequence[Tensor],
+        mlvl_masks: Sequence[Tensor],
+        mlvl_pos_embeds: Sequence[Tensor],
+        reg_branches: Optional[Sequence[nn.Module]] = None,
+        cls_branches: Optional[Sequence[nn.Module]] = None,
+    ) -> Dict[str, Optional[Tensor]]:
         """Args:
             mlvl_feats: L tensors ``(bs, C, H_l, W_l)``.
             mlvl_masks: L bool tensors ``(bs, H_l, W_l)``, True at padding.
@@ -159,38 +185,59 @@ class DeformableDetrTransformer(BaseModule):
         """
         self._check_branches(reg_branches, cls_branches)
         encoder_inputs, spatial_shapes, level_start_index, valid_ratios = self.pre_transformer(
-            mlvl_feats, mlvl_masks, mlvl_pos_embeds)
-        memory = self.forward_encoder(**encoder_inputs, spatial_shapes=spatial_shapes,
-                                      level_start_index=level_start_index,
-                                      valid_ratios=valid_ratios)
-        padding_mask = encoder_inputs['padding_mask']
-        decoder_inputs, enc_outputs = self.pre_decoder(memory, padding_mask, spatial_shapes,
-                                                       reg_branches, cls_branches)
-        hidden_states, inter_references = self.forward_decoder(
-            **decoder_inputs, memory=memory, memory_padding_mask=padding_mask,
-            spatial_shapes=spatial_shapes, level_start_index=level_start_index,
+            mlvl_feats, mlvl_masks, mlvl_pos_embeds
+        )
+        memory = self.forward_encoder(
+            **encoder_inputs,
+            spatial_shapes=spatial_shapes,
+            level_start_index=level_start_index,
             valid_ratios=valid_ratios,
-            reg_branches=reg_branches if self.with_box_refine else None)
-        return dict(hidden_states=hidden_states,
-                    init_reference=decoder_inputs['reference_points'],
-                    inter_references=inter_references, **enc_outputs)
+        )
+        padding_mask = encoder_inputs['padding_mask']
+        decoder_inputs, enc_outputs = self.pre_decoder(
+            memory, padding_mask, spatial_shapes, reg_branches, cls_branches
+        )
+        hidden_states, inter_references = self.forward_decoder(
+            **decoder_inputs,
+            memory=memory,
+            memory_padding_mask=padding_mask,
+            spatial_shapes=spatial_shapes,
+            level_start_index=level_start_index,
+            valid_ratios=valid_ratios,
+            reg_branches=reg_branches if self.with_box_refine else None,
+        )
+        return dict(
+            hidden_states=hidden_states,
+            init_reference=decoder_inputs['reference_points'],
+            inter_references=inter_references,
+            **enc_outputs,
+        )
 
-    def _check_branches(self, reg_branches: Optional[Sequence[nn.Module]],
-                        cls_branches: Optional[Sequence[nn.Module]]) -> None:
+    def _check_branches(
+        self,
+        reg_branches: Optional[Sequence[nn.Module]],
+        cls_branches: Optional[Sequence[nn.Module]],
+    ) -> None:
         """Fail early, naming the missing collaborator, instead of an IndexError mid-forward (the
         one check of the branches handed in; the decoder and the head rely on it)."""
         needed_reg = (self.num_decoder_layers if self.with_box_refine else 0) + self.as_two_stage
         if needed_reg and (reg_branches is None or len(reg_branches) < needed_reg):
-            raise ValueError(f'with_box_refine={self.with_box_refine}, as_two_stage='
-                             f'{self.as_two_stage} need {needed_reg} reg_branches, got '
-                             f'{None if reg_branches is None else len(reg_branches)}')
-        if self.as_two_stage and (cls_branches is None
-                                  or len(cls_branches) <= self.num_decoder_layers):
+            raise ValueError(
+                f'with_box_refine={self.with_box_refine}, as_two_stage='
+                f'{self.as_two_stage} need {needed_reg} reg_branches, got '
+                f'{None if reg_branches is None else len(reg_branches)}'
+            )
+        if self.as_two_stage and (
+            cls_branches is None or len(cls_branches) <= self.num_decoder_layers
+        ):
             raise ValueError(f'as_two_stage needs {self.num_decoder_layers + 1} cls_branches')
 
-    def pre_transformer(self, mlvl_feats: Sequence[Tensor], mlvl_masks: Sequence[Tensor],
-                        mlvl_pos_embeds: Sequence[Tensor]
-                        ) -> Tuple[Dict[str, Tensor], List[Tuple[int, int]], Tensor, Tensor]:
+    def pre_transformer(
+        self,
+        mlvl_feats: Sequence[Tensor],
+        mlvl_masks: Sequence[Tensor],
+        mlvl_pos_embeds: Sequence[Tensor],
+    ) -> Tuple[Dict[str, Tensor], List[Tuple[int, int]], Tensor, Tensor]:
         """Flatten the levels into one token sequence.
 
         Returns:
@@ -199,22 +246,33 @@ class DeformableDetrTransformer(BaseModule):
             ``(H_l, W_l)`` pairs;
             ``level_start_index (L,)`` long; ``valid_ratios (bs, L, 2)``.
         """
-        if not len(mlvl_feats) == len(mlvl_masks) == len(mlvl_pos_embeds) \
-                == self.num_feature_levels:
-            raise ValueError(f'expected {self.num_feature_levels} feature levels, got '
-                             f'{len(mlvl_feats)} features, {len(mlvl_masks)} masks, '
-                             f'{len(mlvl_pos_embeds)} positional embeddings')
+        if (
+            not len(mlvl_feats)
+            == len(mlvl_masks)
+            == len(mlvl_pos_embeds)
+            == self.num_feature_levels
+        ):
+            raise ValueError(
+                f'expected {self.num_feature_levels} feature levels, got '
+                f'{len(mlvl_feats)} features, {len(mlvl_masks)} masks, '
+                f'{len(mlvl_pos_embeds)} positional embeddings'
+            )
         feats: List[Tensor] = []
         positions: List[Tensor] = []
         masks: List[Tensor] = []
         for level, (feat, mask, pos_embed) in enumerate(
-                zip(mlvl_feats, mlvl_masks, mlvl_pos_embeds)):
+            zip(mlvl_feats, mlvl_masks, mlvl_pos_embeds)
+        ):
             if feat.shape[1] != self.embed_dims:
-                raise ValueError(f'level {level} has {feat.shape[1]} channels, expected '
-                                 f'embed_dims={self.embed_dims}')
+                raise ValueError(
+                    f'level {level} has {feat.shape[1]} channels, expected '
+                    f'embed_dims={self.embed_dims}'
+                )
             feats.append(feat.flatten(2).transpose(1, 2))
-            positions.append(pos_embed.flatten(2).transpose(1, 2).to(feat.dtype)
-                             + self.level_embed[level].to(feat.dtype))
+            positions.append(
+                pos_embed.flatten(2).transpose(1, 2).to(feat.dtype)
+                + self.level_embed[level].to(feat.dtype)
+            )
             masks.append(mask.flatten(1))
         # Python ints, not a tensor: they stay symbolic under torch.export, so an exported graph
         # keeps a dynamic height and width (ops/shapes.py); every consumer takes both forms
@@ -225,22 +283,37 @@ class DeformableDetrTransformer(BaseModule):
         # would misplace reference points by a fraction of a pixel on large maps
         precise = torch.promote_types(mlvl_feats[0].dtype, torch.float32)
         valid_ratios = torch.stack(
-            [valid_ratios_from_mask(mask, precise) for mask in mlvl_masks], 1)
-        encoder_inputs = dict(feat=torch.cat(feats, 1), feat_pos=torch.cat(positions, 1),
-                              padding_mask=torch.cat(masks, 1))
+            [valid_ratios_from_mask(mask, precise) for mask in mlvl_masks], 1
+        )
+        encoder_inputs = dict(
+            feat=torch.cat(feats, 1),
+            feat_pos=torch.cat(positions, 1),
+            padding_mask=torch.cat(masks, 1),
+        )
         return encoder_inputs, spatial_shapes, level_start_index, valid_ratios
 
-    def forward_encoder(self, feat: Tensor, feat_pos: Tensor, padding_mask: Tensor,
-                        spatial_shapes: SpatialShapes, level_start_index: Tensor,
-                        valid_ratios: Tensor) -> Tensor:
+    def forward_encoder(
+        self,
+        feat: Tensor,
+        feat_pos: Tensor,
+        padding_mask: Tensor,
+        spatial_shapes: SpatialShapes,
+        level_start_index: Tensor,
+        valid_ratios: Tensor,
+    ) -> Tensor:
         """Shapes as ``pre_transformer``'s outputs; returns memory ``(bs, N, C)``."""
-        return self.encoder(feat, feat_pos, padding_mask, spatial_shapes, level_start_index,
-                            valid_ratios)
+        return self.encoder(
+            feat, feat_pos, padding_mask, spatial_shapes, level_start_index, valid_ratios
+        )
 
-    def pre_decoder(self, memory: Tensor, padding_mask: Tensor, spatial_shapes: SpatialShapes,
-                    reg_branches: Optional[Sequence[nn.Module]],
-                    cls_branches: Optional[Sequence[nn.Module]]
-                    ) -> Tuple[Dict[str, Tensor], Dict[str, Optional[Tensor]]]:
+    def pre_decoder(
+        self,
+        memory: Tensor,
+        padding_mask: Tensor,
+        spatial_shapes: SpatialShapes,
+        reg_branches: Optional[Sequence[nn.Module]],
+        cls_branches: Optional[Sequence[nn.Module]],
+    ) -> Tuple[Dict[str, Tensor], Dict[str, Optional[Tensor]]]:
         """Make the decoder's queries; two-stage proposals are made here.
 
         Args:
@@ -258,30 +331,55 @@ class DeformableDetrTransformer(BaseModule):
         batch_size = memory.shape[0]
         if not self.as_two_stage:
             query_pos, query = self.query_embed.weight.to(memory.dtype).split(
-                self.embed_dims, dim=1)
+                self.embed_dims, dim=1
+            )
             query_pos = query_pos[None].expand(batch_size, -1, -1)
             query = query[None].expand(batch_size, -1, -1)
             reference_points = self.reference_points(query_pos).sigmoid()
-            return (dict(query=query, query_pos=query_pos, reference_points=reference_points),
-                    dict(enc_outputs_class=None, enc_outputs_coord=None))
+            return (
+                dict(query=query, query_pos=query_pos, reference_points=reference_points),
+                dict(enc_outputs_class=None, enc_outputs_coord=None),
+            )
 
         output_memory, proposals_unact = encoder_proposals(
-            memory, padding_mask, spatial_shapes, self.enc_output, self.enc_output_norm)
+            memory, padding_mask, spatial_shapes, self.enc_output, self.enc_output_norm
+        )
         enc_outputs_class = cls_branches[self.num_decoder_layers](output_memory)
         enc_coords_unact = reg_branches[self.num_decoder_layers](output_memory) + proposals_unact
         query, query_pos, reference_points = proposal_queries(
-            enc_outputs_class, enc_coords_unact, self.num_queries, self.pos_trans,
-            self.pos_trans_norm)
-        return (dict(query=query, query_pos=query_pos, reference_points=reference_points),
-                dict(enc_outputs_class=enc_outputs_class,
-                     enc_outputs_coord=enc_coords_unact.sigmoid()))
+            enc_outputs_class,
+            enc_coords_unact,
+            self.num_queries,
+            self.pos_trans,
+            self.pos_trans_norm,
+        )
+        return (
+            dict(query=query, query_pos=query_pos, reference_points=reference_points),
+            dict(enc_outputs_class=enc_outputs_class, enc_outputs_coord=enc_coords_unact.sigmoid()),
+        )
 
-    def forward_decoder(self, query: Tensor, query_pos: Tensor, reference_points: Tensor,
-                        memory: Tensor, memory_padding_mask: Tensor,
-                        spatial_shapes: SpatialShapes,
-                        level_start_index: Tensor, valid_ratios: Tensor,
-                        reg_branches: Optional[Sequence[nn.Module]]) -> Tuple[Tensor, Tensor]:
+    def forward_decoder(
+        self,
+        query: Tensor,
+        query_pos: Tensor,
+        reference_points: Tensor,
+        memory: Tensor,
+        memory_padding_mask: Tensor,
+        spatial_shapes: SpatialShapes,
+        level_start_index: Tensor,
+        valid_ratios: Tensor,
+        reg_branches: Optional[Sequence[nn.Module]],
+    ) -> Tuple[Tensor, Tensor]:
         """See ``DeformableDecoder.forward``; returns ``hidden_states (D, bs, nq, C)`` and
         ``inter_references (D, bs, nq, 2|4)``."""
-        return self.decoder(query, query_pos, reference_points, memory, memory_padding_mask,
-                            spatial_shapes, level_start_index, valid_ratios, reg_branches)
+        return self.decoder(
+            query,
+            query_pos,
+            reference_points,
+            memory,
+            memory_padding_mask,
+            spatial_shapes,
+            level_start_index,
+            valid_ratios,
+            reg_branches,
+        )

@@ -3,6 +3,7 @@
 Functions of tensors and of the modules they need (handed in explicitly), called by
 ``DeformableDetrTransformer.pre_decoder``.
 """
+
 import math
 from typing import Tuple
 
@@ -18,8 +19,9 @@ _PROPOSAL_MAX = 0.99
 _BASE_PROPOSAL_SIZE = 0.05
 
 
-def proposal_sine_embedding(proposals_unact: Tensor, num_feats: int,
-                            temperature: float = 10000.) -> Tensor:
+def proposal_sine_embedding(
+    proposals_unact: Tensor, num_feats: int, temperature: float = 10000.0
+) -> Tensor:
     """Sine embedding of two-stage proposal boxes, ``num_feats`` features per coordinate.
 
     The official code fixes ``num_feats=128`` (embed_dims 256); taking it as an argument
@@ -44,9 +46,13 @@ def proposal_sine_embedding(proposals_unact: Tensor, num_feats: int,
     return embedding.flatten(2)
 
 
-def encoder_proposals(memory: Tensor, padding_mask: Tensor, spatial_shapes: SpatialShapes,
-                      enc_output: nn.Module, enc_output_norm: nn.Module
-                      ) -> Tuple[Tensor, Tensor]:
+def encoder_proposals(
+    memory: Tensor,
+    padding_mask: Tensor,
+    spatial_shapes: SpatialShapes,
+    enc_output: nn.Module,
+    enc_output_norm: nn.Module,
+) -> Tuple[Tensor, Tensor]:
     """One fixed-size box per encoder token, and the token features that will score it.
 
     Args:
@@ -68,16 +74,21 @@ def encoder_proposals(memory: Tensor, padding_mask: Tensor, spatial_shapes: Spat
     proposals = []
     start = 0
     for level, (height, width) in enumerate(level_shapes(spatial_shapes)):
-        level_mask = padding_mask[:, start:start + height * width].view(batch_size, height, width)
+        level_mask = padding_mask[:, start : start + height * width].view(batch_size, height, width)
         start += height * width
         # (bs, 1, 1, 2) valid extent (W, H): centres are normalised to the image, not the padding
-        valid_size = torch.stack([(~level_mask[:, 0, :]).sum(1), (~level_mask[:, :, 0]).sum(1)],
-                                 -1).to(precise).view(batch_size, 1, 1, 2)
+        valid_size = (
+            torch.stack([(~level_mask[:, 0, :]).sum(1), (~level_mask[:, :, 0]).sum(1)], -1)
+            .to(precise)
+            .view(batch_size, 1, 1, 2)
+        )
         centre_y, centre_x = torch.meshgrid(
             torch.arange(height, dtype=precise, device=memory.device),
-            torch.arange(width, dtype=precise, device=memory.device), indexing='ij')
+            torch.arange(width, dtype=precise, device=memory.device),
+            indexing='ij',
+        )
         centres = (torch.stack([centre_x, centre_y], -1)[None] + 0.5) / valid_size
-        sizes = torch.full_like(centres, _BASE_PROPOSAL_SIZE * 2.0 ** level)
+        sizes = torch.full_like(centres, _BASE_PROPOSAL_SIZE * 2.0**level)
         proposals.append(torch.cat([centres, sizes], -1).view(batch_size, -1, 4))
     proposals = torch.cat(proposals, 1)
     valid = ((proposals > _PROPOSAL_MIN) & (proposals < _PROPOSAL_MAX)).all(-1, keepdim=True)
@@ -89,9 +100,13 @@ def encoder_proposals(memory: Tensor, padding_mask: Tensor, spatial_shapes: Spat
     return output_memory, proposals_unact
 
 
-def proposal_queries(enc_outputs_class: Tensor, enc_coords_unact: Tensor, num_queries: int,
-                     pos_trans: nn.Module, pos_trans_norm: nn.Module
-                     ) -> Tuple[Tensor, Tensor, Tensor]:
+def proposal_queries(
+    enc_outputs_class: Tensor,
+    enc_coords_unact: Tensor,
+    num_queries: int,
+    pos_trans: nn.Module,
+    pos_trans_norm: nn.Module,
+) -> Tuple[Tensor, Tensor, Tensor]:
     """Keep the ``num_queries`` proposals with the highest objectness as decoder queries.
 
     Args:
@@ -108,12 +123,13 @@ def proposal_queries(enc_outputs_class: Tensor, enc_coords_unact: Tensor, num_qu
     """
     num_tokens = enc_outputs_class.shape[1]
     if num_queries > num_tokens:
-        raise ValueError(f'two-stage keeps num_queries={num_queries} proposals but the feature '
-                         f'maps hold only {num_tokens} tokens; use larger images or fewer queries')
+        raise ValueError(
+            f'two-stage keeps num_queries={num_queries} proposals but the feature '
+            f'maps hold only {num_tokens} tokens; use larger images or fewer queries'
+        )
     topk_index = enc_outputs_class[..., 0].topk(num_queries, dim=1)[1]
     # detached: the decoder refines the proposals, it does not train the proposal regressor
-    topk_coords_unact = enc_coords_unact.gather(
-        1, topk_index[..., None].expand(-1, -1, 4)).detach()
+    topk_coords_unact = enc_coords_unact.gather(1, topk_index[..., None].expand(-1, -1, 4)).detach()
     embed_dims = pos_trans.in_features // 2
     embedding = proposal_sine_embedding(topk_coords_unact, num_feats=embed_dims // 2)
     query_pos, query = pos_trans_norm(pos_trans(embedding)).split(embed_dims, dim=-1)

@@ -14,6 +14,7 @@ into torch's extension cache (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch
 - the first build takes about a minute on 2 cores, so it is logged before it starts and when it
   ends.
 """
+
 import hashlib
 import os
 import shutil
@@ -65,6 +66,7 @@ def _build_directory(name: str) -> Path:
     root = os.environ.get('TORCH_EXTENSIONS_DIR')
     if root is None:
         from torch.utils.cpp_extension import get_default_build_root
+
         root = get_default_build_root()
     return Path(root) / name
 
@@ -85,6 +87,7 @@ def _stage_sources(build_directory: Path) -> Path:
 
 def _log(message: str) -> None:
     from mmengine.logging import print_log
+
     print_log(f'mmdet_deformdetr: {message}', logger='current')
 
 
@@ -114,20 +117,28 @@ def load_cpu_extension() -> Optional[ModuleType]:
         if _extension is None and _build_error is None:
             try:
                 from torch.utils.cpp_extension import load
+
                 flags = _compiler_flags()
                 name = _extension_name(flags)
                 build_directory = _build_directory(name)
                 fresh = not (build_directory / f'{name}.so').is_file()
                 if fresh:
-                    _log(f'compiling the C++ CPU kernel of multi-scale deformable attention '
-                         f'(once per machine and kernel version, about a minute on 2 cores) '
-                         f'into {build_directory}')
+                    _log(
+                        f'compiling the C++ CPU kernel of multi-scale deformable attention '
+                        f'(once per machine and kernel version, about a minute on 2 cores) '
+                        f'into {build_directory}'
+                    )
                 start = time.perf_counter()
                 source = _stage_sources(build_directory)
                 _ensure_ninja_on_path()
-                _extension = load(name=name, sources=[str(source)], extra_cflags=flags,
-                                  extra_ldflags=['-fopenmp'], build_directory=str(build_directory),
-                                  verbose=False)
+                _extension = load(
+                    name=name,
+                    sources=[str(source)],
+                    extra_cflags=flags,
+                    extra_ldflags=['-fopenmp'],
+                    build_directory=str(build_directory),
+                    verbose=False,
+                )
                 if fresh:
                     _log(f'C++ CPU kernel ready ({time.perf_counter() - start:.0f} s)')
             except Exception as error:  # noqa: BLE001 - any build failure means "fall back"
@@ -135,7 +146,10 @@ def load_cpu_extension() -> Optional[ModuleType]:
                 warnings.warn(
                     'mmdet_deformdetr: could not build the C++ multi-scale deformable attention '
                     f'kernel ({type(error).__name__}: {error}); using the slower grid_sample '
-                    'reference instead.', RuntimeWarning, stacklevel=3)
+                    'reference instead.',
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
     return _extension
 
 
@@ -148,8 +162,14 @@ class MSDeformAttnCPUFunction(torch.autograd.Function):
     """Autograd wrapper of the C++ kernel; all inputs on CPU, float32 or float64, one dtype."""
 
     @staticmethod
-    def forward(ctx, value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
-                sampling_locations: Tensor, attention_weights: Tensor) -> Tensor:
+    def forward(
+        ctx,
+        value: Tensor,
+        spatial_shapes: Tensor,
+        level_start_index: Tensor,
+        sampling_locations: Tensor,
+        attention_weights: Tensor,
+    ) -> Tensor:
         """Shapes as :func:`mmdet_deformdetr.ops.multi_scale_deformable_attn`.
 
         Returns:
@@ -158,22 +178,36 @@ class MSDeformAttnCPUFunction(torch.autograd.Function):
         extension = load_cpu_extension()
         if extension is None:
             raise RuntimeError(f'the C++ CPU kernel is not available: {_build_error}')
-        ctx.save_for_backward(value, spatial_shapes, level_start_index, sampling_locations,
-                              attention_weights)
-        return extension.forward(value, spatial_shapes, level_start_index, sampling_locations,
-                                 attention_weights)
+        ctx.save_for_backward(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+        )
+        return extension.forward(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+        )
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_output: Tensor
-                 ) -> Tuple[Optional[Tensor], None, None, Optional[Tensor], Optional[Tensor]]:
+    def backward(
+        ctx, grad_output: Tensor
+    ) -> Tuple[Optional[Tensor], None, None, Optional[Tensor], Optional[Tensor]]:
         """``grad_output (bs, nq, M * D)`` -> grads of value, locations and attention weights."""
-        value, spatial_shapes, level_start_index, sampling_locations, attention_weights = \
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights = (
             ctx.saved_tensors
+        )
         # One pass computes all three: the two small ones come almost free with grad_value.
         grad_value, grad_locations, grad_weights = load_cpu_extension().backward(
-            value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-            grad_output)
+            value,
+            spatial_shapes,
+            level_start_index,
+            sampling_locations,
+            attention_weights,
+            grad_output,
+        )
         needs = ctx.needs_input_grad
-        return (grad_value if needs[0] else None, None, None,
-                grad_locations if needs[3] else None, grad_weights if needs[4] else None)
+        return (
+            grad_value if needs[0] else None,
+            None,
+            None,
+            grad_locations if needs[3] else None,
+            grad_weights if needs[4] else None,
+        )

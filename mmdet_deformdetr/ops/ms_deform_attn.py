@@ -23,6 +23,7 @@ being silently masked. mmcv's CUDA kernel (``'cuda'``) differs: it skips a NaN l
 output). ``level_start_index`` must equal the cumulative sum of ``H * W`` (checked on the host,
 once per call, except while tracing).
 """
+
 import functools
 
 import torch
@@ -47,40 +48,61 @@ def mmcv_cuda_available() -> bool:
         return False
     try:
         from mmcv.ops.info import get_compiling_cuda_version
+
         compiled_cuda = get_compiling_cuda_version()
     except Exception:  # noqa: BLE001 - any failure to load mmcv's extension means "not usable"
         return False
     return bool(compiled_cuda) and compiled_cuda != 'not available'
 
 
-def _check_inputs(value: Tensor, spatial_shapes: SpatialShapes, level_start_index: Tensor,
-                  sampling_locations: Tensor, attention_weights: Tensor) -> None:
+def _check_inputs(
+    value: Tensor,
+    spatial_shapes: SpatialShapes,
+    level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+) -> None:
     """Raise ValueError naming the first argument whose shape (or, for ``spatial_shapes`` and
     ``level_start_index``, values) does not fit the others."""
     if value.dim() != 4:
         raise ValueError(f'value must be (bs, num_keys, M, D), got shape {tuple(value.shape)}')
     bs, num_keys, num_heads, _ = value.shape
     if isinstance(spatial_shapes, Tensor):
-        if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2 or \
-                spatial_shapes.is_floating_point():
-            raise ValueError('spatial_shapes must be an integer (L, 2) tensor of (H, W), got '
-                             f'{spatial_shapes.dtype} {tuple(spatial_shapes.shape)}')
+        if (
+            spatial_shapes.dim() != 2
+            or spatial_shapes.shape[1] != 2
+            or spatial_shapes.is_floating_point()
+        ):
+            raise ValueError(
+                'spatial_shapes must be an integer (L, 2) tensor of (H, W), got '
+                f'{spatial_shapes.dtype} {tuple(spatial_shapes.shape)}'
+            )
     elif any(len(pair) != 2 for pair in spatial_shapes):
         raise ValueError(f'spatial_shapes must be (H, W) pairs, got {list(spatial_shapes)}')
     num_levels = len(spatial_shapes)
     if tuple(level_start_index.shape) != (num_levels,) or level_start_index.is_floating_point():
-        raise ValueError(f'level_start_index must be an integer ({num_levels},) tensor, got '
-                         f'{level_start_index.dtype} {tuple(level_start_index.shape)}')
-    if sampling_locations.dim() != 6 or sampling_locations.shape[0] != bs or \
-            sampling_locations.shape[2] != num_heads or \
-            sampling_locations.shape[3] != num_levels or sampling_locations.shape[5] != 2:
-        raise ValueError(f'sampling_locations must be (bs, nq, M, L, K, 2) = ({bs}, nq, '
-                         f'{num_heads}, {num_levels}, K, 2), got '
-                         f'{tuple(sampling_locations.shape)}')
+        raise ValueError(
+            f'level_start_index must be an integer ({num_levels},) tensor, got '
+            f'{level_start_index.dtype} {tuple(level_start_index.shape)}'
+        )
+    if (
+        sampling_locations.dim() != 6
+        or sampling_locations.shape[0] != bs
+        or sampling_locations.shape[2] != num_heads
+        or sampling_locations.shape[3] != num_levels
+        or sampling_locations.shape[5] != 2
+    ):
+        raise ValueError(
+            f'sampling_locations must be (bs, nq, M, L, K, 2) = ({bs}, nq, '
+            f'{num_heads}, {num_levels}, K, 2), got '
+            f'{tuple(sampling_locations.shape)}'
+        )
     if attention_weights.shape != sampling_locations.shape[:5]:
-        raise ValueError(f'attention_weights must be (bs, nq, M, L, K) = '
-                         f'{tuple(sampling_locations.shape[:5])}, got '
-                         f'{tuple(attention_weights.shape)}')
+        raise ValueError(
+            f'attention_weights must be (bs, nq, M, L, K) = '
+            f'{tuple(sampling_locations.shape[:5])}, got '
+            f'{tuple(attention_weights.shape)}'
+        )
     if isinstance(spatial_shapes, Tensor):
         if torch.jit.is_tracing() or torch.compiler.is_exporting():
             return  # the values below would be baked into the graph as constants
@@ -88,27 +110,38 @@ def _check_inputs(value: Tensor, spatial_shapes: SpatialShapes, level_start_inde
         # mmcv's kernel would read out of bounds, and ours would read the wrong level, on a bad
         # index. The grid_sample path ignores level_start_index, so without this check it alone
         # would "work".
-        host = torch.cat([spatial_shapes.reshape(-1), level_start_index.reshape(-1).to(
-            spatial_shapes.device, spatial_shapes.dtype)]).tolist()
-        shapes, starts = host[:2 * num_levels], host[2 * num_levels:]
+        host = torch.cat(
+            [
+                spatial_shapes.reshape(-1),
+                level_start_index.reshape(-1).to(spatial_shapes.device, spatial_shapes.dtype),
+            ]
+        ).tolist()
+        shapes, starts = host[: 2 * num_levels], host[2 * num_levels :]
         sizes = [shapes[2 * i] * shapes[2 * i + 1] for i in range(num_levels)]
     else:
         # Python (possibly symbolic) ints: the key count needs no transfer, and torch.export
         # proves it from the feature shapes; level_start_index is then read like the tensors
         sizes = [height * width for height, width in spatial_shapes]
-        starts = None if torch.jit.is_tracing() or torch.compiler.is_exporting() \
+        starts = (
+            None
+            if torch.jit.is_tracing() or torch.compiler.is_exporting()
             else level_start_index.tolist()
+        )
     expected_keys = sum(sizes)
     if expected_keys != num_keys:
-        raise ValueError(f'value has {num_keys} keys but spatial_shapes '
-                         f'{level_shapes(spatial_shapes)} need sum(H * W) = {expected_keys}')
+        raise ValueError(
+            f'value has {num_keys} keys but spatial_shapes '
+            f'{level_shapes(spatial_shapes)} need sum(H * W) = {expected_keys}'
+        )
     if starts is None:
         return  # tracing / exporting: the index is data of the graph
     expected_starts = [sum(sizes[:i]) for i in range(num_levels)]
     if starts != expected_starts:
-        raise ValueError(f'level_start_index {starts} disagrees with spatial_shapes '
-                         f'{level_shapes(spatial_shapes)}: each level must start where the '
-                         f'previous ends, i.e. {expected_starts} (cumulative sum of H * W)')
+        raise ValueError(
+            f'level_start_index {starts} disagrees with spatial_shapes '
+            f'{level_shapes(spatial_shapes)}: each level must start where the '
+            f'previous ends, i.e. {expected_starts} (cumulative sum of H * W)'
+        )
 
 
 def _select_impl(value: Tensor, impl: str) -> str:
@@ -116,8 +149,12 @@ def _select_impl(value: Tensor, impl: str) -> str:
     if impl not in IMPLS:
         raise ValueError(f'impl must be one of {IMPLS}, got {impl!r}')
     # torch.compiler.is_exporting(): torch.export, which the ONNX exporter of torch >= 2.9 runs
-    exporting = torch.jit.is_tracing() or torch.jit.is_scripting() or \
-        torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+    exporting = (
+        torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.onnx.is_in_onnx_export()
+        or torch.compiler.is_exporting()
+    )
     if impl == 'auto':
         if exporting:
             return 'pytorch'
@@ -125,9 +162,11 @@ def _select_impl(value: Tensor, impl: str) -> str:
             return 'cuda' if mmcv_cuda_available() else 'pytorch'
         return 'cpu' if value.device.type == 'cpu' else 'pytorch'
     if impl == 'cuda' and not (value.is_cuda and mmcv_cuda_available()):
-        raise RuntimeError("impl='cuda' needs CUDA tensors and mmcv built with CUDA ops "
-                           f'(value is on {value.device}, mmcv CUDA ops available: '
-                           f'{mmcv_cuda_available()})')
+        raise RuntimeError(
+            "impl='cuda' needs CUDA tensors and mmcv built with CUDA ops "
+            f'(value is on {value.device}, mmcv CUDA ops available: '
+            f'{mmcv_cuda_available()})'
+        )
     if impl == 'cpu' and value.device.type != 'cpu':
         raise RuntimeError(f"impl='cpu' needs CPU tensors, value is on {value.device}")
     return impl
@@ -150,8 +189,15 @@ def _mmcv_im2col_step(batch_size: int, im2col_step: int) -> int:
     return step
 
 
-def _run(impl: str, value: Tensor, spatial_shapes: SpatialShapes, level_start_index: Tensor,
-         sampling_locations: Tensor, attention_weights: Tensor, im2col_step: int) -> Tensor:
+def _run(
+    impl: str,
+    value: Tensor,
+    spatial_shapes: SpatialShapes,
+    level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+    im2col_step: int,
+) -> Tensor:
     if impl in ('cuda', 'cpu'):
         spatial_shapes = shapes_tensor(spatial_shapes, value.device)  # the kernels read a tensor
     if impl == 'cuda':
@@ -159,22 +205,32 @@ def _run(impl: str, value: Tensor, spatial_shapes: SpatialShapes, level_start_in
 
         # mmcv's kernel asserts contiguous inputs, and int64 shapes on the value's device.
         return MultiScaleDeformableAttnFunction.apply(
-            value.contiguous(), spatial_shapes.to(value.device, torch.long).contiguous(),
+            value.contiguous(),
+            spatial_shapes.to(value.device, torch.long).contiguous(),
             level_start_index.to(value.device, torch.long).contiguous(),
-            sampling_locations.contiguous(), attention_weights.contiguous(),
-            _mmcv_im2col_step(value.shape[0], im2col_step))
+            sampling_locations.contiguous(),
+            attention_weights.contiguous(),
+            _mmcv_im2col_step(value.shape[0], im2col_step),
+        )
     if impl == 'cpu' and load_cpu_extension() is not None:
-        return MSDeformAttnCPUFunction.apply(value, spatial_shapes, level_start_index,
-                                             sampling_locations, attention_weights)
+        return MSDeformAttnCPUFunction.apply(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+        )
     # 'pytorch', or 'cpu' after a failed build (load_cpu_extension has warned once).
-    return multi_scale_deformable_attn_reference(value, spatial_shapes, sampling_locations,
-                                                 attention_weights)
+    return multi_scale_deformable_attn_reference(
+        value, spatial_shapes, sampling_locations, attention_weights
+    )
 
 
-def multi_scale_deformable_attn(value: Tensor, spatial_shapes: SpatialShapes,
-                                level_start_index: Tensor, sampling_locations: Tensor,
-                                attention_weights: Tensor, im2col_step: int = 64,
-                                impl: str = 'auto') -> Tensor:
+def multi_scale_deformable_attn(
+    value: Tensor,
+    spatial_shapes: SpatialShapes,
+    level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+    im2col_step: int = 64,
+    impl: str = 'auto',
+) -> Tensor:
     """Multi-scale deformable attention (Zhu et al., ICLR 2021, Eq. 3, after the projections).
 
     Args:
@@ -201,11 +257,17 @@ def multi_scale_deformable_attn(value: Tensor, spatial_shapes: SpatialShapes,
         raise ValueError(f'im2col_step must be >= 1, got {im2col_step}')
     resolved = _select_impl(value, impl)
     compute_dtype = _compute_dtype(value, sampling_locations, attention_weights)
-    args = (resolved, value.to(compute_dtype), spatial_shapes, level_start_index,
-            sampling_locations.to(compute_dtype), attention_weights.to(compute_dtype), im2col_step)
+    args = (
+        resolved,
+        value.to(compute_dtype),
+        spatial_shapes,
+        level_start_index,
+        sampling_locations.to(compute_dtype),
+        attention_weights.to(compute_dtype),
+        im2col_step,
+    )
     if value.device.type not in ('cpu', 'cuda'):
         return _run(*args).to(value.dtype)
     # Autocast would run grid_sample and the weighted sum in bf16 again; keep full precision.
     with torch.autocast(device_type=value.device.type, enabled=False):
         return _run(*args).to(value.dtype)
-

@@ -3,15 +3,19 @@
 Slow and memory hungry (it materialises one sampled tensor per level), but made only of standard
 PyTorch ops, so it runs on every device, exports to ONNX and serves as the ground truth in tests.
 """
+
 import torch.nn.functional as F
 from torch import Tensor
 
 from .shapes import SpatialShapes, level_shapes
 
 
-def multi_scale_deformable_attn_reference(value: Tensor, spatial_shapes: SpatialShapes,
-                                          sampling_locations: Tensor,
-                                          attention_weights: Tensor) -> Tensor:
+def multi_scale_deformable_attn_reference(
+    value: Tensor,
+    spatial_shapes: SpatialShapes,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+) -> Tensor:
     """Multi-scale deformable attention with bilinear ``grid_sample`` (zero padding).
 
     Args:
@@ -38,15 +42,25 @@ def multi_scale_deformable_attn_reference(value: Tensor, spatial_shapes: Spatial
     output = value.new_zeros(bs * num_heads, head_dims, num_queries)
     for level, (height, width) in enumerate(shapes):
         # (bs, H*W, M, D) -> (bs*M, D, H, W): one "image" per (sample, head) with D channels.
-        level_value = per_level_values[level].permute(0, 2, 3, 1).reshape(
-            bs * num_heads, head_dims, height, width)
+        level_value = (
+            per_level_values[level]
+            .permute(0, 2, 3, 1)
+            .reshape(bs * num_heads, head_dims, height, width)
+        )
         # (bs, nq, M, K, 2) -> (bs*M, nq, K, 2): a grid of nq x K points per (sample, head).
-        level_grid = grids[:, :, :, level].transpose(1, 2).reshape(
-            bs * num_heads, num_queries, num_points, 2)
-        sampled = F.grid_sample(level_value, level_grid, mode='bilinear', padding_mode='zeros',
-                                align_corners=False)  # (bs*M, D, nq, K)
-        level_weights = attention_weights[:, :, :, level].transpose(1, 2).reshape(
-            bs * num_heads, 1, num_queries, num_points)
+        level_grid = (
+            grids[:, :, :, level]
+            .transpose(1, 2)
+            .reshape(bs * num_heads, num_queries, num_points, 2)
+        )
+        sampled = F.grid_sample(
+            level_value, level_grid, mode='bilinear', padding_mode='zeros', align_corners=False
+        )  # (bs*M, D, nq, K)
+        level_weights = (
+            attention_weights[:, :, :, level]
+            .transpose(1, 2)
+            .reshape(bs * num_heads, 1, num_queries, num_points)
+        )
         # Summing level by level keeps only one level's samples alive at a time.
         output = output + (sampled * level_weights).sum(-1)
     # (bs*M, D, nq) -> (bs, nq, M*D), heads major, as the output projection expects.

@@ -8,6 +8,7 @@ from feature-map shapes stay *symbolic*, while ints read back from a tensor (``.
 data-dependent and cannot be traced: the exported graph would fail, or bake in the example's
 height and width. Eager results are identical either way.
 """
+
 from typing import List, Sequence, Tuple, Union
 
 import torch
@@ -41,4 +42,3 @@ def shapes_tensor(spatial_shapes: SpatialShapes, device: torch.device) -> Tensor
     if isinstance(spatial_shapes, Tensor):
         return spatial_shapes
     return torch.tensor([[h, w] for h, w in spatial_shapes], dtype=torch.long, device=device)
-

@@ -1,5 +1,6 @@
 """FLOP handles of the deformable attention against a hand count, and tools/analysis_tools/
 get_flops.py on the tiny config over the photographs."""
+
 import json
 import sys
 
@@ -21,8 +22,14 @@ EMBED, HEADS, POINTS, QUERIES = 8, 2, 3, 7
 class _Attend(nn.Module):
     def __init__(self, impl: str) -> None:
         super().__init__()
-        self.attn = MSDeformAttn(embed_dims=EMBED, num_heads=HEADS, num_levels=len(LEVELS),
-                                 num_points=POINTS, dropout=0.0, impl=impl)
+        self.attn = MSDeformAttn(
+            embed_dims=EMBED,
+            num_heads=HEADS,
+            num_levels=len(LEVELS),
+            num_points=POINTS,
+            dropout=0.0,
+            impl=impl,
+        )
 
     def forward(self, query, value, reference):
         return self.attn(query, reference, value=value, spatial_shapes=torch.tensor(LEVELS))
@@ -34,18 +41,23 @@ def test_attention_handle_equals_hand_count(impl):
     channel (4 bilinear + 1 weight); the four projections as linear layers."""
     generator = torch.Generator().manual_seed(0)
     num_keys = sum(h * w for h, w in LEVELS)
-    inputs = (torch.randn(1, QUERIES, EMBED, generator=generator),
-              torch.randn(1, num_keys, EMBED, generator=generator),
-              torch.rand(1, QUERIES, len(LEVELS), 2, generator=generator))
+    inputs = (
+        torch.randn(1, QUERIES, EMBED, generator=generator),
+        torch.randn(1, num_keys, EMBED, generator=generator),
+        torch.rand(1, QUERIES, len(LEVELS), 2, generator=generator),
+    )
     analyzer = FlopAnalyzer(_Attend(impl).eval(), inputs)
     analyzer.set_op_handle(**deform_attn_handles())
     analyzer.unsupported_ops_warnings(False).tracer_warnings('none')
     by_operator = analyzer.by_operator()
     head_dims = EMBED // HEADS
     sampling = QUERIES * HEADS * len(LEVELS) * POINTS * head_dims * 5  # = 1680
-    linear = (QUERIES * EMBED * HEADS * len(LEVELS) * POINTS * 2  # sampling_offsets
-              + QUERIES * EMBED * HEADS * len(LEVELS) * POINTS  # attention_weights
-              + num_keys * EMBED * EMBED + QUERIES * EMBED * EMBED)  # value / output proj
+    linear = (
+        QUERIES * EMBED * HEADS * len(LEVELS) * POINTS * 2  # sampling_offsets
+        + QUERIES * EMBED * HEADS * len(LEVELS) * POINTS  # attention_weights
+        + num_keys * EMBED * EMBED
+        + QUERIES * EMBED * EMBED
+    )  # value / output proj
     assert MACS_PER_SAMPLE == 5
     assert sum(by_operator.get(op, 0) for op in SAMPLING_OPS) == sampling == 1680
     assert by_operator['linear'] == linear
@@ -55,8 +67,19 @@ def test_attention_handle_equals_hand_count(impl):
 @pytest.mark.slow
 def test_get_flops_tool_terms_add_up_and_count_the_sampling(tmp_path):
     out = tmp_path / 'flops.json'
-    result = run_tool([sys.executable, 'tools/analysis_tools/get_flops.py', str(TINY_CONFIG),
-                       '--num-images', '2', '--data-root', f'{COCO_PHOTOS}/', '--out', str(out)])
+    result = run_tool(
+        [
+            sys.executable,
+            'tools/analysis_tools/get_flops.py',
+            str(TINY_CONFIG),
+            '--num-images',
+            '2',
+            '--data-root',
+            f'{COCO_PHOTOS}/',
+            '--out',
+            str(out),
+        ]
+    )
     report = json.loads(out.read_text())
     terms = report['terms']
     parts = ('backbone', 'input projection', 'encoder', 'decoder', 'transformer, other', 'head')
@@ -70,16 +93,18 @@ def test_get_flops_tool_terms_add_up_and_count_the_sampling(tmp_path):
     images = json.loads((COCO_PHOTOS / 'annotations' / 'instances.json').read_text())['images']
     tokens = []
     for image in images[:2]:
-        scale = min(160 / max(image['width'], image['height']),
-                    96 / min(image['width'], image['height']))
+        scale = min(
+            160 / max(image['width'], image['height']), 96 / min(image['width'], image['height'])
+        )
         height, width = int(image['height'] * scale + 0.5), int(image['width'] * scale + 0.5)
-        tokens.append(sum(-(-height // stride) * -(-width // stride)
-                          for stride in (8, 16, 32, 64)))
+        tokens.append(sum(-(-height // stride) * -(-width // stride) for stride in (8, 16, 32, 64)))
     expected = per_query * sum(tokens) / len(tokens)
     assert terms['encoder sampling'] * 1e9 == pytest.approx(expected, rel=1e-9)
-    assert terms['decoder sampling'] * 1e9 == pytest.approx(per_query * cfg.model.num_queries,
-                                                            rel=1e-9)
+    assert terms['decoder sampling'] * 1e9 == pytest.approx(
+        per_query * cfg.model.num_queries, rel=1e-9
+    )
     assert report['mmdet_get_flops_gflops'] == pytest.approx(
-        terms['total'] - (terms['encoder sampling'] + terms['decoder sampling']) / 5, rel=1e-9)
+        terms['total'] - (terms['encoder sampling'] + terms['decoder sampling']) / 5, rel=1e-9
+    )
     assert report['params'] > 1e7  # ResNet-18 and the tiny transformer: 11.4 M
     assert f'params: {report["params"] / 1e6:.2f} M' in result.output

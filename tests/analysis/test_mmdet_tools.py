@@ -1,6 +1,7 @@
 """mmdet's own analysis tools, as shipped in mmdet/.mim/tools/analysis_tools, run on our tiny
 config and the photographs (the `analysis` extra brings what they import: seaborn, psutil);
 and our benchmark_fps.py, which measures where mmdet's benchmark.py cannot (CPU)."""
+
 import json
 import re
 import sys
@@ -19,8 +20,9 @@ pytestmark = pytest.mark.slow
 
 def data_options() -> List[str]:
     root, ann_file = f'{COCO_PHOTOS}/', f'{COCO_PHOTOS}/annotations/instances.json'
-    return [f'{split}_dataloader.dataset.data_root={root}' for split in ('train', 'val', 'test')
-            ] + [f'val_evaluator.ann_file={ann_file}', f'test_evaluator.ann_file={ann_file}']
+    return [
+        f'{split}_dataloader.dataset.data_root={root}' for split in ('train', 'val', 'test')
+    ] + [f'val_evaluator.ann_file={ann_file}', f'test_evaluator.ann_file={ann_file}']
 
 
 def mmdet_tool(name: str, *args: str) -> str:
@@ -35,13 +37,24 @@ def checkpoint(tmp_path_factory) -> Path:
 def test_get_flops_agrees_with_ours(tmp_path):
     """mmdet's get_flops.py runs, and reports what ours says mmdet's would (ours adds the
     fifth multiply-add per sampled value that mmdet's grid_sampler handle leaves out)."""
-    theirs = mmdet_tool('get_flops.py', str(TINY_CONFIG), '--num-images', '2',
-                        '--cfg-options', *data_options())
+    theirs = mmdet_tool(
+        'get_flops.py', str(TINY_CONFIG), '--num-images', '2', '--cfg-options', *data_options()
+    )
     flops = float(re.search(r'Flops: ([\d.]+)G', theirs).group(1))
     out = tmp_path / 'ours.json'
-    ours = run_tool([sys.executable, 'tools/analysis_tools/get_flops.py', str(TINY_CONFIG),
-                     '--num-images', '2', '--data-root', f'{COCO_PHOTOS}/', '--out',
-                     str(out)]).output
+    ours = run_tool(
+        [
+            sys.executable,
+            'tools/analysis_tools/get_flops.py',
+            str(TINY_CONFIG),
+            '--num-images',
+            '2',
+            '--data-root',
+            f'{COCO_PHOTOS}/',
+            '--out',
+            str(out),
+        ]
+    ).output
     report = json.loads(out.read_text())
     params = float(re.search(r'Params: ([\d.]+)M', theirs).group(1))
     # the same two images; mmdet prints 3 decimals
@@ -54,16 +67,43 @@ def test_benchmark_dataloader_and_dataset():
     """benchmark.py needs psutil (the analysis extra) for every task; --task inference moves
     the model to CUDA unconditionally, so on CPU use tools/analysis_tools/benchmark_fps.py."""
     for task in ('dataloader', 'dataset'):
-        output = run_tool([sys.executable, str(ANALYSIS / 'benchmark.py'), str(TINY_CONFIG),
-                           '--task', task, '--max-iter', '3', '--num-warmup', '1',
-                           '--cfg-options', *data_options()]).output
+        output = run_tool(
+            [
+                sys.executable,
+                str(ANALYSIS / 'benchmark.py'),
+                str(TINY_CONFIG),
+                '--task',
+                task,
+                '--max-iter',
+                '3',
+                '--num-warmup',
+                '1',
+                '--cfg-options',
+                *data_options(),
+            ]
+        ).output
         assert 'Overall fps' in output
 
 
 def test_our_benchmark_fps_names_the_device(checkpoint):
-    output = run_tool([sys.executable, 'tools/analysis_tools/benchmark_fps.py', str(TINY_CONFIG),
-                       str(checkpoint), '--device', 'cpu', '--num-images', '3', '--warmup', '1',
-                       '--threads', '1', '--data-root', f'{COCO_PHOTOS}/']).output
+    output = run_tool(
+        [
+            sys.executable,
+            'tools/analysis_tools/benchmark_fps.py',
+            str(TINY_CONFIG),
+            str(checkpoint),
+            '--device',
+            'cpu',
+            '--num-images',
+            '3',
+            '--warmup',
+            '1',
+            '--threads',
+            '1',
+            '--data-root',
+            f'{COCO_PHOTOS}/',
+        ]
+    ).output
     assert re.search(r'on .+, 1 torch threads', output)
     fps = float(re.search(r'FPS: ([\d.]+)', output).group(1))
     assert fps > 0
@@ -71,8 +111,15 @@ def test_our_benchmark_fps_names_the_device(checkpoint):
 
 
 def test_browse_dataset_writes_every_image(tmp_path):
-    mmdet_tool('browse_dataset.py', str(TINY_CONFIG), '--output-dir', str(tmp_path),
-               '--not-show', '--cfg-options', *data_options())
+    mmdet_tool(
+        'browse_dataset.py',
+        str(TINY_CONFIG),
+        '--output-dir',
+        str(tmp_path),
+        '--not-show',
+        '--cfg-options',
+        *data_options(),
+    )
     drawn = sorted(p.name for p in tmp_path.iterdir())
     assert drawn == sorted(p.name for p in (COCO_PHOTOS / 'images').glob('*.jpg'))
 
@@ -80,10 +127,20 @@ def test_browse_dataset_writes_every_image(tmp_path):
 def test_analyze_logs_and_confusion_matrix_after_train_and_test(checkpoint, tmp_path):
     """Train two iterations (the log analyze_logs.py reads), test with --out (the predictions
     confusion_matrix.py reads), then run both tools."""
-    run_tool([sys.executable, 'tools/train.py', str(TINY_CONFIG), '--work-dir',
-              str(tmp_path / 'train'), '--cfg-options', *data_options()])
-    log = next(p for p in (tmp_path / 'train').glob('*/vis_data/*.json')
-               if p.name != 'scalars.json')
+    run_tool(
+        [
+            sys.executable,
+            'tools/train.py',
+            str(TINY_CONFIG),
+            '--work-dir',
+            str(tmp_path / 'train'),
+            '--cfg-options',
+            *data_options(),
+        ]
+    )
+    log = next(
+        p for p in (tmp_path / 'train').glob('*/vis_data/*.json') if p.name != 'scalars.json'
+    )
     curve = tmp_path / 'loss.png'
     mmdet_tool('analyze_logs.py', 'plot_curve', str(log), '--keys', 'loss', '--out', str(curve))
     assert curve.stat().st_size > 0
@@ -91,9 +148,26 @@ def test_analyze_logs_and_confusion_matrix_after_train_and_test(checkpoint, tmp_
     assert 'average iter time' in timing
 
     results = tmp_path / 'results.pkl'
-    run_tool([sys.executable, 'tools/test.py', str(TINY_CONFIG), str(checkpoint), '--out',
-              str(results), '--work-dir', str(tmp_path / 'test'), '--cfg-options',
-              *data_options()])
-    mmdet_tool('confusion_matrix.py', str(TINY_CONFIG), str(results), str(tmp_path / 'cm'),
-               '--cfg-options', *data_options())
+    run_tool(
+        [
+            sys.executable,
+            'tools/test.py',
+            str(TINY_CONFIG),
+            str(checkpoint),
+            '--out',
+            str(results),
+            '--work-dir',
+            str(tmp_path / 'test'),
+            '--cfg-options',
+            *data_options(),
+        ]
+    )
+    mmdet_tool(
+        'confusion_matrix.py',
+        str(TINY_CONFIG),
+        str(results),
+        str(tmp_path / 'cm'),
+        '--cfg-options',
+        *data_options(),
+    )
     assert (tmp_path / 'cm' / 'confusion_matrix.png').stat().st_size > 0

@@ -1,6 +1,7 @@
 """tools/analysis_tools/vis_sampling_points.py draws the model's own sampling locations: the
 points it writes are compared with locations recomputed here from the inputs of the attention
 layers (forward hooks), for the top detections and for an encoder pixel."""
+
 import json
 import sys
 from pathlib import Path
@@ -31,8 +32,10 @@ def recompute_locations(module, args, kwargs):
     if reference.shape[-1] == 2:
         locations = reference[:, :, None, :, None] + offsets / shapes.flip(-1)[:, None]
     else:
-        locations = reference[:, :, None, :, None, :2] + \
-            offsets / points * reference[:, :, None, :, None, 2:] * 0.5
+        locations = (
+            reference[:, :, None, :, None, :2]
+            + offsets / points * reference[:, :, None, :, None, 2:] * 0.5
+        )
     return locations, weights.view(bs, nq, heads, levels, points)
 
 
@@ -44,9 +47,25 @@ def test_drawn_points_are_the_models_sampling_locations(variant, coco_photos, tm
     image = sorted((coco_photos / 'images').glob('*.jpg'))[2]
     pixel = (200.0, 150.0)
     out_dir = tmp_path / 'vis'
-    run_tool([sys.executable, 'tools/analysis_tools/vis_sampling_points.py', str(image),
-              str(config), str(checkpoint), '--out-dir', str(out_dir), '--topk', '2',
-              '--pixel', *map(str, pixel), '--pixel-level', '1', '--panel-width', '320'])
+    run_tool(
+        [
+            sys.executable,
+            'tools/analysis_tools/vis_sampling_points.py',
+            str(image),
+            str(config),
+            str(checkpoint),
+            '--out-dir',
+            str(out_dir),
+            '--topk',
+            '2',
+            '--pixel',
+            *map(str, pixel),
+            '--pixel-level',
+            '1',
+            '--panel-width',
+            '320',
+        ]
+    )
     drawn = json.loads((out_dir / 'sampling_points.json').read_text())
 
     model = init_detector(str(config), str(checkpoint), device='cpu')
@@ -55,12 +74,15 @@ def test_drawn_points_are_the_models_sampling_locations(variant, coco_photos, tm
     def keep(name):
         def hook(module, args, kwargs, output):
             seen[name] = recompute_locations(module, args, kwargs) + (args[1],)
+
         return hook
 
     model.transformer.decoder.layers[-1].cross_attn.register_forward_hook(
-        keep('decoder'), with_kwargs=True)
+        keep('decoder'), with_kwargs=True
+    )
     model.transformer.encoder.layers[-1].self_attn.register_forward_hook(
-        keep('encoder'), with_kwargs=True)
+        keep('encoder'), with_kwargs=True
+    )
     with torch.no_grad():
         sample = inference_detector(model, str(image))
     pad_h, pad_w = sample.batch_input_shape
@@ -72,7 +94,8 @@ def test_drawn_points_are_the_models_sampling_locations(variant, coco_photos, tm
             where = locations[point['head'], point['level'], point['point']] * scale
             np.testing.assert_allclose([point['x'], point['y']], where, atol=1e-3, rtol=0)
             assert point['weight'] == pytest.approx(
-                weights[point['head'], point['level'], point['point']], abs=1e-6)
+                weights[point['head'], point['level'], point['point']], abs=1e-6
+            )
         np.testing.assert_allclose(entry['reference'], reference[0, :2] * scale, atol=1e-3)
         heads, levels, points = weights.shape
         assert len(entry['points']) == heads * levels * points
@@ -88,8 +111,11 @@ def test_drawn_points_are_the_models_sampling_locations(variant, coco_photos, tm
     # the query of level 1 (stride 16) whose cell holds the pixel
     height, width = encoder['level_shapes'][1]
     x, y = pixel[0] / scale[0], pixel[1] / scale[1]
-    expected_query = encoder['level_shapes'][0][0] * encoder['level_shapes'][0][1] + \
-        int(y * height) * width + int(x * width)
+    expected_query = (
+        encoder['level_shapes'][0][0] * encoder['level_shapes'][0][1]
+        + int(y * height) * width
+        + int(x * width)
+    )
     assert encoder['query'] == expected_query
     check(encoder, 'encoder', expected_query)
 

@@ -1,5 +1,6 @@
 """Files for the checkpoint tests: a payload that runs a shell command when unpickled, and damaged
 copies of real checkpoints (fixtures using them are in ``tests/checkpoint/conftest.py``)."""
+
 import os
 import random
 import struct
@@ -7,8 +8,12 @@ import zipfile
 from pathlib import Path
 from typing import Tuple
 
-CONVERTER = (Path(__file__).resolve().parents[2] / 'tools' / 'model_converters'
-             / 'deformable_detr_to_mmdet_deformdetr.py')
+CONVERTER = (
+    Path(__file__).resolve().parents[2]
+    / 'tools'
+    / 'model_converters'
+    / 'deformable_detr_to_mmdet_deformdetr.py'
+)
 #: ways to damage a checkpoint file (see :func:`damage_file`)
 DAMAGES = ['empty', 'first_100_bytes', 'mid_tensor', 'last_byte_missing', 'random_bytes']
 
@@ -20,7 +25,7 @@ class ShellPayload:
         self.marker = str(marker)
 
     def __reduce__(self):
-        return os.system, (f'touch {self.marker}', )
+        return os.system, (f'touch {self.marker}',)
 
 
 #: the name a file pickling ShellPayload refers to
@@ -47,7 +52,7 @@ def damage_file(source: Path, damage: str, target: Path) -> Path:
         damaged = data[:100]
     elif damage == 'mid_tensor':
         offset, size = _largest_member_data(source)
-        damaged = data[:offset + size // 2]
+        damaged = data[: offset + size // 2]
     elif damage == 'last_byte_missing':
         damaged = data[:-1]
     elif damage == 'random_bytes':

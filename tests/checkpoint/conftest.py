@@ -1,5 +1,6 @@
 """Fixtures of the checkpoint tests: a real training checkpoint of the tiny model, a checkpoint
 that runs a shell command when unpickled, and the converter tool as a module."""
+
 import importlib.util
 from pathlib import Path
 from typing import Callable, Tuple
@@ -28,10 +29,17 @@ def training_checkpoint(tmp_path_factory) -> Path:
     hub.update_scalar('train/loss', np.float64(1.25))
     hub.update_info('iter', 2)
     path = tmp_path_factory.mktemp('training') / 'iter_2.pth'
-    save_checkpoint(dict(meta=dict(epoch=0, iter=2, seed=np.int64(0),
-                                   dataset_meta=dict(classes=('a', 'b', 'c'))),
-                         state_dict=model.state_dict(), optimizer=optimizer.state_dict(),
-                         message_hub=hub.state_dict()), str(path))
+    save_checkpoint(
+        dict(
+            meta=dict(
+                epoch=0, iter=2, seed=np.int64(0), dataset_meta=dict(classes=('a', 'b', 'c'))
+            ),
+            state_dict=model.state_dict(),
+            optimizer=optimizer.state_dict(),
+            message_hub=hub.state_dict(),
+        ),
+        str(path),
+    )
     return path
 
 
@@ -41,8 +49,13 @@ def evil_checkpoint(tmp_path: Path) -> Tuple[Path, Path]:
     ``touch marker``."""
     marker = tmp_path / 'payload_ran'
     path = tmp_path / 'evil.pth'
-    torch.save({'meta': {'epoch': 0, 'iter': 2, 'note': ShellPayload(marker)},
-                'state_dict': build_tiny_model('refine').state_dict()}, path)
+    torch.save(
+        {
+            'meta': {'epoch': 0, 'iter': 2, 'note': ShellPayload(marker)},
+            'state_dict': build_tiny_model('refine').state_dict(),
+        },
+        path,
+    )
     return path, marker
 
 
@@ -62,8 +75,10 @@ def make_tiny_file(tmp_path: Path) -> Callable[..., Path]:
 
     def make(variant: str = 'plain', name: str = 'tiny.pth', **kwargs) -> Path:
         path = tmp_path / name
-        torch.save({'meta': {'epoch': 1}, 'state_dict': build_tiny_model(variant, **kwargs)
-                    .state_dict()}, path)
+        torch.save(
+            {'meta': {'epoch': 1}, 'state_dict': build_tiny_model(variant, **kwargs).state_dict()},
+            path,
+        )
         return path
 
     return make

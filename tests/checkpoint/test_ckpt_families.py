@@ -2,6 +2,7 @@
 fourth family needs nothing but a table entry (registered here, in the test only) to load through
 load_checkpoint, deformdetr:// and the converter tool, as README "Adding a checkpoint family"
 says."""
+
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple
 
@@ -31,12 +32,13 @@ def toy_unwrap(checkpoint: Mapping) -> Optional[Tuple[Mapping, dict]]:
     return checkpoint['toy_weights'], dict(checkpoint['toy_info'])
 
 
-def toy_to_ours(state_dict: Mapping[str, torch.Tensor],
-                report: ConversionReport) -> Dict[str, torch.Tensor]:
+def toy_to_ours(
+    state_dict: Mapping[str, torch.Tensor], report: ConversionReport
+) -> Dict[str, torch.Tensor]:
     converted = {}
     for key, value in state_dict.items():
-        converted[key[len('toy/'):].replace('/', '.')] = value
-        report.record(key, key[len('toy/'):].replace('/', '.'))
+        converted[key[len('toy/') :].replace('/', '.')] = value
+        report.record(key, key[len('toy/') :].replace('/', '.'))
     return converted
 
 
@@ -48,9 +50,13 @@ def toy_family(monkeypatch) -> CheckpointFamily:
 
 
 def save_toy_file(model: torch.nn.Module, path: Path) -> Path:
-    torch.save({'toy_weights': {'toy/' + k.replace('.', '/'): v
-                                for k, v in model.state_dict().items()},
-                'toy_info': {'epoch': 3}}, path)
+    torch.save(
+        {
+            'toy_weights': {'toy/' + k.replace('.', '/'): v for k, v in model.state_dict().items()},
+            'toy_info': {'epoch': 3},
+        },
+        path,
+    )
     return path
 
 
@@ -90,20 +96,31 @@ def test_without_its_entry_the_toy_file_is_unknown(converter, tmp_path: Path):
 
 def _official(listing: Dict) -> dict:
     from tests.helpers.checkpoints import make_official_state_dict
+
     return make_official_state_dict(listing['plain'])
 
 
-@pytest.mark.parametrize('container, expected', [
-    (lambda listing, ours: {'model': _official(listing), 'args': None, 'epoch': 4},
-     'official Deformable-DETR'),
-    (lambda listing, ours: _official(listing), 'official Deformable-DETR'),
-    (lambda listing, ours: {'meta': {'epoch': 2}, 'state_dict': ours}, 'mmdet_deformdetr'),
-    (lambda listing, ours: {f'module.{k}': v for k, v in ours.items()}, 'mmdet_deformdetr'),
-    (lambda listing, ours: {'meta': {}, 'state_dict': {'level_embed': torch.zeros(4, 8)}},
-     'mmdet 3.x DeformableDETR'),
-    (lambda listing, ours: {'model.level_embed': torch.zeros(4, 8)},
-     'Hugging Face DeformableDetrForObjectDetection'),
-], ids=['official_file', 'official_bare', 'ours_mmengine', 'ours_ddp_prefix', 'mmdet', 'hf'])
+@pytest.mark.parametrize(
+    'container, expected',
+    [
+        (
+            lambda listing, ours: {'model': _official(listing), 'args': None, 'epoch': 4},
+            'official Deformable-DETR',
+        ),
+        (lambda listing, ours: _official(listing), 'official Deformable-DETR'),
+        (lambda listing, ours: {'meta': {'epoch': 2}, 'state_dict': ours}, 'mmdet_deformdetr'),
+        (lambda listing, ours: {f'module.{k}': v for k, v in ours.items()}, 'mmdet_deformdetr'),
+        (
+            lambda listing, ours: {'meta': {}, 'state_dict': {'level_embed': torch.zeros(4, 8)}},
+            'mmdet 3.x DeformableDETR',
+        ),
+        (
+            lambda listing, ours: {'model.level_embed': torch.zeros(4, 8)},
+            'Hugging Face DeformableDetrForObjectDetection',
+        ),
+    ],
+    ids=['official_file', 'official_bare', 'ours_mmengine', 'ours_ddp_prefix', 'mmdet', 'hf'],
+)
 def test_built_in_families_are_recognised(container, expected, official_listing):
     found = identify(container(official_listing, build_tiny_model('plain').state_dict()))
     assert found is not None and found.family.name == expected

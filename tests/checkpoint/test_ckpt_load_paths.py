@@ -2,6 +2,7 @@
 command is refused with OUR message even with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 (the payload never
 runs), and a damaged file is ONE error naming the file and its size. (The tools as subprocesses:
 test_ckpt_tools_safety.py.)"""
+
 import os
 from pathlib import Path
 from typing import Callable, Dict
@@ -25,8 +26,9 @@ FORCE_NO_WEIGHTS_ONLY = 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'
 
 
 def _runner(work_dir: Path, **kwargs) -> Runner:
-    return Runner(model=tiny_model_cfg('refine'), work_dir=str(work_dir), default_scope='mmdet',
-                  **kwargs)
+    return Runner(
+        model=tiny_model_cfg('refine'), work_dir=str(work_dir), default_scope='mmdet', **kwargs
+    )
 
 
 def assert_no_chained_traceback(error: BaseException) -> None:
@@ -39,28 +41,34 @@ def assert_no_chained_traceback(error: BaseException) -> None:
 PATHS: Dict[str, Callable] = {
     'safe_load': lambda path, tmp, tool: safe_load(path),
     'load_checkpoint': lambda path, tmp, tool: load_checkpoint(
-        build_tiny_model('refine'), str(path), map_location='cpu'),
-    'load_from': lambda path, tmp, tool: _runner(tmp / 'run', load_from=str(path)
-                                                 ).load_or_resume(),
-    'resume': lambda path, tmp, tool: _runner(tmp / 'run', load_from=str(path), resume=True
-                                              ).load_or_resume(),
+        build_tiny_model('refine'), str(path), map_location='cpu'
+    ),
+    'load_from': lambda path, tmp, tool: _runner(tmp / 'run', load_from=str(path)).load_or_resume(),
+    'resume': lambda path, tmp, tool: _runner(
+        tmp / 'run', load_from=str(path), resume=True
+    ).load_or_resume(),
     'deformdetr_uri': lambda path, tmp, tool: load_checkpoint(
-        build_tiny_model('refine'), f'deformdetr://{path}', map_location='cpu'),
+        build_tiny_model('refine'), f'deformdetr://{path}', map_location='cpu'
+    ),
     'converter': lambda path, tmp, tool: tool.main([str(path), str(tmp / 'converted.pth')]),
     'testing_check': lambda path, tmp, tool: check_checkpoint_for_testing(
-        build_tiny_model('refine'), str(path)),
+        build_tiny_model('refine'), str(path)
+    ),
 }
 
 
 def test_plain_paths_go_through_our_loader():
     """mmdet_deformdetr replaces mmengine's '' (local file) loader and adds deformdetr://; the
     other schemes stay mmengine's."""
-    assert CheckpointLoader._get_checkpoint_loader('work_dirs/x/iter_2.pth') is \
-        load_from_local_safely
+    assert (
+        CheckpointLoader._get_checkpoint_loader('work_dirs/x/iter_2.pth') is load_from_local_safely
+    )
     assert CheckpointLoader._get_checkpoint_loader('/abs/x.pth') is load_from_local_safely
     assert CheckpointLoader._get_checkpoint_loader('deformdetr:///x') is load_from_deformdetr_uri
-    assert CheckpointLoader._get_checkpoint_loader('https://host/x.pth') is \
-        mmengine_checkpoint.load_from_http
+    assert (
+        CheckpointLoader._get_checkpoint_loader('https://host/x.pth')
+        is mmengine_checkpoint.load_from_http
+    )
 
 
 def test_the_payload_is_live_under_mmengines_own_loader(evil_checkpoint, monkeypatch):
@@ -74,8 +82,9 @@ def test_the_payload_is_live_under_mmengines_own_loader(evil_checkpoint, monkeyp
 
 @pytest.mark.parametrize('path_name', list(PATHS))
 @pytest.mark.parametrize('force_env', [False, True], ids=['default_env', 'force_no_weights_only'])
-def test_payload_never_runs(path_name, force_env, evil_checkpoint, converter, tmp_path,
-                            monkeypatch):
+def test_payload_never_runs(
+    path_name, force_env, evil_checkpoint, converter, tmp_path, monkeypatch
+):
     path, marker = evil_checkpoint
     if force_env:
         monkeypatch.setenv(FORCE_NO_WEIGHTS_ONLY, '1')
@@ -96,27 +105,36 @@ def test_payload_never_runs(path_name, force_env, evil_checkpoint, converter, tm
 
 @pytest.mark.parametrize('damage', DAMAGES)
 @pytest.mark.parametrize('path_name', list(PATHS))
-def test_damaged_checkpoint_is_one_clear_error(path_name, damage, training_checkpoint, converter,
-                                               tmp_path):
+def test_damaged_checkpoint_is_one_clear_error(
+    path_name, damage, training_checkpoint, converter, tmp_path
+):
     path = damage_file(training_checkpoint, damage, tmp_path / 'damaged.pth')
     with pytest.raises(CorruptCheckpointError) as error:
         PATHS[path_name](path, tmp_path, converter)
     message = str(error.value)
     assert message.startswith(f'cannot read checkpoint {path} ({path.stat().st_size} bytes): ')
     assert 'Download or copy it again' in message and '--resume PATH' in message
-    for leak in ('PytorchStreamReader', 'EOFError', 'Ran out of input', 'central directory',
-                 'Weights only load failed'):
+    for leak in (
+        'PytorchStreamReader',
+        'EOFError',
+        'Ran out of input',
+        'central directory',
+        'Weights only load failed',
+    ):
         assert leak not in message
     assert_no_chained_traceback(error.value)
 
 
-@pytest.mark.parametrize('damage, reason', [
-    ('empty', 'the file is empty'),
-    ('first_100_bytes', 'it is cut short'),
-    ('mid_tensor', 'it is cut short'),
-    ('last_byte_missing', 'it is cut short'),
-    ('random_bytes', 'it is not a torch.save file'),
-])
+@pytest.mark.parametrize(
+    'damage, reason',
+    [
+        ('empty', 'the file is empty'),
+        ('first_100_bytes', 'it is cut short'),
+        ('mid_tensor', 'it is cut short'),
+        ('last_byte_missing', 'it is cut short'),
+        ('random_bytes', 'it is not a torch.save file'),
+    ],
+)
 def test_the_reason_matches_the_damage(damage, reason, training_checkpoint, tmp_path):
     path = damage_file(training_checkpoint, damage, tmp_path / 'damaged.pth')
     with pytest.raises(CorruptCheckpointError, match=reason):
@@ -126,6 +144,7 @@ def test_the_reason_matches_the_damage(damage, reason, training_checkpoint, tmp_
 def test_damaged_legacy_file(tmp_path):
     """A pre-zip (legacy) torch.save file cut short is named as such."""
     import torch
+
     path = tmp_path / 'legacy.pth'
     torch.save({'w': torch.zeros(100)}, path, _use_new_zipfile_serialization=False)
     path.write_bytes(path.read_bytes()[:200])
@@ -147,8 +166,11 @@ def test_damaged_safetensors_and_hf_config_through_deformdetr_scheme(tmp_path):
     model_dir.mkdir()
     weights = model_dir / 'model.safetensors'
     weights.write_bytes(os.urandom(64))
-    with pytest.raises(CorruptCheckpointError, match=r'model\.safetensors \(64 bytes\): it is '
-                       'not a readable .safetensors file'):
+    with pytest.raises(
+        CorruptCheckpointError,
+        match=r'model\.safetensors \(64 bytes\): it is '
+        'not a readable .safetensors file',
+    ):
         load_checkpoint(build_tiny_model('plain'), f'deformdetr://{model_dir}')
 
 

@@ -1,5 +1,6 @@
 """mmdet 3.x zoo files (``{'meta', 'state_dict'}`` of mmdet's ``DeformableDETR``) load into ours
 through ``mmengine.runner.load_checkpoint`` and predict the same."""
+
 import copy
 from pathlib import Path
 
@@ -17,10 +18,12 @@ BOX_TOLERANCE = 1e-5
 CASES = [('plain', 64, 4, 12), ('refine', 64, 4, 12), ('two_stage', 256, 8, 30)]
 
 
-@pytest.mark.parametrize('variant,embed_dims,num_heads,num_queries', CASES,
-                         ids=[case[0] for case in CASES])
-def test_mmdet_zoo_file_predicts_the_same(variant, embed_dims, num_heads, num_queries,
-                                          tmp_path: Path):
+@pytest.mark.parametrize(
+    'variant,embed_dims,num_heads,num_queries', CASES, ids=[case[0] for case in CASES]
+)
+def test_mmdet_zoo_file_predicts_the_same(
+    variant, embed_dims, num_heads, num_queries, tmp_path: Path
+):
     _check_zoo_roundtrip(variant, embed_dims, num_heads, num_queries, tmp_path, neck_bias=True)
 
 
@@ -29,10 +32,12 @@ def test_mmdet_zoo_file_without_neck_bias(tmp_path: Path):
     _check_zoo_roundtrip('refine', 64, 4, 12, tmp_path, neck_bias=False)
 
 
-def _check_zoo_roundtrip(variant: str, embed_dims: int, num_heads: int, num_queries: int,
-                         tmp_path: Path, neck_bias: bool) -> None:
-    ours_cfg = tiny_model_cfg(variant, embed_dims=embed_dims, num_heads=num_heads,
-                              num_queries=num_queries)
+def _check_zoo_roundtrip(
+    variant: str, embed_dims: int, num_heads: int, num_queries: int, tmp_path: Path, neck_bias: bool
+) -> None:
+    ours_cfg = tiny_model_cfg(
+        variant, embed_dims=embed_dims, num_heads=num_heads, num_queries=num_queries
+    )
     mmdet_cfg = mmdet_cfg_like(ours_cfg)
     mmdet_cfg['neck']['bias'] = neck_bias
     torch.manual_seed(0)
@@ -44,9 +49,18 @@ def _check_zoo_roundtrip(variant: str, embed_dims: int, num_heads: int, num_quer
             if not name.startswith('backbone.'):
                 param.add_(torch.randn(param.shape, generator=generator) * 0.05)
     path = tmp_path / 'mmdet_zoo.pth'
-    torch.save({'meta': {'mmdet_version': '3.3.0', 'epoch': 50, 'iter': 1000,
-                         'dataset_meta': {'classes': ('a', 'b', 'c')}},
-                'state_dict': reference.state_dict()}, path)
+    torch.save(
+        {
+            'meta': {
+                'mmdet_version': '3.3.0',
+                'epoch': 50,
+                'iter': 1000,
+                'dataset_meta': {'classes': ('a', 'b', 'c')},
+            },
+            'state_dict': reference.state_dict(),
+        },
+        path,
+    )
 
     torch.manual_seed(123)  # different init: everything must come from the file
     ours = MODELS.build(ours_cfg)

@@ -5,6 +5,7 @@ A tiny DeformDETR trains 4 iterations (checkpoint every 2); a second Runner resu
 The iteration counter, the optimizer state and the losses of iterations 3 and 4 must continue
 exactly where the first run left them.
 """
+
 import copy
 import subprocess
 import sys
@@ -34,8 +35,9 @@ class TinyDetectionSet(Dataset):
         from mmdet.testing import demo_mm_inputs
 
         torch.manual_seed(index)
-        packed = demo_mm_inputs(batch_size=1, image_shapes=[(3, 64, 48)],
-                                num_items=[1 + index % 3], num_classes=3)
+        packed = demo_mm_inputs(
+            batch_size=1, image_shapes=[(3, 64, 48)], num_items=[1 + index % 3], num_classes=3
+        )
         return dict(inputs=packed['inputs'][0], data_samples=packed['data_samples'][0])
 
 
@@ -61,17 +63,29 @@ def make_runner(work_dir: Path, recorder: Recorder, load_from=None, resume=False
     return Runner(
         model=tiny_model_cfg('refine'),
         work_dir=str(work_dir),
-        train_dataloader=dict(dataset=TinyDetectionSet(), batch_size=2, num_workers=0,
-                              sampler=dict(type='DefaultSampler', shuffle=True, seed=0),
-                              collate_fn=dict(type='pseudo_collate')),
-        optim_wrapper=dict(optimizer=dict(type='AdamW', lr=1e-3, weight_decay=1e-4),
-                           clip_grad=dict(max_norm=0.1, norm_type=2)),
+        train_dataloader=dict(
+            dataset=TinyDetectionSet(),
+            batch_size=2,
+            num_workers=0,
+            sampler=dict(type='DefaultSampler', shuffle=True, seed=0),
+            collate_fn=dict(type='pseudo_collate'),
+        ),
+        optim_wrapper=dict(
+            optimizer=dict(type='AdamW', lr=1e-3, weight_decay=1e-4),
+            clip_grad=dict(max_norm=0.1, norm_type=2),
+        ),
         param_scheduler=dict(type='MultiStepLR', milestones=[3], by_epoch=False),
         train_cfg=dict(type='IterBasedTrainLoop', max_iters=4),
-        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=2, by_epoch=False),
-                           logger=dict(type='LoggerHook', interval=1)),
-        custom_hooks=[recorder], randomness=dict(seed=0), load_from=load_from, resume=resume,
-        default_scope='mmdet')
+        default_hooks=dict(
+            checkpoint=dict(type='CheckpointHook', interval=2, by_epoch=False),
+            logger=dict(type='LoggerHook', interval=1),
+        ),
+        custom_hooks=[recorder],
+        randomness=dict(seed=0),
+        load_from=load_from,
+        resume=resume,
+        default_scope='mmdet',
+    )
 
 
 def _flat_tensors(state) -> List[torch.Tensor]:
@@ -93,7 +107,9 @@ def test_resume_continues_exactly(tmp_path: Path):
     # the reason for the fix: plain torch.load (torch's default weights_only=True) refuses it
     refused = subprocess.run(
         [sys.executable, '-c', f'import torch; torch.load({str(checkpoint)!r})'],
-        capture_output=True, text=True)
+        capture_output=True,
+        text=True,
+    )
     assert refused.returncode != 0 and 'HistoryBuffer' in refused.stderr + refused.stdout
 
     second = Recorder()
@@ -106,8 +122,9 @@ def test_resume_continues_exactly(tmp_path: Path):
     assert all(torch.equal(a, b) for a, b in zip(saved_state, resumed_state))
     assert sorted(second.losses) == [2, 3]  # iterations 3 and 4, counted from 1
     for iteration in (2, 3):
-        assert second.losses[iteration] == pytest.approx(first.losses[iteration], rel=1e-5,
-                                                         abs=1e-6)
+        assert second.losses[iteration] == pytest.approx(
+            first.losses[iteration], rel=1e-5, abs=1e-6
+        )
 
 
 def test_load_from_own_checkpoint_without_resume(tmp_path: Path):
@@ -115,8 +132,9 @@ def test_load_from_own_checkpoint_without_resume(tmp_path: Path):
     first = Recorder()
     make_runner(tmp_path / 'first', first).train()
     second = Recorder()
-    runner = make_runner(tmp_path / 'second', second,
-                         load_from=str(tmp_path / 'first' / 'iter_4.pth'))
+    runner = make_runner(
+        tmp_path / 'second', second, load_from=str(tmp_path / 'first' / 'iter_4.pth')
+    )
     runner.train()
     assert second.start_iter == 0
     saved = torch.load(tmp_path / 'first' / 'iter_4.pth', map_location='cpu')['state_dict']

@@ -1,5 +1,6 @@
 """Safe loading: our formats load with weights_only=True; a pickle that would run code is
 refused."""
+
 import argparse
 import io
 import os
@@ -32,7 +33,7 @@ class Payload:
         self.marker = str(marker)
 
     def __reduce__(self):
-        return write_marker, (self.marker, )
+        return write_marker, (self.marker,)
 
 
 class ShellPayload:
@@ -42,11 +43,12 @@ class ShellPayload:
         self.marker = str(marker)
 
     def __reduce__(self):
-        return os.system, (f'touch {self.marker}', )
+        return os.system, (f'touch {self.marker}',)
 
 
-@pytest.mark.parametrize('payload_cls, global_name', [(Payload, 'write_marker'),
-                                                      (ShellPayload, 'system')])
+@pytest.mark.parametrize(
+    'payload_cls, global_name', [(Payload, 'write_marker'), (ShellPayload, 'system')]
+)
 def test_code_running_pickle_is_refused(payload_cls, global_name, tmp_path: Path):
     marker = tmp_path / 'marker'
     path = tmp_path / 'evil.pth'
@@ -85,8 +87,13 @@ def test_official_args_numpy_and_history_buffer_load(tmp_path: Path):
     buffer.update(2.0)
     checkpoint = {
         'args': argparse.Namespace(lr=2e-4, two_stage=False, names=['a']),
-        'arrays': [np.arange(3, dtype=np.int64), np.ones(2, dtype=np.float32), np.float64(3.0),
-                   np.dtype('float16'), np.bool_(True)],
+        'arrays': [
+            np.arange(3, dtype=np.int64),
+            np.ones(2, dtype=np.float32),
+            np.float64(3.0),
+            np.dtype('float16'),
+            np.bool_(True),
+        ],
         'buffer': buffer,
     }
     path = tmp_path / 'mixed.pth'
@@ -150,11 +157,16 @@ def test_install_needed_for_mmengine_in_a_fresh_process(tmp_path: Path):
     path = tmp_path / 'official_like.pth'
     torch.save({'model': {'w': torch.zeros(1)}, 'args': argparse.Namespace(lr=1.0)}, path)
     code = 'import torch, sys; {}; torch.load(sys.argv[1]); print("LOADED")'
-    plain = subprocess.run([sys.executable, '-c', code.format('pass'), str(path)],
-                           capture_output=True, text=True)
+    plain = subprocess.run(
+        [sys.executable, '-c', code.format('pass'), str(path)], capture_output=True, text=True
+    )
     assert 'LOADED' not in plain.stdout and 'Namespace' in plain.stderr
-    ours = subprocess.run([sys.executable, '-c', code.format('import mmdet_deformdetr'), str(path)],
-                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
+    ours = subprocess.run(
+        [sys.executable, '-c', code.format('import mmdet_deformdetr'), str(path)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert 'LOADED' in ours.stdout, ours.stderr[-2000:]
 
 
@@ -167,8 +179,9 @@ def restore_process_allow_list():
     torch.serialization.add_safe_globals(before)
 
 
-def test_trust_globals_is_the_explicit_process_wide_opt_in(tmp_path: Path,
-                                                          restore_process_allow_list):
+def test_trust_globals_is_the_explicit_process_wide_opt_in(
+    tmp_path: Path, restore_process_allow_list
+):
     """What a tool's --trust-global calls: afterwards mmengine's loading accepts the type."""
     from mmdet_deformdetr.checkpoint import trust_globals
 

@@ -1,4 +1,5 @@
 """The offline converter tool, the detector's load hook, and the deformdetr:// loader scheme."""
+
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,9 @@ def test_detector_registers_the_conversion_hook():
     assert convert_checkpoint_pre_hook in hooks
 
 
-def test_tool_converts_official_file_and_reports(official_listing, converter, tmp_path: Path,
-                                                 capsys):
+def test_tool_converts_official_file_and_reports(
+    official_listing, converter, tmp_path: Path, capsys
+):
     official = make_official_state_dict(official_listing['refine'], seed=3)
     src = save_official_file(tmp_path / 'official.pth', official, 'refine')
     dst = tmp_path / 'converted.pth'
@@ -60,8 +62,7 @@ def test_tool_refuses_untrusted_file(converter, tmp_path: Path):
         converter.main([str(src), str(tmp_path / 'out.pth')])
     with pytest.raises(ValueError, match='not a Deformable DETR checkpoint'):
         # trusted now, but the weights are not a Deformable DETR at all
-        converter.main([str(src), str(tmp_path / 'out.pth'), '--trust-global',
-                        'pathlib.PosixPath'])
+        converter.main([str(src), str(tmp_path / 'out.pth'), '--trust-global', 'pathlib.PosixPath'])
 
 
 def test_deformdetr_scheme_reads_official_file(official_listing, tmp_path: Path):

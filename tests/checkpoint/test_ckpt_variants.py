@@ -1,5 +1,6 @@
 """Wrong-variant checkpoints are refused with a message naming the facts, keys and a fitting
 config."""
+
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,11 @@ def _save_ours(model: torch.nn.Module, path: Path) -> Path:
 
 
 def test_official_two_stage_into_plain_r50(official_listing, tmp_path: Path):
-    path = save_official_file(tmp_path / 'twostage.pth',
-                              make_official_state_dict(official_listing['two_stage']), 'two_stage')
+    path = save_official_file(
+        tmp_path / 'twostage.pth',
+        make_official_state_dict(official_listing['two_stage']),
+        'two_stage',
+    )
     model = build_official_r50('plain')
     with pytest.raises(ValueError) as error:
         load_checkpoint(model, str(path), map_location='cpu')
@@ -36,9 +40,11 @@ def test_official_two_stage_into_plain_r50(official_listing, tmp_path: Path):
 
 
 def test_official_single_scale_into_four_level_r50(official_listing, tmp_path: Path):
-    path = save_official_file(tmp_path / 'ss.pth',
-                              make_official_state_dict(official_listing['single_scale']),
-                              'single_scale')
+    path = save_official_file(
+        tmp_path / 'ss.pth',
+        make_official_state_dict(official_listing['single_scale']),
+        'single_scale',
+    )
     with pytest.raises(ValueError) as error:
         load_checkpoint(build_official_r50('plain'), str(path), map_location='cpu')
     message = str(error.value)
@@ -47,11 +53,14 @@ def test_official_single_scale_into_four_level_r50(official_listing, tmp_path: P
     assert 'transformer.level_embed: checkpoint (1, 256) vs model (4, 256)' in message
 
 
-@pytest.mark.parametrize('saved, loaded, expected', [
-    ('two_stage', 'plain', 'as_two_stage: checkpoint True vs model False'),
-    ('refine', 'plain', 'with_box_refine: checkpoint True vs model False'),
-    ('plain', 'refine', 'with_box_refine: checkpoint False vs model True'),
-])
+@pytest.mark.parametrize(
+    'saved, loaded, expected',
+    [
+        ('two_stage', 'plain', 'as_two_stage: checkpoint True vs model False'),
+        ('refine', 'plain', 'with_box_refine: checkpoint True vs model False'),
+        ('plain', 'refine', 'with_box_refine: checkpoint False vs model True'),
+    ],
+)
 def test_our_checkpoint_of_another_variant(saved, loaded, expected, tmp_path: Path):
     source = build_tiny_model(saved)
     with torch.no_grad():  # trained refine branches differ; fresh copies would be ambiguous
@@ -93,8 +102,12 @@ def test_other_class_count_is_not_a_variant_error(tmp_path: Path):
 def test_infer_variant_from_official_listing(official_listing):
     from mmdet_deformdetr.checkpoint import convert_state_dict
 
-    expected = {'plain': ('plain', 4), 'refine': ('refine', 4), 'two_stage': ('two-stage', 4),
-                'single_scale': ('plain', 1)}
+    expected = {
+        'plain': ('plain', 4),
+        'refine': ('refine', 4),
+        'two_stage': ('two-stage', 4),
+        'single_scale': ('plain', 1),
+    }
     for name, (variant_name, levels) in expected.items():
         converted, report = convert_state_dict(make_official_state_dict(official_listing[name]))
         variant = infer_variant(converted)
@@ -107,8 +120,7 @@ def test_points_suggestion_uses_the_models_own_heads(make_tiny_file):
     """2 heads x 4 levels x K=2 = 16 rows into a K=1 model: K=2 is derived with the MODEL's
     num_heads (2), not an assumed 8."""
     with pytest.raises(ValueError) as error:
-        load_checkpoint(build_tiny_with_points(1), str(make_tiny_file('plain')),
-                        map_location='cpu')
+        load_checkpoint(build_tiny_with_points(1), str(make_tiny_file('plain')), map_location='cpu')
     message = str(error.value)
     assert 'model = dict(transformer=dict(enc_num_points=2, dec_num_points=2))' in message
     assert "with the model's num_heads=2" in message and 'model.transformer.num_heads' in message
@@ -128,8 +140,10 @@ def test_rows_without_a_whole_k_name_num_heads(tmp_path: Path):
     message = str(error.value)
     assert 'enc_attention_rows: checkpoint 4 vs model 16' in message
     for part in ('enc', 'dec'):
-        assert (f'{part} attention rows 4 are not num_heads (2) x 4 level(s) x a whole K: the '
-                'checkpoint has another model.transformer.num_heads') in message
+        assert (
+            f'{part} attention rows 4 are not num_heads (2) x 4 level(s) x a whole K: the '
+            'checkpoint has another model.transformer.num_heads'
+        ) in message
     assert '_num_points=' not in message
 
 
@@ -144,8 +158,9 @@ def test_checkpoint_description_assumes_no_head_count(official_listing):
 def test_fitting_configs_have_the_same_keys_not_just_the_same_flags(official_listing, tmp_path):
     """Official plain weights into a refine model: the primitive config fits; the FPN and BiFPN
     neck ablations share every flag but not the neck's keys, so they are not offered."""
-    path = save_official_file(tmp_path / 'plain.pth',
-                              make_official_state_dict(official_listing['plain']), 'plain')
+    path = save_official_file(
+        tmp_path / 'plain.pth', make_official_state_dict(official_listing['plain']), 'plain'
+    )
     with pytest.raises(ValueError) as error:
         load_checkpoint(build_official_r50('refine'), str(path), map_location='cpu')
     fitting = str(error.value).split('shipped configs that fit the checkpoint: ')[1].split('\n')[0]
@@ -174,5 +189,6 @@ def test_config_facts_equal_the_built_models(config):
         model = MODELS.build(model_cfg)
     from_config = variant_of_config(model_cfg)
     assert from_config is not None
-    assert from_config == dataclasses.replace(variant_of_model(model),
-                                              with_box_refine=from_config.with_box_refine)
+    assert from_config == dataclasses.replace(
+        variant_of_model(model), with_box_refine=from_config.with_box_refine
+    )

@@ -2,6 +2,7 @@
 ours (R-50, 6 + 6 layers); missing neck biases become zeros; foreign keys are refused.
 
 (Numerical parity of the mapped model is in tests/models/test_parity_mmdet.py.)"""
+
 import copy
 from pathlib import Path
 
@@ -45,39 +46,55 @@ def test_zoo_layout_maps_onto_ours(variant: str) -> None:
         assert not ours.neck.convs[index].conv.bias.any()
     assert not ours.neck.extra_convs[0].conv.bias.any()
     # tensors are renamed, not copied or changed
-    assert converted['transformer.decoder.layers.0.norm2.weight'] is \
-        reference_state['decoder.layers.0.norms.0.weight']
+    assert (
+        converted['transformer.decoder.layers.0.norm2.weight']
+        is reference_state['decoder.layers.0.norms.0.weight']
+    )
 
 
-@pytest.mark.parametrize('mmdet_key,our_key', [
-    ('encoder.layers.3.ffn.layers.0.0.weight', 'transformer.encoder.layers.3.linear1.weight'),
-    ('encoder.layers.3.ffn.layers.1.bias', 'transformer.encoder.layers.3.linear2.bias'),
-    ('encoder.layers.0.norms.1.bias', 'transformer.encoder.layers.0.norm2.bias'),
-    ('decoder.layers.5.norms.0.weight', 'transformer.decoder.layers.5.norm2.weight'),
-    ('decoder.layers.5.norms.1.weight', 'transformer.decoder.layers.5.norm1.weight'),
-    ('decoder.layers.5.norms.2.weight', 'transformer.decoder.layers.5.norm3.weight'),
-    ('decoder.layers.1.self_attn.attn.in_proj_weight',
-     'transformer.decoder.layers.1.self_attn.in_proj_weight'),
-    ('decoder.layers.1.self_attn.attn.out_proj.bias',
-     'transformer.decoder.layers.1.self_attn.out_proj.bias'),
-    ('decoder.layers.1.cross_attn.sampling_offsets.weight',
-     'transformer.decoder.layers.1.cross_attn.sampling_offsets.weight'),
-    ('query_embedding.weight', 'transformer.query_embed.weight'),
-    ('reference_points_fc.bias', 'transformer.reference_points.bias'),
-    ('memory_trans_fc.weight', 'transformer.enc_output.weight'),
-    ('memory_trans_norm.bias', 'transformer.enc_output_norm.bias'),
-    ('pos_trans_fc.weight', 'transformer.pos_trans.weight'),
-    ('bbox_head.reg_branches.6.4.bias', 'bbox_head.reg_branches.6.layers.2.bias'),
-    ('bbox_head.cls_branches.6.weight', 'bbox_head.cls_branches.6.weight'),
-    ('backbone.layer1.0.bn1.running_mean', 'backbone.layer1.0.bn1.running_mean'),
-])
+@pytest.mark.parametrize(
+    'mmdet_key,our_key',
+    [
+        ('encoder.layers.3.ffn.layers.0.0.weight', 'transformer.encoder.layers.3.linear1.weight'),
+        ('encoder.layers.3.ffn.layers.1.bias', 'transformer.encoder.layers.3.linear2.bias'),
+        ('encoder.layers.0.norms.1.bias', 'transformer.encoder.layers.0.norm2.bias'),
+        ('decoder.layers.5.norms.0.weight', 'transformer.decoder.layers.5.norm2.weight'),
+        ('decoder.layers.5.norms.1.weight', 'transformer.decoder.layers.5.norm1.weight'),
+        ('decoder.layers.5.norms.2.weight', 'transformer.decoder.layers.5.norm3.weight'),
+        (
+            'decoder.layers.1.self_attn.attn.in_proj_weight',
+            'transformer.decoder.layers.1.self_attn.in_proj_weight',
+        ),
+        (
+            'decoder.layers.1.self_attn.attn.out_proj.bias',
+            'transformer.decoder.layers.1.self_attn.out_proj.bias',
+        ),
+        (
+            'decoder.layers.1.cross_attn.sampling_offsets.weight',
+            'transformer.decoder.layers.1.cross_attn.sampling_offsets.weight',
+        ),
+        ('query_embedding.weight', 'transformer.query_embed.weight'),
+        ('reference_points_fc.bias', 'transformer.reference_points.bias'),
+        ('memory_trans_fc.weight', 'transformer.enc_output.weight'),
+        ('memory_trans_norm.bias', 'transformer.enc_output_norm.bias'),
+        ('pos_trans_fc.weight', 'transformer.pos_trans.weight'),
+        ('bbox_head.reg_branches.6.4.bias', 'bbox_head.reg_branches.6.layers.2.bias'),
+        ('bbox_head.cls_branches.6.weight', 'bbox_head.cls_branches.6.weight'),
+        ('backbone.layer1.0.bn1.running_mean', 'backbone.layer1.0.bn1.running_mean'),
+    ],
+)
 def test_key_rules(mmdet_key: str, our_key: str) -> None:
     assert convert_mmdet_key(mmdet_key) == our_key
 
 
-@pytest.mark.parametrize('mmdet_key', ['encoder.layers.0.norms.2.weight',
-                                       'decoder.layers.0.norms.3.bias',
-                                       'bbox_head.reg_branches.0.1.weight'])
+@pytest.mark.parametrize(
+    'mmdet_key',
+    [
+        'encoder.layers.0.norms.2.weight',
+        'decoder.layers.0.norms.3.bias',
+        'bbox_head.reg_branches.0.1.weight',
+    ],
+)
 def test_indices_outside_the_tables_are_unknown_keys(mmdet_key: str) -> None:
     with pytest.raises(KeyError, match=mmdet_key.replace('.', r'\.')):
         convert_mmdet_key(mmdet_key)
@@ -85,14 +102,17 @@ def test_indices_outside_the_tables_are_unknown_keys(mmdet_key: str) -> None:
 
 def test_foreign_keys_are_refused() -> None:
     with pytest.raises(ValueError, match='class_embed'):
-        convert_mmdet_state_dict({'level_embed': torch.zeros(4, 8),
-                                  'class_embed.0.weight': torch.zeros(91, 8)})
+        convert_mmdet_state_dict(
+            {'level_embed': torch.zeros(4, 8), 'class_embed.0.weight': torch.zeros(91, 8)}
+        )
 
 
 def test_existing_neck_bias_is_kept() -> None:
-    state = {'neck.convs.0.conv.weight': torch.ones(4, 2, 1, 1),
-             'neck.convs.0.conv.bias': torch.arange(4.0),
-             'neck.extra_convs.0.conv.weight': torch.ones(4, 2, 3, 3)}
+    state = {
+        'neck.convs.0.conv.weight': torch.ones(4, 2, 1, 1),
+        'neck.convs.0.conv.bias': torch.arange(4.0),
+        'neck.extra_convs.0.conv.weight': torch.ones(4, 2, 3, 3),
+    }
     converted = convert_mmdet_state_dict(state)
     assert torch.equal(converted['neck.convs.0.conv.bias'], torch.arange(4.0))
     assert torch.equal(converted['neck.extra_convs.0.conv.bias'], torch.zeros(4))

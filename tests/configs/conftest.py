@@ -1,4 +1,5 @@
 """Fixtures for the config tests: load a config of ours and shrink its backbone for fast runs."""
+
 from typing import Callable
 
 import pytest
@@ -26,9 +27,16 @@ def shrink_backbone() -> Callable[[Config], Config]:
     def shrink(cfg: Config) -> Config:
         out_indices = tuple(cfg.model.backbone.out_indices)
         cfg.model.backbone = dict(
-            type='ResNet', depth=18, num_stages=4, out_indices=out_indices, frozen_stages=1,
-            norm_cfg=dict(type='BN', requires_grad=False), norm_eval=True, style='pytorch',
-            init_cfg=None)
+            type='ResNet',
+            depth=18,
+            num_stages=4,
+            out_indices=out_indices,
+            frozen_stages=1,
+            norm_cfg=dict(type='BN', requires_grad=False),
+            norm_eval=True,
+            style='pytorch',
+            init_cfg=None,
+        )
         # ResNet-18 stage i has 64 * 2**i output channels (BasicBlock, no expansion)
         cfg.model.neck.in_channels = [64 * 2**index for index in out_indices]
         return cfg

@@ -6,6 +6,7 @@ K, feature levels, the neck), the attention class must be the row's, and everyth
 model (optimiser, schedule, data) must be the primitive's. Rows that mmdet can express are also
 trained one step against mmdet in tests/models/test_train_step_parity.py.
 """
+
 import re
 from typing import Dict, Tuple
 
@@ -16,27 +17,54 @@ from mmengine.config import Config
 from mmdet_deformdetr.models.layers import MSDeformAttn, SingleScaleDeformAttn
 from tests.helpers.models import CONFIG_DIR, PRIMITIVE_CONFIG
 
-POINTS = (r'transformer\.(en|de)coder\.layers\.\d+\.(self|cross)_attn\.'
-          r'(sampling_offsets|attention_weights)\.')
+POINTS = (
+    r'transformer\.(en|de)coder\.layers\.\d+\.(self|cross)_attn\.'
+    r'(sampling_offsets|attention_weights)\.'
+)
 LEVELS = r'(transformer\.level_embed$|neck\.)'
 NECK = r'neck\.'
 # row -> (config, patterns allowed to differ, encoder attention, decoder attention)
 ROWS: Dict[str, Tuple[str, Tuple[str, ...], type, type]] = {
-    'c5_ssattn_k1': ('deformable-detr_r50-c5_ssattn-k1_16xb2-50e_coco.py', (POINTS, LEVELS),
-                     SingleScaleDeformAttn, SingleScaleDeformAttn),
-    'ssattn_k1': ('deformable-detr_r50_ssattn-k1_16xb2-50e_coco.py', (POINTS, ),
-                  SingleScaleDeformAttn, SingleScaleDeformAttn),
-    'ssattn_k4': ('deformable-detr_r50_ssattn-k4_16xb2-50e_coco.py', (POINTS, ),
-                  SingleScaleDeformAttn, SingleScaleDeformAttn),
-    'msattn_k4': ('deformable-detr_r50_msattn-k4_16xb2-50e_coco.py', (), MSDeformAttn,
-                  MSDeformAttn),
-    'fpn': ('deformable-detr_r50_fpn_16xb2-50e_coco.py', (NECK, ), MSDeformAttn, MSDeformAttn),
-    'bifpn': ('deformable-detr_r50_bifpn_16xb2-50e_coco.py', (NECK, ), MSDeformAttn,
-              MSDeformAttn),
+    'c5_ssattn_k1': (
+        'deformable-detr_r50-c5_ssattn-k1_16xb2-50e_coco.py',
+        (POINTS, LEVELS),
+        SingleScaleDeformAttn,
+        SingleScaleDeformAttn,
+    ),
+    'ssattn_k1': (
+        'deformable-detr_r50_ssattn-k1_16xb2-50e_coco.py',
+        (POINTS,),
+        SingleScaleDeformAttn,
+        SingleScaleDeformAttn,
+    ),
+    'ssattn_k4': (
+        'deformable-detr_r50_ssattn-k4_16xb2-50e_coco.py',
+        (POINTS,),
+        SingleScaleDeformAttn,
+        SingleScaleDeformAttn,
+    ),
+    'msattn_k4': (
+        'deformable-detr_r50_msattn-k4_16xb2-50e_coco.py',
+        (),
+        MSDeformAttn,
+        MSDeformAttn,
+    ),
+    'fpn': ('deformable-detr_r50_fpn_16xb2-50e_coco.py', (NECK,), MSDeformAttn, MSDeformAttn),
+    'bifpn': ('deformable-detr_r50_bifpn_16xb2-50e_coco.py', (NECK,), MSDeformAttn, MSDeformAttn),
 }
-NOT_MODEL = ('optim_wrapper', 'param_scheduler', 'train_cfg', 'val_cfg', 'test_cfg',
-             'train_dataloader', 'val_dataloader', 'test_dataloader', 'val_evaluator',
-             'auto_scale_lr', 'default_hooks')
+NOT_MODEL = (
+    'optim_wrapper',
+    'param_scheduler',
+    'train_cfg',
+    'val_cfg',
+    'test_cfg',
+    'train_dataloader',
+    'val_dataloader',
+    'test_dataloader',
+    'val_evaluator',
+    'auto_scale_lr',
+    'default_hooks',
+)
 
 
 def _built(cfg: Config):
@@ -62,8 +90,11 @@ def test_ablation_changes_only_its_factor(row: str, default) -> None:
     name, allowed, encoder_attention, decoder_attention = ROWS[row]
     cfg = Config.fromfile(str(CONFIG_DIR / 'ablations' / name))
     model, shapes = _built(cfg)
-    differing = sorted(key for key in set(shapes) | set(default_shapes)
-                       if shapes.get(key) != default_shapes.get(key))
+    differing = sorted(
+        key
+        for key in set(shapes) | set(default_shapes)
+        if shapes.get(key) != default_shapes.get(key)
+    )
     outside = [key for key in differing if not any(re.match(p, key) for p in allowed)]
     assert outside == [], f'{row} changes more than its factor: {outside[:5]}'
     assert bool(differing) == bool(allowed)

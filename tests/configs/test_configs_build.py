@@ -1,5 +1,6 @@
 """Every config under configs/ and projects/*/configs/ loads and its model builds (no weights are
 downloaded: building never calls init_weights). Plus the facts each config of ours is about."""
+
 from pathlib import Path
 from typing import List
 
@@ -45,7 +46,8 @@ def test_config_loads_and_model_builds(config_path: Path):
 
 
 @pytest.mark.parametrize(
-    'config_path', [p for p in CONFIG_FILES if OUR_CONFIG_DIR in p.parents], ids=_config_id)
+    'config_path', [p for p in CONFIG_FILES if OUR_CONFIG_DIR in p.parents], ids=_config_id
+)
 def test_our_configs_import_the_plugin(config_path: Path):
     cfg = Config.fromfile(str(config_path))
     assert cfg.custom_imports == dict(imports=['mmdet_deformdetr'], allow_failed_imports=False)
@@ -63,7 +65,8 @@ def test_primitive_config_training_recipe(load_config):
     }
     assert cfg.train_cfg.max_epochs == 50
     assert [(s.type, s.milestones, s.gamma) for s in cfg.param_scheduler] == [
-        ('MultiStepLR', [40], 0.1)]
+        ('MultiStepLR', [40], 0.1)
+    ]
     assert cfg.auto_scale_lr.base_batch_size == 16 * cfg.train_dataloader.batch_size == 32
     assert cfg.val_evaluator.type == cfg.test_evaluator.type == 'CocoMetric'
     assert cfg.model.backbone.init_cfg.checkpoint.startswith('https://download.pytorch.org/')
@@ -73,14 +76,22 @@ def test_primitive_config_augmentation(load_config):
     cfg = load_config('deformable-detr_r50_16xb2-50e_coco.py')
     pipeline = cfg.train_dataloader.dataset.pipeline
     assert [t.type for t in pipeline] == [
-        'LoadImageFromFile', 'LoadAnnotations', 'RandomFlip', 'RandomChoice', 'PackDetInputs']
+        'LoadImageFromFile',
+        'LoadAnnotations',
+        'RandomFlip',
+        'RandomChoice',
+        'PackDetInputs',
+    ]
     assert pipeline[2].prob == 0.5
     multi_scale, resize_crop_resize = pipeline[3].transforms
     short_sides = list(range(480, 801, 32))
     assert [min(s) for s in multi_scale[0].scales] == short_sides
     assert {max(s) for s in multi_scale[0].scales} == {1333}
     assert [t.type for t in resize_crop_resize] == [
-        'RandomChoiceResize', 'RandomCrop', 'RandomChoiceResize']
+        'RandomChoiceResize',
+        'RandomCrop',
+        'RandomChoiceResize',
+    ]
     assert [min(s) for s in resize_crop_resize[0].scales] == [400, 500, 600]
     assert resize_crop_resize[1].crop_type == 'absolute_range'
     assert tuple(resize_crop_resize[1].crop_size) == (384, 600)
@@ -91,28 +102,32 @@ def test_primitive_config_augmentation(load_config):
 
 # config (relative to configs/deformable_detr) -> the model settings it is about
 EXPECTED_SETTINGS = {
-    'deformable-detr_r50_16xb2-50e_coco.py': dict(refine=False, two_stage=False, levels=4, k=4,
-                                                  ms_attn=True, neck='ChannelMapper'),
+    'deformable-detr_r50_16xb2-50e_coco.py': dict(
+        refine=False, two_stage=False, levels=4, k=4, ms_attn=True, neck='ChannelMapper'
+    ),
     'deformable-detr-refine_r50_16xb2-50e_coco.py': dict(refine=True, two_stage=False),
     'deformable-detr-refine-twostage_r50_16xb2-50e_coco.py': dict(refine=True, two_stage=True),
     'ablations/deformable-detr_r50-c5_ssattn-k1_16xb2-50e_coco.py': dict(
-        levels=1, k=1, ms_attn=False, out_indices=(3, ), neck='ChannelMapper'),
-    'ablations/deformable-detr_r50_ssattn-k1_16xb2-50e_coco.py': dict(levels=4, k=1,
-                                                                       ms_attn=False),
-    'ablations/deformable-detr_r50_ssattn-k4_16xb2-50e_coco.py': dict(levels=4, k=4,
-                                                                       ms_attn=False),
-    'ablations/deformable-detr_r50_msattn-k4_16xb2-50e_coco.py': dict(levels=4, k=4,
-                                                                       ms_attn=True),
-    'ablations/deformable-detr_r50_fpn_16xb2-50e_coco.py': dict(levels=4, k=4, ms_attn=True,
-                                                                 neck='FPN'),
-    'ablations/deformable-detr_r50_bifpn_16xb2-50e_coco.py': dict(levels=4, k=4, ms_attn=True,
-                                                                   neck='BiFPNNeck'),
+        levels=1, k=1, ms_attn=False, out_indices=(3,), neck='ChannelMapper'
+    ),
+    'ablations/deformable-detr_r50_ssattn-k1_16xb2-50e_coco.py': dict(levels=4, k=1, ms_attn=False),
+    'ablations/deformable-detr_r50_ssattn-k4_16xb2-50e_coco.py': dict(levels=4, k=4, ms_attn=False),
+    'ablations/deformable-detr_r50_msattn-k4_16xb2-50e_coco.py': dict(levels=4, k=4, ms_attn=True),
+    'ablations/deformable-detr_r50_fpn_16xb2-50e_coco.py': dict(
+        levels=4, k=4, ms_attn=True, neck='FPN'
+    ),
+    'ablations/deformable-detr_r50_bifpn_16xb2-50e_coco.py': dict(
+        levels=4, k=4, ms_attn=True, neck='BiFPNNeck'
+    ),
     'deformable-detr-refine-twostage_r101_16xb2-50e_coco.py': dict(
-        refine=True, two_stage=True, backbone=('ResNet', 101)),
+        refine=True, two_stage=True, backbone=('ResNet', 101)
+    ),
     'deformable-detr-refine-twostage_x101-64x4d_16xb2-50e_coco.py': dict(
-        refine=True, two_stage=True, backbone=('ResNeXt', 101)),
+        refine=True, two_stage=True, backbone=('ResNeXt', 101)
+    ),
     'deformable-detr-refine-twostage_x101-64x4d-dconv-c3-c5_16xb2-50e_coco.py': dict(
-        refine=True, two_stage=True, backbone=('ResNeXt', 101), dcn=True),
+        refine=True, two_stage=True, backbone=('ResNeXt', 101), dcn=True
+    ),
 }
 
 
@@ -121,12 +136,16 @@ def test_config_settings(load_config, relative_path: str):
     expected = EXPECTED_SETTINGS[relative_path]
     model = load_config(relative_path).model
     actual = dict(
-        refine=model.with_box_refine, two_stage=model.as_two_stage,
-        levels=model.num_feature_levels, k=model.transformer.enc_num_points,
-        ms_attn=model.transformer.multi_scale_attention, neck=model.neck.type,
+        refine=model.with_box_refine,
+        two_stage=model.as_two_stage,
+        levels=model.num_feature_levels,
+        k=model.transformer.enc_num_points,
+        ms_attn=model.transformer.multi_scale_attention,
+        neck=model.neck.type,
         out_indices=tuple(model.backbone.out_indices),
         backbone=(model.backbone.type, model.backbone.depth),
-        dcn=model.backbone.get('dcn') is not None)
+        dcn=model.backbone.get('dcn') is not None,
+    )
     assert {key: actual[key] for key in expected} == expected
     assert model.transformer.dec_num_points == model.transformer.enc_num_points
     assert model.neck.num_outs == model.num_feature_levels
@@ -134,7 +153,8 @@ def test_config_settings(load_config, relative_path: str):
 
 def test_tta_config(load_config):
     cfg = load_config(
-        'deformable-detr-refine-twostage_x101-64x4d-dconv-c3-c5_16xb2-50e-tta_coco.py')
+        'deformable-detr-refine-twostage_x101-64x4d-dconv-c3-c5_16xb2-50e-tta_coco.py'
+    )
     assert cfg.tta_model.type == 'DetTTAModel'
     assert cfg.tta_model.tta_cfg.max_per_img == cfg.model.test_cfg.max_per_img == 100
     tta = cfg.tta_pipeline[1]
@@ -153,8 +173,11 @@ def test_learning_rates_per_parameter(load_config, shrink_backbone):
     cfg = shrink_backbone(load_config('deformable-detr_r50_16xb2-50e_coco.py'))
     model = MODELS.build(cfg.model)
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
-    lr_of = {id(param): group['lr'] for group in optim_wrapper.optimizer.param_groups
-             for param in group['params']}
+    lr_of = {
+        id(param): group['lr']
+        for group in optim_wrapper.optimizer.param_groups
+        for param in group['params']
+    }
     slow_transformer_names = []
     for name, param in model.named_parameters():
         if not param.requires_grad:

@@ -2,6 +2,7 @@
 images. For speed the backbone is swapped for a ResNet-18 (no download) and the transformer keeps 2
 encoder + 2 decoder layers (enough for refinement to chain layers); the neck, levels, K, multi-scale
 attention, number of queries, refinement and two-stage settings stay as each config sets them."""
+
 from typing import Iterator, List
 
 import pytest
@@ -40,8 +41,9 @@ def _build(cfg: Config) -> nn.Module:
 def _batch(model: nn.Module, num_items: List[int], training: bool) -> dict:
     from mmdet.testing import demo_mm_inputs
 
-    packed = demo_mm_inputs(batch_size=len(IMAGE_SHAPES), image_shapes=IMAGE_SHAPES,
-                            num_items=num_items, num_classes=80)
+    packed = demo_mm_inputs(
+        batch_size=len(IMAGE_SHAPES), image_shapes=IMAGE_SHAPES, num_items=num_items, num_classes=80
+    )
     return model.data_preprocessor(packed, training)
 
 

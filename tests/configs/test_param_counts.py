@@ -15,6 +15,7 @@ Our count is of *trainable* parameters. The documented differences, and nothing 
 - input_proj: the official 1x1 and 3x3 convs have a bias; our ChannelMapper has `bias=True`, so
   there is no difference (asserted below, since GroupNorm does not make the bias redundant).
 """
+
 import math
 import re
 from typing import Dict, List
@@ -30,14 +31,17 @@ CASES = {
     'refine': ('deformable-detr-refine_r50_16xb2-50e_coco.py', 6, {}),
     'two_stage': ('deformable-detr-refine-twostage_r50_16xb2-50e_coco.py', 7, {}),
     # the single-scale ablation with the official single-scale build's K = 4
-    'single_scale': ('ablations/deformable-detr_r50-c5_ssattn-k1_16xb2-50e_coco.py', 1,
-                     dict(enc_num_points=4, dec_num_points=4)),
+    'single_scale': (
+        'ablations/deformable-detr_r50-c5_ssattn-k1_16xb2-50e_coco.py',
+        1,
+        dict(enc_num_points=4, dec_num_points=4),
+    ),
 }
 
 
 def _official_parameters(state: Dict[str, List[int]], build: str) -> Dict[str, int]:
     """numel of every distinct parameter (not buffer) of the official model, by key."""
-    frozen_bn = {key[:-len('.running_mean')] for key in state if key.endswith('.running_mean')}
+    frozen_bn = {key[: -len('.running_mean')] for key in state if key.endswith('.running_mean')}
     parameters = {}
     for key, shape in state.items():
         if key.rsplit('.', 1)[0] in frozen_bn:  # FrozenBatchNorm2d: four buffers
@@ -68,8 +72,10 @@ def test_trainable_parameters_match_official(official_listing, load_config, buil
 
     official = _official_parameters(official_listing[build], build)
     frozen_stem_and_layer1 = sum(
-        numel for key, numel in official.items()
-        if key.startswith(('backbone.0.body.conv1.', 'backbone.0.body.layer1.')))
+        numel
+        for key, numel in official.items()
+        if key.startswith(('backbone.0.body.conv1.', 'backbone.0.body.layer1.'))
+    )
     assert frozen_stem_and_layer1 == 222_400  # conv1 9,408 + layer1 convs 212,992
     class_difference = num_cls_branches * (OFFICIAL_CLASSES - OUR_CLASSES) * (EMBED_DIMS + 1)
     expected = sum(official.values()) - frozen_stem_and_layer1 - class_difference
@@ -77,11 +83,15 @@ def test_trainable_parameters_match_official(official_listing, load_config, buil
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert trainable == expected, (
         f'{build}: ours {trainable:,} trainable vs expected {expected:,} '
-        f'(official {sum(official.values()):,})')
+        f'(official {sum(official.values()):,})'
+    )
 
     # distinct classification branches, each 80-way (parameters() counts shared modules once)
-    cls_weights = {id(p) for name, p in model.named_parameters()
-                   if name.startswith('bbox_head.cls_branches.') and name.endswith('.weight')}
+    cls_weights = {
+        id(p)
+        for name, p in model.named_parameters()
+        if name.startswith('bbox_head.cls_branches.') and name.endswith('.weight')
+    }
     assert len(cls_weights) == num_cls_branches
     # the input projection keeps the official bias
     state = model.state_dict()

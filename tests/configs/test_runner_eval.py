@@ -3,6 +3,7 @@ the photographs of tests/data/coco_photos and CocoMetric returns the COCO box me
 random (no checkpoint, no download), so AP is ~0: this checks the plumbing (dataset -> pipeline ->
 model -> metric), not accuracy. For speed: a ResNet-18 backbone, 2 + 2 transformer layers, smaller
 test images."""
+
 from pathlib import Path
 from typing import List
 
@@ -19,8 +20,11 @@ def _point_at_photos(cfg: Config, coco_photos: Path, work_dir: Path, num_images:
     dataloader = cfg.test_dataloader
     dataloader.update(batch_size=2, num_workers=0, persistent_workers=False)
     dataloader.dataset.update(
-        data_root=f'{coco_photos}/', ann_file='annotations/instances.json',
-        data_prefix=dict(img='images/'), indices=num_images)
+        data_root=f'{coco_photos}/',
+        ann_file='annotations/instances.json',
+        data_prefix=dict(img='images/'),
+        indices=num_images,
+    )
     cfg.test_evaluator.ann_file = str(coco_photos / 'annotations' / 'instances.json')
     cfg.work_dir = str(work_dir)
     cfg.load_from = None
@@ -64,8 +68,9 @@ def test_runner_test_loop_with_tta(load_config, shrink_backbone, coco_photos, tm
     DetTTAModel and run the TTA pipeline (3 scales x 2 flips per image)."""
     from mmengine.runner import Runner
 
-    cfg = shrink_backbone(load_config(
-        'deformable-detr-refine-twostage_x101-64x4d-dconv-c3-c5_16xb2-50e-tta_coco.py'))
+    cfg = shrink_backbone(
+        load_config('deformable-detr-refine-twostage_x101-64x4d-dconv-c3-c5_16xb2-50e-tta_coco.py')
+    )
     _point_at_photos(cfg, coco_photos, tmp_path, num_images=2)  # 1 batch x 6 views
     cfg.model = dict(**cfg.tta_model, module=cfg.model)
     tta_transforms = cfg.tta_pipeline[1].transforms

@@ -1,6 +1,7 @@
 """Bad data through the dataset and pipeline of our primitive config (CheckedCocoDataset, mmdet's
 LoadImageFromFile): what the user sees for each defect (issue #11; README "What happens with bad
 data")."""
+
 import io
 import logging
 import re
@@ -46,8 +47,10 @@ def test_box_defects_are_dropped_counted_and_logged(tmp_path, coco_photos, mm_lo
     log = mm_log.getvalue()
     assert 'dropped 2 box(es): box width or height is below 1 pixel' in log
     assert '(annotation ids [1001, 1002])' in log
-    assert "dropped 1 box(es): category_id is not among the file's \"categories\" " \
-           '(annotation ids [1005])' in log
+    assert (
+        'dropped 1 box(es): category_id is not among the file\'s "categories" '
+        '(annotation ids [1005])' in log
+    )
     assert 'dropped 1 box(es): box does not overlap the image (annotation ids [1003])' in log
     assert 'dropped 1 box(es): annotation area is not positive (annotation ids [1006])' in log
     assert 'kept 1 box(es): box extends past the image border (annotation ids [1004])' in log
@@ -62,6 +65,7 @@ def test_train_pipeline_clips_partly_outside_boxes(tmp_path, coco_photos, seed):
     """The paper's augmentation (flip, multi-scale resize or resize-crop-resize) clips boxes to
     the image, so the partly outside box reaches the model inside it."""
     import torch
+
     root = make_coco(tmp_path, coco_photos, box_defects=['partly_outside'])
     dataset = build(root)
     torch.manual_seed(seed)
@@ -77,33 +81,55 @@ def test_train_pipeline_clips_partly_outside_boxes(tmp_path, coco_photos, seed):
 def test_unlisted_classes_are_left_out_with_a_note(tmp_path, coco_photos, mm_log):
     root = make_coco(tmp_path, coco_photos)
     dataset = build(root, metainfo=dict(classes=('person', 'car')))
-    assert {inst['bbox_label'] for i in range(len(dataset))
-            for inst in dataset.get_data_info(i)['instances']} == {0}  # persons only
+    assert {
+        inst['bbox_label']
+        for i in range(len(dataset))
+        for inst in dataset.get_data_info(i)['instances']
+    } == {0}  # persons only
     log = mm_log.getvalue()
     # 26 boxes in the two photos, 5 of them persons
     assert "left out 21 boxes of categories not in metainfo.classes: {'bowl': 4, 'cup': 3" in log
 
 
-@pytest.mark.parametrize('classes,match', [
-    (('person', 'bicycle', 'unicorn'), r"metainfo.classes names \['unicorn'\], which .*"
-                                       r"instances.json does not have"),
-    (('car', 'person'), r"not in the order of the categories .* List the classes in that "
-                        r"order: \('person', 'car'\)"),
-])
+@pytest.mark.parametrize(
+    'classes,match',
+    [
+        (
+            ('person', 'bicycle', 'unicorn'),
+            r"metainfo.classes names \['unicorn'\], which .*"
+            r'instances.json does not have',
+        ),
+        (
+            ('car', 'person'),
+            r'not in the order of the categories .* List the classes in that '
+            r"order: \('person', 'car'\)",
+        ),
+    ],
+)
 def test_classes_that_do_not_fit_the_file_are_refused(tmp_path, coco_photos, classes, match):
     root = make_coco(tmp_path, coco_photos)
     with pytest.raises(BadDataError, match=match):
         build(root, metainfo=dict(classes=classes))
 
 
-@pytest.mark.parametrize('field,match', [
-    ('bbox', r"instances.json: annotation id 1001 \(image 000000397133.jpg\) has no valid 'bbox'"),
-    ('area', r"instances.json: annotation id 1001 \(image 000000397133.jpg\) has no valid 'area'"),
-    # pycocotools indexes category_id while reading the file, before any image is parsed
-    ('category_id', r"instances.json: an image or annotation entry has no 'category_id'"),
-])
+@pytest.mark.parametrize(
+    'field,match',
+    [
+        (
+            'bbox',
+            r"instances.json: annotation id 1001 \(image 000000397133.jpg\) has no valid 'bbox'",
+        ),
+        (
+            'area',
+            r"instances.json: annotation id 1001 \(image 000000397133.jpg\) has no valid 'area'",
+        ),
+        # pycocotools indexes category_id while reading the file, before any image is parsed
+        ('category_id', r"instances.json: an image or annotation entry has no 'category_id'"),
+    ],
+)
 def test_malformed_annotation_names_file_and_id(tmp_path, coco_photos, field, match):
     import json
+
     root = make_coco(tmp_path, coco_photos, box_defects=['zero_width'])
     ann_file = root / 'annotations' / 'instances.json'
     coco = json.loads(ann_file.read_text())
@@ -115,13 +141,15 @@ def test_malformed_annotation_names_file_and_id(tmp_path, coco_photos, field, ma
 
 @pytest.mark.parametrize('defect', ['missing', 'zero_byte'])
 @pytest.mark.parametrize('test_mode', [False, True], ids=['train', 'test'])
-def test_missing_or_empty_image_stops_at_start_naming_it(tmp_path, coco_photos, defect,
-                                                         test_mode):
+def test_missing_or_empty_image_stops_at_start_naming_it(tmp_path, coco_photos, defect, test_mode):
     root = make_coco(tmp_path, coco_photos, image_defects=[defect])
     path = root / 'images' / IMAGE_DEFECTS[defect][0]
     what = 'does not exist' if defect == 'missing' else 'is empty'
-    with pytest.raises(BadDataError, match=rf"(?s)1 of 3 image files cannot be used:\n  1: image "
-                       rf"file {what}.*{path}.*missing_images='skip'"):
+    with pytest.raises(
+        BadDataError,
+        match=rf'(?s)1 of 3 image files cannot be used:\n  1: image '
+        rf"file {what}.*{path}.*missing_images='skip'",
+    ):
         build(root, test_mode=test_mode)
 
 
@@ -136,19 +164,29 @@ def test_missing_images_skip_leaves_them_out_with_a_count(tmp_path, coco_photos,
 
 def test_wrong_image_folder_says_so(tmp_path, coco_photos):
     root = make_coco(tmp_path, coco_photos)
-    with pytest.raises(BadDataError, match=r'none exists: data_root / data_prefix.img probably '
-                       r'point to the wrong folder \(images are looked up as .*/pictures/'):
+    with pytest.raises(
+        BadDataError,
+        match=r'none exists: data_root / data_prefix.img probably '
+        r'point to the wrong folder \(images are looked up as .*/pictures/',
+    ):
         build(root, data_prefix=dict(img='pictures/'))
 
 
-@pytest.mark.parametrize('defect,what', [
-    ('corrupt', 'image cannot be decoded'),
-    ('truncated', 'image cannot be decoded'),
-    ('size_mismatch', r"image size differs from the annotation file's width/height.*decoded "
-                      r'640x480 \(HxW\), the annotation file says 480x640: swapped'),
-])
-def test_undecodable_or_wrong_size_image_is_skipped_in_training(tmp_path, coco_photos, mm_log,
-                                                                defect, what):
+@pytest.mark.parametrize(
+    'defect,what',
+    [
+        ('corrupt', 'image cannot be decoded'),
+        ('truncated', 'image cannot be decoded'),
+        (
+            'size_mismatch',
+            r"image size differs from the annotation file's width/height.*decoded "
+            r'640x480 \(HxW\), the annotation file says 480x640: swapped',
+        ),
+    ],
+)
+def test_undecodable_or_wrong_size_image_is_skipped_in_training(
+    tmp_path, coco_photos, mm_log, defect, what
+):
     root = make_coco(tmp_path, coco_photos, image_defects=[defect])
     dataset = build(root)
     index = index_of(dataset, IMAGE_DEFECTS[defect][0])
@@ -174,8 +212,11 @@ def test_too_many_skipped_images_stop_training(tmp_path, coco_photos):
     root = make_coco(tmp_path, coco_photos, image_defects=['corrupt', 'truncated'])
     dataset = build(root, max_skipped_images=2)
     assert dataset.prepare_data(index_of(dataset, 'corrupt.jpg')) is None
-    with pytest.raises(BadDataError, match=r'2 images skipped in this process \(limit: '
-                       r'max_skipped_images=2.*truncated.jpg.*looks broken'):
+    with pytest.raises(
+        BadDataError,
+        match=r'2 images skipped in this process \(limit: '
+        r'max_skipped_images=2.*truncated.jpg.*looks broken',
+    ):
         dataset.prepare_data(index_of(dataset, 'truncated.jpg'))
 
 
@@ -202,7 +243,7 @@ def test_grayscale_rgba_and_16_bit_png_become_8_bit_bgr(tmp_path, coco_photos, d
     loaded = dataset.pipeline.transforms[0](dataset.get_data_info(index))  # LoadImageFromFile
     stored = cv2.imread(str(root / 'images' / IMAGE_DEFECTS[defect][0]), cv2.IMREAD_UNCHANGED)
     image = loaded['img']
-    assert image.dtype == np.uint8 and image.shape == stored.shape[:2] + (3, )
+    assert image.dtype == np.uint8 and image.shape == stored.shape[:2] + (3,)
     if defect == 'grayscale':
         expected = np.repeat(stored[..., None], 3, axis=-1)
     elif defect == 'rgba':

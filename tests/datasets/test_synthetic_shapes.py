@@ -1,5 +1,6 @@
 """The synthetic shapes generator: deterministic per seed, the promised content, and readable by
 mmdet's CocoDataset with the demo's pipeline."""
+
 import hashlib
 import json
 from pathlib import Path
@@ -12,8 +13,11 @@ SMALL = dict(num_train=6, num_val=3)
 
 
 def _digests(root: Path) -> dict:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob('*')) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob('*'))
+        if p.is_file()
+    }
 
 
 def test_same_seed_identical_files_different_seed_different(tmp_path):
@@ -25,6 +29,12 @@ def test_same_seed_identical_files_different_seed_different(tmp_path):
     assert da == db
     images = [k for k in da if k.endswith('.png')]
     assert all(da[k] != dc[k] for k in images)
+
+
+def test_files_do_not_depend_on_the_worker_count(tmp_path):
+    one = generate_shapes_dataset(tmp_path / 'one', ShapesConfig(seed=2, **SMALL), workers=1)
+    two = generate_shapes_dataset(tmp_path / 'two', ShapesConfig(seed=2, **SMALL), workers=2)
+    assert _digests(one) == _digests(two)
 
 
 def test_cached_by_parameters(tmp_path):
@@ -66,7 +76,7 @@ def test_overlaps_exist_and_stay_partial():
             # every shape keeps at least min_visible of its pixels (later shapes cover it partly)
             assert obj['mask'].sum() >= cfg.min_visible * obj['full_area'] - 1
             assert obj['area'] == obj['mask'].sum()
-            for other in objects[i + 1:]:
+            for other in objects[i + 1 :]:
                 x0 = max(obj['bbox'][0], other['bbox'][0])
                 x1 = min(obj['bbox'][0] + obj['bbox'][2], other['bbox'][0] + other['bbox'][2])
                 y0 = max(obj['bbox'][1], other['bbox'][1])
@@ -91,10 +101,15 @@ def test_loads_through_mmdet_coco_dataset_pipeline(tmp_path):
     from mmdet.registry import DATASETS
     from mmdet.utils import register_all_modules
     from mmengine.config import Config
+
     register_all_modules()
     root = generate_shapes_dataset(tmp_path, ShapesConfig(seed=0, **SMALL))
-    cfg = Config.fromfile(Path(__file__).resolve().parents[2] / 'configs' / 'demo' /
-                          'deformable-detr-refine-twostage_r18_shapes.py')
+    cfg = Config.fromfile(
+        Path(__file__).resolve().parents[2]
+        / 'configs'
+        / 'demo'
+        / 'deformable-detr-refine-twostage_r18_shapes.py'
+    )
     for loader in (cfg.train_dataloader, cfg.val_dataloader):
         dataset = DATASETS.build(dict(loader.dataset, data_root=f'{root}/'))
         assert dataset.metainfo['classes'] == CLASSES

@@ -1,5 +1,6 @@
 """tools/demo.py: the schedule / dataset rewiring (fast) and the whole demo end to end in a tiny
 mode (generation, a few training iterations, CocoMetric, both PNGs)."""
+
 import importlib.util
 import json
 import subprocess
@@ -21,6 +22,7 @@ def _demo_module():
 
 def test_set_schedule_rewrites_every_iteration_count():
     from mmengine.config import Config
+
     demo = _demo_module()
     cfg = Config.fromfile(CONFIG)
     demo.set_schedule(cfg, iters=300, num_evals=3)
@@ -35,13 +37,19 @@ def test_set_schedule_rewrites_every_iteration_count():
 
 def test_evaluations_during_training_use_a_val_subset(tmp_path):
     from mmengine.config import Config
+
     demo = _demo_module()
     (tmp_path / 'annotations').mkdir()
     images = [dict(id=i, file_name=f'{i}.png', width=8, height=8) for i in range(5)]
-    annotations = [dict(id=10 + i, image_id=i % 5, category_id=1, bbox=[0, 0, 4, 4], area=16,
-                        iscrowd=0) for i in range(10)]
-    (tmp_path / 'annotations' / 'instances_val.json').write_text(json.dumps(dict(
-        images=images, annotations=annotations, categories=[dict(id=1, name='circle')])))
+    annotations = [
+        dict(id=10 + i, image_id=i % 5, category_id=1, bbox=[0, 0, 4, 4], area=16, iscrowd=0)
+        for i in range(10)
+    ]
+    (tmp_path / 'annotations' / 'instances_val.json').write_text(
+        json.dumps(
+            dict(images=images, annotations=annotations, categories=[dict(id=1, name='circle')])
+        )
+    )
     cfg = Config.fromfile(CONFIG)
     cfg.val_dataloader.dataset.data_root = f'{tmp_path}/'
     demo.sync_dependent_keys(cfg, val_subset=2)
@@ -57,13 +65,16 @@ def test_evaluations_during_training_use_a_val_subset(tmp_path):
 def test_other_coco_dataset_through_cfg_options():
     """The documented --cfg-options keys suffice: evaluator, test loader, num_classes follow."""
     from mmengine.config import Config
+
     demo = _demo_module()
     cfg = Config.fromfile(CONFIG)
-    cfg.merge_from_dict({
-        'val_dataloader.dataset.data_root': 'data/mine/',
-        'val_dataloader.dataset.ann_file': 'ann/val.json',
-        'train_dataloader.dataset.metainfo.classes': ['cat', 'dog'],
-    })
+    cfg.merge_from_dict(
+        {
+            'val_dataloader.dataset.data_root': 'data/mine/',
+            'val_dataloader.dataset.ann_file': 'ann/val.json',
+            'train_dataloader.dataset.metainfo.classes': ['cat', 'dog'],
+        }
+    )
     demo.sync_dependent_keys(cfg)
     assert cfg.val_evaluator.ann_file == 'data/mine/ann/val.json'
     assert cfg.test_dataloader.dataset.ann_file == 'ann/val.json'
@@ -72,6 +83,7 @@ def test_other_coco_dataset_through_cfg_options():
 
 def test_plot_training_curves_from_scalars(tmp_path):
     from tools.shapes_demo import plot_training_curves
+
     rows = [dict(step=i, loss=10.0 / i, loss_cls=1.0 / i, lr=1e-4) for i in range(10, 101, 10)]
     rows += [{'step': 50, 'coco/bbox_mAP': 0.2}, {'step': 100, 'coco/bbox_mAP': 0.4}]
     scalars = tmp_path / 'scalars.json'
@@ -88,6 +100,7 @@ def test_thread_count_tuner_keeps_the_faster_count(monkeypatch):
 
     from tools.shapes_demo import ThreadCountTuner
     from tools.shapes_demo import threads as threads_module
+
     clock = [0.0]
     monkeypatch.setattr(threads_module.time, 'perf_counter', lambda: clock[0])
     before = torch.get_num_threads()
@@ -111,12 +124,31 @@ def test_demo_end_to_end_tiny(tmp_path):
     """A few iterations on a few generated images: every artefact is written (well under 90 s on an
     idle 2-core CPU)."""
     work_dir = tmp_path / 'work'
-    cmd = [sys.executable, str(ROOT / 'tools' / 'demo.py'), '--iters', '4', '--num-evals', '1',
-           '--num-train', '8', '--num-val', '4', '--num-vis', '2',
-           '--data-cache', str(tmp_path / 'data'), '--work-dir', str(work_dir),
-           '--cfg-options', 'train_dataloader.batch_size=2', 'val_dataloader.batch_size=2',
-           'train_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False',
-           'val_dataloader.num_workers=0', 'val_dataloader.persistent_workers=False']
+    cmd = [
+        sys.executable,
+        str(ROOT / 'tools' / 'demo.py'),
+        '--iters',
+        '4',
+        '--num-evals',
+        '1',
+        '--num-train',
+        '8',
+        '--num-val',
+        '4',
+        '--num-vis',
+        '2',
+        '--data-cache',
+        str(tmp_path / 'data'),
+        '--work-dir',
+        str(work_dir),
+        '--cfg-options',
+        'train_dataloader.batch_size=2',
+        'val_dataloader.batch_size=2',
+        'train_dataloader.num_workers=0',
+        'train_dataloader.persistent_workers=False',
+        'val_dataloader.num_workers=0',
+        'val_dataloader.persistent_workers=False',
+    ]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=280)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert 'Iter(train)' in result.stdout + result.stderr  # mmengine's progress log is visible

@@ -1,5 +1,6 @@
 """The exported function in eager mode, and the errors of the ONNX runtime helpers (no export
 here: tests/deploy/test_onnx_export.py exports)."""
+
 import onnx
 import pytest
 import torch
@@ -16,8 +17,11 @@ def test_exportable_module_is_predict_without_padding(variant):
     """What the graph computes equals DeformDETR.predict on an unpadded image (boxes in input
     pixels, rescale=False), with the batched post-process of the head."""
     model = perturb_(build_tiny_model(variant)).eval()
-    assert use_reference_attention(model) == len(
-        [m for m in model.modules() if isinstance(m, MSDeformAttn)]) > 0
+    assert (
+        use_reference_attention(model)
+        == len([m for m in model.modules() if isinstance(m, MSDeformAttn)])
+        > 0
+    )
     data = make_batch(model, image_shapes=((72, 96),), training=False)
     with torch.no_grad():
         expected = model.predict(data['inputs'], data['data_samples'], rescale=False)[0]
@@ -35,15 +39,17 @@ def test_batched_images_give_what_each_gives_alone():
     with torch.no_grad():
         together = module(images)
         for row in range(2):
-            for joint, single in zip(together, module(images[row:row + 1])):
+            for joint, single in zip(together, module(images[row : row + 1])):
                 torch.testing.assert_close(joint[row], single[0], rtol=0, atol=1e-4)
 
 
 def test_onnx_file_of_another_origin_is_refused(tmp_path):
     graph = helper.make_graph(
-        [helper.make_node('Identity', ['images'], ['boxes'])], 'foreign',
+        [helper.make_node('Identity', ['images'], ['boxes'])],
+        'foreign',
         [helper.make_tensor_value_info('images', TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info('boxes', TensorProto.FLOAT, [1, 3, 8, 8])])
+        [helper.make_tensor_value_info('boxes', TensorProto.FLOAT, [1, 3, 8, 8])],
+    )
     path = tmp_path / 'foreign.onnx'
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid('', 18)]), str(path))
     with pytest.raises(ValueError, match=r'foreign\.onnx.*export_onnx\.py'):

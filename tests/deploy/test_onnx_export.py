@@ -6,6 +6,7 @@ tests/helpers/tiny_deformdetr_coco.py with two decoder layers (so that refinemen
 weights moved off their zero initialisations. The plain model is exported with a dynamic batch,
 the others for one image (the default).
 """
+
 import json
 import sys
 from pathlib import Path
@@ -45,19 +46,39 @@ def export_variant(variant: str, tmp_path_factory) -> SimpleNamespace:
     onnx_path = folder / 'tiny.onnx'
     # a config file per variant, as a user has one (tools/infer.py takes no --cfg-options)
     config = folder / f'tiny_{variant}.py'
-    config.write_text(f'_base_ = {str(TINY_CONFIG)!r}\nmodel = dict(**{VARIANTS[variant]!r}, '
-                      f'transformer=dict(num_decoder_layers={DECODER_LAYERS}))\n')
+    config.write_text(
+        f'_base_ = {str(TINY_CONFIG)!r}\nmodel = dict(**{VARIANTS[variant]!r}, '
+        f'transformer=dict(num_decoder_layers={DECODER_LAYERS}))\n'
+    )
     checkpoint = save_tiny_checkpoint(folder / 'tiny.pth', variant, config=config)
-    result = run_tool([sys.executable, 'tools/deployment/export_onnx.py', str(config),
-                       str(checkpoint), '--out', str(onnx_path), '--example-size', '96', '128',
-                       '--no-check', *(['--dynamic-batch'] if variant == 'plain' else [])],
-                      timeout=1200)
+    result = run_tool(
+        [
+            sys.executable,
+            'tools/deployment/export_onnx.py',
+            str(config),
+            str(checkpoint),
+            '--out',
+            str(onnx_path),
+            '--example-size',
+            '96',
+            '128',
+            '--no-check',
+            *(['--dynamic-batch'] if variant == 'plain' else []),
+        ],
+        timeout=1200,
+    )
     cfg = Config.fromfile(str(config))
     model = MODELS.build(cfg.model)
     load_checkpoint(model, str(checkpoint), map_location='cpu', logger='silent')
-    _EXPORTS[variant] = SimpleNamespace(variant=variant, checkpoint=checkpoint, onnx=onnx_path,
-                                        config=config, cfg=cfg, model=model.eval(),
-                                        output=result.output)
+    _EXPORTS[variant] = SimpleNamespace(
+        variant=variant,
+        checkpoint=checkpoint,
+        onnx=onnx_path,
+        config=config,
+        cfg=cfg,
+        model=model.eval(),
+        output=result.output,
+    )
     return _EXPORTS[variant]
 
 
@@ -99,8 +120,9 @@ def test_onnxruntime_matches_pytorch_predict_on_photos(exported, coco_photos):
     for index in range(len(dataset)):
         item = dataset[index]
         with torch.no_grad():
-            expected = exported.model.test_step(dict(inputs=[item['inputs']],
-                                                     data_samples=[item['data_samples']]))[0]
+            expected = exported.model.test_step(
+                dict(inputs=[item['inputs']], data_samples=[item['data_samples']])
+            )[0]
         got = detector.predict(item['data_samples'].img_path)
         assert got.img_shape == expected.img_shape
         shapes.add(got.img_shape)
@@ -108,8 +130,10 @@ def test_onnxruntime_matches_pytorch_predict_on_photos(exported, coco_photos):
         assert torch.equal(have.labels, want.labels), item['data_samples'].img_path
         score_diffs.append(float((have.scores - want.scores).abs().max()))
         box_diffs.append(float((have.bboxes - want.bboxes).abs().max()))
-    print(f'{exported.variant}: shapes {sorted(shapes)}, max |score diff| {max(score_diffs):.2e}, '
-          f'max |box diff| {max(box_diffs):.2e} px')
+    print(
+        f'{exported.variant}: shapes {sorted(shapes)}, max |score diff| {max(score_diffs):.2e}, '
+        f'max |box diff| {max(box_diffs):.2e} px'
+    )
     assert max(score_diffs) <= SCORE_TOL and max(box_diffs) <= BOX_TOL
     assert len(shapes) >= 2, shapes
 
@@ -117,14 +141,17 @@ def test_onnxruntime_matches_pytorch_predict_on_photos(exported, coco_photos):
 def test_batch_axis(tmp_path_factory, coco_photos):
     """Exported with --dynamic-batch: two images of one size in one batch give what each gives
     alone; a model exported for one image refuses a batch, saying what to do."""
-    detector = OnnxDetector(export_variant('plain', tmp_path_factory).onnx,
-                            export_variant('plain', tmp_path_factory).cfg, num_threads=1)
+    detector = OnnxDetector(
+        export_variant('plain', tmp_path_factory).onnx,
+        export_variant('plain', tmp_path_factory).cfg,
+        num_threads=1,
+    )
     image = sorted((coco_photos / 'images').glob('*.jpg'))[0]
     inputs, _ = detector.preprocess(str(image))
     batch = torch.cat([inputs, inputs.flip(-1)])
     together = detector.run(batch)
     for row in range(2):
-        alone = detector.run(batch[row:row + 1])
+        alone = detector.run(batch[row : row + 1])
         for joint, single in zip(together, alone):
             np.testing.assert_allclose(joint[row], single[0], atol=1e-4, rtol=0)
     refine = export_variant('refine', tmp_path_factory)
@@ -146,20 +173,46 @@ def test_onnx_infer_draws_like_infer_py(tmp_path_factory, coco_photos, tmp_path)
     two_stage = export_variant('two_stage', tmp_path_factory)
     image = sorted((coco_photos / 'images').glob('*.jpg'))[1]
     common = ['--pred-score-thr', '0', '--save-pred']
-    run_tool([sys.executable, 'tools/deployment/onnx_infer.py', str(image),
-              str(two_stage.config), str(two_stage.onnx), '--out-dir', str(tmp_path / 'onnx'),
-              '--threads', '1', *common])
-    run_tool([sys.executable, 'tools/infer.py', str(image), str(two_stage.config),
-              str(two_stage.checkpoint), '--out-dir', str(tmp_path / 'torch'), '--device', 'cpu',
-              *common])
-    ours, theirs = (json.loads((tmp_path / side / 'preds' / f'{image.stem}.json').read_text())
-                    for side in ('onnx', 'torch'))
+    run_tool(
+        [
+            sys.executable,
+            'tools/deployment/onnx_infer.py',
+            str(image),
+            str(two_stage.config),
+            str(two_stage.onnx),
+            '--out-dir',
+            str(tmp_path / 'onnx'),
+            '--threads',
+            '1',
+            *common,
+        ]
+    )
+    run_tool(
+        [
+            sys.executable,
+            'tools/infer.py',
+            str(image),
+            str(two_stage.config),
+            str(two_stage.checkpoint),
+            '--out-dir',
+            str(tmp_path / 'torch'),
+            '--device',
+            'cpu',
+            *common,
+        ]
+    )
+    ours, theirs = (
+        json.loads((tmp_path / side / 'preds' / f'{image.stem}.json').read_text())
+        for side in ('onnx', 'torch')
+    )
     assert ours['labels'] == theirs['labels'] and len(ours['labels']) == 10
     np.testing.assert_allclose(ours['scores'], theirs['scores'], atol=SCORE_TOL, rtol=0)
     np.testing.assert_allclose(ours['bboxes'], theirs['bboxes'], atol=BOX_TOL, rtol=0)
     photo = mmcv.imread(str(image)).astype(np.int16)
-    drawn, reference = (mmcv.imread(str(tmp_path / side / 'vis' / image.name)).astype(np.int16)
-                        for side in ('onnx', 'torch'))
+    drawn, reference = (
+        mmcv.imread(str(tmp_path / side / 'vis' / image.name)).astype(np.int16)
+        for side in ('onnx', 'torch')
+    )
     assert drawn.shape == photo.shape
     assert (np.abs(drawn - photo) > 60).mean() > 0.005  # boxes and labels were drawn
     assert (np.abs(drawn - reference) > 60).mean() < 0.0005  # as the PyTorch path draws them

@@ -1,6 +1,7 @@
 """AtomicCheckpointHook in one process: the same files and records as mmengine's CheckpointHook
 (interval, max_keep_ckpts, save_best), written in a different order. The kills are in
 tests/tools/test_kill_during_save.py."""
+
 from pathlib import Path
 from typing import List
 
@@ -46,35 +47,53 @@ class _ScheduledScore(BaseMetric):
 
 
 def _train(work_dir: Path, hook_type: str) -> Runner:
-    data = [dict(inputs=torch.full((2, ), float(i))) for i in range(4)]
-    loader = dict(dataset=data, batch_size=2, sampler=dict(type='DefaultSampler', shuffle=False),
-                  collate_fn=dict(type='default_collate'))
+    data = [dict(inputs=torch.full((2,), float(i))) for i in range(4)]
+    loader = dict(
+        dataset=data,
+        batch_size=2,
+        sampler=dict(type='DefaultSampler', shuffle=False),
+        collate_fn=dict(type='default_collate'),
+    )
     runner = Runner(
-        model=_Linear(), work_dir=str(work_dir), train_dataloader=loader, val_dataloader=loader,
-        val_evaluator=[_ScheduledScore()], val_cfg=dict(),
+        model=_Linear(),
+        work_dir=str(work_dir),
+        train_dataloader=loader,
+        val_dataloader=loader,
+        val_evaluator=[_ScheduledScore()],
+        val_cfg=dict(),
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
         train_cfg=dict(by_epoch=True, max_epochs=len(SCORES), val_interval=1),
-        default_hooks=dict(checkpoint=dict(type=hook_type, interval=1, max_keep_ckpts=2,
-                                           save_best='acc', rule='greater')),
+        default_hooks=dict(
+            checkpoint=dict(
+                type=hook_type, interval=1, max_keep_ckpts=2, save_best='acc', rule='greater'
+            )
+        ),
         # a distinct name: runners of one second would share a message hub (and its best score)
-        experiment_name=str(work_dir).replace('/', '_'), default_scope='mmdet')
+        experiment_name=str(work_dir).replace('/', '_'),
+        default_scope='mmdet',
+    )
     runner.train()
     return runner
 
 
 def _files(work_dir: Path) -> List[str]:
     """The files in ``work_dir`` but the config dump (``<timestamp>.py``)."""
-    return sorted(path.name for path in work_dir.iterdir()
-                  if path.is_file() and path.suffix != '.py')
+    return sorted(
+        path.name for path in work_dir.iterdir() if path.is_file() and path.suffix != '.py'
+    )
 
 
 def test_same_files_and_records_as_mmengine(tmp_path):
     ours = _train(tmp_path / 'ours', 'AtomicCheckpointHook')
     theirs = _train(tmp_path / 'theirs', 'CheckpointHook')
-    assert _files(tmp_path / 'ours') == _files(tmp_path / 'theirs') == [
-        'best_acc_epoch_4.pth', 'epoch_4.pth', 'epoch_5.pth', 'last_checkpoint']
+    assert (
+        _files(tmp_path / 'ours')
+        == _files(tmp_path / 'theirs')
+        == ['best_acc_epoch_4.pth', 'epoch_4.pth', 'epoch_5.pth', 'last_checkpoint']
+    )
     assert (tmp_path / 'ours' / 'last_checkpoint').read_text() == str(
-        tmp_path / 'ours' / 'epoch_5.pth')
+        tmp_path / 'ours' / 'epoch_5.pth'
+    )
     for key in ('keep_ckpt_ids', 'best_score'):
         assert ours.message_hub.get_info(key) == theirs.message_hub.get_info(key)
     assert Path(ours.message_hub.get_info('best_ckpt')).name == 'best_acc_epoch_4.pth'
@@ -98,8 +117,10 @@ def test_old_files_are_deleted_only_after_the_new_one_is_in_place(tmp_path, monk
     assert 'epoch_3.pth' in on_disk['epoch_5.pth']
     assert 'best_acc_epoch_2.pth' in on_disk['best_acc_epoch_4.pth']
     # the only partial file at any rename is the one being renamed: none is left behind
-    assert all([name for name in files if name.startswith('.')] == [f'.{published}.writing']
-               for published, files in seen), seen
+    assert all(
+        [name for name in files if name.startswith('.')] == [f'.{published}.writing']
+        for published, files in seen
+    ), seen
 
 
 def test_write_text_atomically_keeps_the_old_text_when_interrupted(tmp_path, monkeypatch):
@@ -121,10 +142,17 @@ def test_write_text_atomically_keeps_the_old_text_when_interrupted(tmp_path, mon
 
 
 def test_remove_partial_files_removes_only_ours(tmp_path):
-    for name in ('.iter_4.pth.writing', '.last_checkpoint.writing', 'iter_2.pth', 'x.writing',
-                 '.hidden'):
+    for name in (
+        '.iter_4.pth.writing',
+        '.last_checkpoint.writing',
+        'iter_2.pth',
+        'x.writing',
+        '.hidden',
+    ):
         (tmp_path / name).write_text('')
-    assert remove_partial_files(str(tmp_path)) == ['.iter_4.pth.writing',
-                                                   '.last_checkpoint.writing']
+    assert remove_partial_files(str(tmp_path)) == [
+        '.iter_4.pth.writing',
+        '.last_checkpoint.writing',
+    ]
     assert _files(tmp_path) == ['.hidden', 'iter_2.pth', 'x.writing']
     assert remove_partial_files(str(tmp_path / 'missing')) == []

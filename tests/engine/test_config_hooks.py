@@ -1,13 +1,15 @@
 """Every shipped config (configs/, projects/) trains with the fault-tolerant hooks: atomic
 checkpoints and the stop at the first non-finite value."""
+
 from pathlib import Path
 
 import pytest
 from mmengine.config import Config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = sorted([*(REPO_ROOT / 'configs').glob('**/*.py'),
-                  *(REPO_ROOT / 'projects').glob('*/configs/**/*.py')])
+CONFIGS = sorted(
+    [*(REPO_ROOT / 'configs').glob('**/*.py'), *(REPO_ROOT / 'projects').glob('*/configs/**/*.py')]
+)
 
 
 def test_configs_are_found():

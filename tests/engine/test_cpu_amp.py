@@ -1,5 +1,6 @@
 """CPUAutocastOptimWrapper (``tools/train.py --amp`` without CUDA), its selection, and its
 warning on CPUs without native bfloat16."""
+
 import logging
 
 import pytest
@@ -21,12 +22,14 @@ def test_mmengine_amp_wrapper_refuses_cpu():
     if torch.cuda.is_available():
         pytest.skip('AmpOptimWrapper works with CUDA')
     from mmengine.optim import AmpOptimWrapper
+
     with pytest.raises(Exception, match='(?i)cuda|available'):
         AmpOptimWrapper(optimizer=torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1))
 
 
-@pytest.mark.parametrize('cuda, expected', [(True, 'AmpOptimWrapper'),
-                                            (False, 'CPUAutocastOptimWrapper')])
+@pytest.mark.parametrize(
+    'cuda, expected', [(True, 'AmpOptimWrapper'), (False, 'CPUAutocastOptimWrapper')]
+)
 def test_select_amp_optim_wrapper(cuda, expected):
     cfg = Config.fromfile(str(TINY_CONFIG))
     assert select_amp_optim_wrapper(cfg, cuda_available=cuda) == expected
@@ -84,17 +87,24 @@ def test_tiny_deformdetr_trains_under_cpu_autocast(variant):
     for module in model.transformer.modules():
         if isinstance(module, torch.nn.Linear):
             module.register_forward_hook(lambda _m, _i, out: linear_dtypes.add(out.dtype))
-    trainable = {name: param.detach().clone() for name, param in model.named_parameters()
-                 if param.requires_grad}
+    trainable = {
+        name: param.detach().clone()
+        for name, param in model.named_parameters()
+        if param.requires_grad
+    }
     for step in range(2):
         torch.manual_seed(step)
-        data = demo_mm_inputs(batch_size=2, image_shapes=[(3, 64, 80), (3, 48, 64)],
-                              num_items=[3, 2], num_classes=3)
+        data = demo_mm_inputs(
+            batch_size=2, image_shapes=[(3, 64, 80), (3, 48, 64)], num_items=[3, 2], num_classes=3
+        )
         log_vars = model.train_step(data, optim_wrapper)
         assert all(torch.isfinite(value) for value in log_vars.values()), log_vars
     assert torch.bfloat16 in linear_dtypes
-    changed = [name for name, param in model.named_parameters()
-               if name in trainable and not torch.equal(trainable[name], param)]
+    changed = [
+        name
+        for name, param in model.named_parameters()
+        if name in trainable and not torch.equal(trainable[name], param)
+    ]
     # every trainable parameter was updated (AdamW moves any parameter with a gradient)
     assert sorted(changed) == sorted(trainable)
     assert all(param.dtype == torch.float32 for param in model.parameters())
@@ -106,18 +116,26 @@ ARM_BF16 = 'processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n'
 ARM_OLD = 'processor\t: 0\nFeatures\t: fp asimd evtstrm crc32\n'
 
 
-@pytest.mark.parametrize('cpuinfo, capability, environ, native, evidence', [
-    (EPYC_AVX2, 'AVX2', {}, False, '/proc/cpuinfo lists none of amx_bf16, avx512_bf16, bf16'),
-    (XEON_AMX, 'AVX512', {}, True, '/proc/cpuinfo lists amx_bf16, avx512_bf16; torch CPU '
-     'capability AVX512'),
-    # the flags are there, but torch's kernels (ATEN_CPU_CAPABILITY=avx2) or oneDNN do not use them
-    (XEON_AMX, 'AVX2', {}, False, 'capability AVX2, which has no bfloat16 kernels'),
-    (XEON_AMX, 'AVX512', dict(ONEDNN_MAX_CPU_ISA='AVX2'), False, 'oneDNN limited to AVX2'),
-    (XEON_AMX, 'AVX512', dict(ONEDNN_MAX_CPU_ISA='AVX512_CORE_AMX'), True, 'lists amx_bf16'),
-    (ARM_BF16, 'DEFAULT', {}, True, '/proc/cpuinfo lists bf16'),
-    (ARM_OLD, 'DEFAULT', {}, False, 'lists none of'),
-    ('processor\t: 0\n', 'AVX2', {}, None, 'no CPU flags in /proc/cpuinfo'),
-])
+@pytest.mark.parametrize(
+    'cpuinfo, capability, environ, native, evidence',
+    [
+        (EPYC_AVX2, 'AVX2', {}, False, '/proc/cpuinfo lists none of amx_bf16, avx512_bf16, bf16'),
+        (
+            XEON_AMX,
+            'AVX512',
+            {},
+            True,
+            '/proc/cpuinfo lists amx_bf16, avx512_bf16; torch CPU capability AVX512',
+        ),
+        # flags there, but torch (ATEN_CPU_CAPABILITY=avx2) or oneDNN do not use them
+        (XEON_AMX, 'AVX2', {}, False, 'capability AVX2, which has no bfloat16 kernels'),
+        (XEON_AMX, 'AVX512', dict(ONEDNN_MAX_CPU_ISA='AVX2'), False, 'oneDNN limited to AVX2'),
+        (XEON_AMX, 'AVX512', dict(ONEDNN_MAX_CPU_ISA='AVX512_CORE_AMX'), True, 'lists amx_bf16'),
+        (ARM_BF16, 'DEFAULT', {}, True, '/proc/cpuinfo lists bf16'),
+        (ARM_OLD, 'DEFAULT', {}, False, 'lists none of'),
+        ('processor\t: 0\n', 'AVX2', {}, None, 'no CPU flags in /proc/cpuinfo'),
+    ],
+)
 def test_cpu_bf16_support(cpuinfo, capability, environ, native, evidence):
     found, words = cpu_bf16_support(cpuinfo, capability, environ)
     assert found is native
@@ -128,8 +146,9 @@ def test_cpu_bf16_support(cpuinfo, capability, environ, native, evidence):
 def test_wrapper_warns_on_a_cpu_without_native_bf16(monkeypatch, native, warned):
     logged = []
     monkeypatch.setattr(cpu_amp, 'cpu_bf16_support', lambda: (native, 'flags x'))
-    monkeypatch.setattr(cpu_amp, 'print_log', lambda message, **kwargs: logged.append(
-        (message, kwargs['level'])))
+    monkeypatch.setattr(
+        cpu_amp, 'print_log', lambda message, **kwargs: logged.append((message, kwargs['level']))
+    )
     CPUAutocastOptimWrapper(torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1))
     assert bool(logged) == warned
     if warned:

@@ -1,4 +1,5 @@
 """CPUDistributedDataParallel and configure_cpu_distributed (mmdet_deformdetr/engine/)."""
+
 import pytest
 import torch
 from mmengine.config import Config
@@ -28,12 +29,14 @@ def test_registered_wrapper_accepts_runner_default_args(gloo_group):
     # exactly Runner.wrap_model's call for a model_wrapper_cfg of a DDP subclass
     wrapped = MODEL_WRAPPERS.build(
         dict(type='CPUDistributedDataParallel', broadcast_buffers=False),
-        default_args=dict(module=_TinyModel(), device_ids=[0]))
+        default_args=dict(module=_TinyModel(), device_ids=[0]),
+    )
     assert isinstance(wrapped, CPUDistributedDataParallel)
     assert isinstance(wrapped, MMDistributedDataParallel)  # mmengine's train_step etc.
     assert wrapped.device_ids is None
 
     from mmengine.optim import OptimWrapper
+
     optim_wrapper = OptimWrapper(torch.optim.SGD(wrapped.parameters(), lr=0.1))
     before = wrapped.module.linear.weight.detach().clone()
     log_vars = wrapped.train_step(dict(inputs=torch.ones(3, 4)), optim_wrapper)
@@ -60,13 +63,19 @@ def test_other_launchers_on_cpu_fail_clearly(launcher):
 
 
 def test_pytorch_launcher_on_cpu_selects_gloo_and_wrapper(gloo_group):
-    cfg = _cfg(launcher='pytorch', find_unused_parameters=True,
-               model_wrapper_cfg=dict(detect_anomalous_params=True))
+    cfg = _cfg(
+        launcher='pytorch',
+        find_unused_parameters=True,
+        model_wrapper_cfg=dict(detect_anomalous_params=True),
+    )
     assert configure_cpu_distributed(cfg, cuda_available=False)  # group exists: not re-created
     assert cfg.env_cfg.dist_cfg == dict(backend='gloo', timeout=1800)  # torch's, made explicit
     assert cfg.model_wrapper_cfg == dict(
-        type='CPUDistributedDataParallel', broadcast_buffers=False, find_unused_parameters=True,
-        detect_anomalous_params=True)
+        type='CPUDistributedDataParallel',
+        broadcast_buffers=False,
+        find_unused_parameters=True,
+        detect_anomalous_params=True,
+    )
 
 
 def test_configured_gloo_timeout_is_kept(gloo_group):

@@ -1,5 +1,6 @@
 """StopOnNonFiniteHook on a stand-in runner: which values stop training and what the message says.
 Real runs (a NaN loss term, a huge learning rate) are in tests/tools/test_non_finite_stop.py."""
+
 import logging
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,22 +22,36 @@ def _runner(tmp_path: Path, grad_norm=None, weight: float = 1.0) -> SimpleNamesp
     model = torch.nn.Linear(2, 2)
     with torch.no_grad():
         model.weight.fill_(weight)
-    return SimpleNamespace(message_hub=hub, model=model, iter=6, epoch=0, work_dir=str(tmp_path),
-                           train_loop=SimpleNamespace(max_epochs=1), optim_wrapper=object(),
-                           logger=logging.getLogger('finite_check_test'))
+    return SimpleNamespace(
+        message_hub=hub,
+        model=model,
+        iter=6,
+        epoch=0,
+        work_dir=str(tmp_path),
+        train_loop=SimpleNamespace(max_epochs=1),
+        optim_wrapper=object(),
+        logger=logging.getLogger('finite_check_test'),
+    )
 
 
 def _losses(**values: float) -> dict:
     return {name: torch.tensor(value) for name, value in values.items()}
 
 
-@pytest.mark.parametrize('outputs, grad_norm, weight, named', [
-    (_losses(loss=NAN, loss_cls=1.0, **{'d0.loss_bbox': NAN}), 3.0, 1.0,
-     'not finite: loss=nan, d0.loss_bbox=nan.'),
-    (_losses(loss=1.0, enc_loss_iou=INF), None, 1.0, 'not finite: enc_loss_iou=inf.'),
-    (_losses(loss=1.0), NAN, 1.0, 'not finite: grad_norm=nan.'),
-    (_losses(loss=1.0), None, NAN, 'not finite: weights weight.'),  # no clip_grad: weights
-])
+@pytest.mark.parametrize(
+    'outputs, grad_norm, weight, named',
+    [
+        (
+            _losses(loss=NAN, loss_cls=1.0, **{'d0.loss_bbox': NAN}),
+            3.0,
+            1.0,
+            'not finite: loss=nan, d0.loss_bbox=nan.',
+        ),
+        (_losses(loss=1.0, enc_loss_iou=INF), None, 1.0, 'not finite: enc_loss_iou=inf.'),
+        (_losses(loss=1.0), NAN, 1.0, 'not finite: grad_norm=nan.'),
+        (_losses(loss=1.0), None, NAN, 'not finite: weights weight.'),  # no clip_grad: weights
+    ],
+)
 def test_non_finite_values_stop_and_are_named(tmp_path, outputs, grad_norm, weight, named):
     runner = _runner(tmp_path, grad_norm, weight)
     with pytest.raises(NonFiniteTrainingError) as error:
@@ -77,16 +92,22 @@ def test_checkpoint_with_non_finite_weights_is_not_saved(tmp_path):
     with pytest.raises(NonFiniteTrainingError) as error:
         StopOnNonFiniteHook().before_save_checkpoint(runner, dict(state_dict=state_dict))
     message = str(error.value)
-    assert message.startswith('Training stopped at epoch 4, iteration 7 (counted over all '
-                              'epochs): the checkpoint about to be saved has non-finite '
-                              'weights b.')
+    assert message.startswith(
+        'Training stopped at epoch 4, iteration 7 (counted over all '
+        'epochs): the checkpoint about to be saved has non-finite '
+        'weights b.'
+    )
     assert f'The last good checkpoint, {tmp_path}/epoch_3.pth, is kept' in message
     StopOnNonFiniteHook().before_save_checkpoint(runner, dict(state_dict={'a': torch.ones(2)}))
 
 
 def test_non_finite_tensors():
-    named = [('nan', torch.tensor([0.0, NAN])), ('inf', torch.tensor([-INF])),
-             ('huge', torch.full((1000, ), 3e38)),  # finite, although its sum overflows
-             ('ints', torch.tensor([1, 2])), ('fine', torch.zeros(2, 2))]
+    named = [
+        ('nan', torch.tensor([0.0, NAN])),
+        ('inf', torch.tensor([-INF])),
+        ('huge', torch.full((1000,), 3e38)),  # finite, although its sum overflows
+        ('ints', torch.tensor([1, 2])),
+        ('fine', torch.zeros(2, 2)),
+    ]
     assert non_finite_tensors(named) == ['nan', 'inf']
     assert non_finite_tensors([]) == []

@@ -1,5 +1,6 @@
 """Functions run in processes started by ``torch.multiprocessing`` (spawn) in the tests: importable
 from the repository root and light to import (torch and the engine's process-group helper)."""
+
 import os
 import time
 from typing import Any
@@ -14,8 +15,9 @@ def all_reduce_with_a_stuck_peer(rank: int, port: int, timeout_s: float, results
 
     from mmdet_deformdetr.engine.cpu_dist import _init_process_group
 
-    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE='2')
+    os.environ.update(
+        MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE='2'
+    )
     _init_process_group(dict(backend='gloo', timeout=timeout_s))
     if rank == 1:
         time.sleep(timeout_s * 3)

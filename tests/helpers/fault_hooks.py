@@ -19,6 +19,7 @@ faulty run, the resumed run and the uninterrupted reference.
 Registration here (test code, names distinct from mmdet's) keeps the package's rule that it
 registers only in ``mmdet_deformdetr/__init__.py``.
 """
+
 import os
 import signal
 import sys
@@ -57,7 +58,7 @@ class FaultKillDuringSaveHook(Hook):
         def faulty_put(backend: LocalBackend, obj: bytes, filepath: Any) -> None:
             if self.moment == 'mid_write':
                 with open(filepath, 'wb') as file:
-                    file.write(obj[:len(obj) // 2])
+                    file.write(obj[: len(obj) // 2])
                     file.flush()
                     os.fsync(file.fileno())
                 _kill_self(f'{what} ({filepath})')

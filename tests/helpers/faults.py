@@ -5,6 +5,7 @@ Every run writes to its own work dir; the reference (uninterrupted) run is made 
 process with the same config and command-line handling as ``tools/train.py`` (one torch thread,
 as the tools' processes), which saves starting a third process per test.
 """
+
 import argparse
 import os
 import signal
@@ -25,30 +26,46 @@ MAX_ITERS = 8  # train_cfg.max_iters of tiny_faults_coco.py
 
 def train_args(work_dir: Path, *options: str, resume: Optional[str] = None) -> List[str]:
     """tools/train.py's arguments for the fault config on the test photographs."""
-    resume_args = [] if resume is None else (['--resume'] if resume == 'auto' else
-                                             ['--resume', resume])
-    return [str(TINY_FAULTS_CONFIG), '--work-dir', str(work_dir), *resume_args,
-            '--cfg-options', *coco_photo_options(), *options]
+    resume_args = (
+        [] if resume is None else (['--resume'] if resume == 'auto' else ['--resume', resume])
+    )
+    return [
+        str(TINY_FAULTS_CONFIG),
+        '--work-dir',
+        str(work_dir),
+        *resume_args,
+        '--cfg-options',
+        *coco_photo_options(),
+        *options,
+    ]
 
 
 class TrainingProcess:
     """``tools/train.py`` (or ``bash tools/dist_train.sh``) running in the background, its
     output in ``log_path``; a context manager that kills what is left of it on exit."""
 
-    def __init__(self, command: List[str], log_path: Path,
-                 env: Optional[Dict[str, str]] = None) -> None:
+    def __init__(
+        self, command: List[str], log_path: Path, env: Optional[Dict[str, str]] = None
+    ) -> None:
         self.log_path = log_path
         self._log = open(log_path, 'w')
         # its own session: the test can kill the whole tree (torchrun and its workers)
-        self.process = subprocess.Popen(['nice', '-n', '5', *command], cwd=REPO_ROOT,
-                                        env=tool_env(env), stdout=self._log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            ['nice', '-n', '5', *command],
+            cwd=REPO_ROOT,
+            env=tool_env(env),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     @classmethod
     def train(cls, work_dir: Path, *options: str, **kwargs) -> 'TrainingProcess':
         work_dir.mkdir(parents=True, exist_ok=True)
-        return cls([sys.executable, 'tools/train.py', *train_args(work_dir, *options, **kwargs)],
-                   work_dir.parent / f'{work_dir.name}.log')
+        return cls(
+            [sys.executable, 'tools/train.py', *train_args(work_dir, *options, **kwargs)],
+            work_dir.parent / f'{work_dir.name}.log',
+        )
 
     def __enter__(self) -> 'TrainingProcess':
         return self
@@ -68,8 +85,10 @@ class TrainingProcess:
         deadline = time.monotonic() + timeout
         while text not in self.output:
             if self.process.poll() is not None:
-                pytest.fail(f'the run ended (exit {self.process.returncode}) before logging '
-                            f'{text!r}:\n{self.output[-4000:]}')
+                pytest.fail(
+                    f'the run ended (exit {self.process.returncode}) before logging '
+                    f'{text!r}:\n{self.output[-4000:]}'
+                )
             if time.monotonic() > deadline:
                 pytest.fail(f'{text!r} not logged within {timeout} s:\n{self.output[-4000:]}')
             time.sleep(0.05)
@@ -84,8 +103,7 @@ def run_train(work_dir: Path, *options: str, expect_rc: int = 0, **kwargs) -> st
         returncode = run.wait()
         output = run.output
     if returncode != expect_rc:
-        pytest.fail(f'tools/train.py exited with {returncode}, not {expect_rc}:\n'
-                    f'{output[-6000:]}')
+        pytest.fail(f'tools/train.py exited with {returncode}, not {expect_rc}:\n{output[-6000:]}')
     return output
 
 
@@ -99,8 +117,7 @@ def reference_run(work_dir: Path, *options: str) -> Path:
     parser = argparse.ArgumentParser()
     add_common_arguments(parser, work_dir_help='')
     args = parser.parse_args(train_args(work_dir, *options)[1:])
-    cfg = load_tool_config(str(TINY_FAULTS_CONFIG), args.launcher, args.cfg_options,
-                           args.work_dir)
+    cfg = load_tool_config(str(TINY_FAULTS_CONFIG), args.launcher, args.cfg_options, args.work_dir)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the tools' processes (OMP_NUM_THREADS=1): the same sums
     try:
@@ -117,8 +134,12 @@ def load(path: Path) -> dict:
 def _tensors_equal(a, b, where: str) -> List[str]:
     """Where ``a`` and ``b`` (nested dicts / lists of tensors and numbers) differ."""
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        same = (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
-                and a.shape == b.shape and torch.equal(a, b))
+        same = (
+            isinstance(a, torch.Tensor)
+            and isinstance(b, torch.Tensor)
+            and a.shape == b.shape
+            and torch.equal(a, b)
+        )
         return [] if same else [where]
     if isinstance(a, dict) and isinstance(b, dict):
         if set(a) != set(b):
@@ -127,8 +148,11 @@ def _tensors_equal(a, b, where: str) -> List[str]:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         if len(a) != len(b):
             return [f'{where} lengths {len(a)} != {len(b)}']
-        return [difference for i, (x, y) in enumerate(zip(a, b))
-                for difference in _tensors_equal(x, y, f'{where}.{i}')]
+        return [
+            difference
+            for i, (x, y) in enumerate(zip(a, b))
+            for difference in _tensors_equal(x, y, f'{where}.{i}')
+        ]
     return [] if a == b else [f'{where}: {a!r} != {b!r}']
 
 

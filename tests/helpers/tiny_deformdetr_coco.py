@@ -10,12 +10,20 @@ embed_dims = 32
 model = dict(
     num_queries=10,
     backbone=dict(depth=18, init_cfg=None),
-    neck=dict(in_channels=[128, 256, 512], out_channels=embed_dims,
-              norm_cfg=dict(type='GN', num_groups=8)),
-    transformer=dict(embed_dims=embed_dims, num_heads=2, num_encoder_layers=1,
-                     num_decoder_layers=1, feedforward_channels=64, enc_num_points=2,
-                     dec_num_points=2),
-    test_cfg=dict(max_per_img=10))
+    neck=dict(
+        in_channels=[128, 256, 512], out_channels=embed_dims, norm_cfg=dict(type='GN', num_groups=8)
+    ),
+    transformer=dict(
+        embed_dims=embed_dims,
+        num_heads=2,
+        num_encoder_layers=1,
+        num_decoder_layers=1,
+        feedforward_channels=64,
+        enc_num_points=2,
+        dec_num_points=2,
+    ),
+    test_cfg=dict(max_per_img=10),
+)
 
 image_scale = (160, 96)  # (longer side, shorter side), keep_ratio
 train_pipeline = [
@@ -29,25 +37,41 @@ test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=image_scale, keep_ratio=True),
     dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='PackDetInputs',
-         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+    dict(
+        type='PackDetInputs',
+        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'),
+    ),
 ]
 train_dataloader = dict(
-    batch_size=1, num_workers=0, persistent_workers=False,
-    dataset=dict(ann_file='annotations/instances.json', data_prefix=dict(img='images/'),
-                 pipeline=train_pipeline))
+    batch_size=1,
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(
+        ann_file='annotations/instances.json',
+        data_prefix=dict(img='images/'),
+        pipeline=train_pipeline,
+    ),
+)
 val_dataloader = dict(
-    batch_size=1, num_workers=0, persistent_workers=False,
-    dataset=dict(ann_file='annotations/instances.json', data_prefix=dict(img='images/'),
-                 indices=4, pipeline=test_pipeline))
+    batch_size=1,
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(
+        ann_file='annotations/instances.json',
+        data_prefix=dict(img='images/'),
+        indices=4,
+        pipeline=test_pipeline,
+    ),
+)
 test_dataloader = val_dataloader
 
 # validation only in the tests that ask for it (tools/test.py, tools/dist_test.sh)
-train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=2, val_begin=1000,
-                 val_interval=1000)
+train_cfg = dict(
+    _delete_=True, type='IterBasedTrainLoop', max_iters=2, val_begin=1000, val_interval=1000
+)
 param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False, begin=0, end=2)]
 default_hooks = dict(
-    logger=dict(interval=1),
-    checkpoint=dict(by_epoch=False, interval=2))  # the primitive's AtomicCheckpointHook
+    logger=dict(interval=1), checkpoint=dict(by_epoch=False, interval=2)
+)  # the primitive's AtomicCheckpointHook
 log_processor = dict(by_epoch=False)
 randomness = dict(seed=0)

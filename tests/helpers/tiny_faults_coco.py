@@ -5,8 +5,9 @@
 # scheduler shows), and the test-only fault hooks of fault_hooks.py, inert until a test sets
 # custom_hooks.0.at_iter / custom_hooks.1.at_iter with --cfg-options.
 _base_ = './tiny_deformdetr_coco.py'
-custom_imports = dict(imports=['mmdet_deformdetr', 'tests.helpers.fault_hooks'],
-                      allow_failed_imports=False)
+custom_imports = dict(
+    imports=['mmdet_deformdetr', 'tests.helpers.fault_hooks'], allow_failed_imports=False
+)
 
 model = dict(transformer=dict(dropout=0.0))
 max_iters = 8

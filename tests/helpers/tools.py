@@ -37,16 +37,24 @@ def coco_photo_options(root: Path = COCO_PHOTOS) -> List[str]:
     """--cfg-options pointing the tiny configs' dataloaders and evaluators at the photographs
     in ``root`` (tests/data/coco_photos)."""
     ann_file = f'{root}/annotations/instances.json'
-    return [f'{split}_dataloader.dataset.data_root={root}/' for split in ('train', 'val', 'test')
-            ] + [f'val_evaluator.ann_file={ann_file}', f'test_evaluator.ann_file={ann_file}']
+    return [
+        f'{split}_dataloader.dataset.data_root={root}/' for split in ('train', 'val', 'test')
+    ] + [f'val_evaluator.ann_file={ann_file}', f'test_evaluator.ann_file={ann_file}']
 
 
-def run_tool(command: Sequence[str], timeout: float = 240, env: Dict[str, str] = None,
-             check: bool = True) -> subprocess.CompletedProcess:
+def run_tool(
+    command: Sequence[str], timeout: float = 240, env: Dict[str, str] = None, check: bool = True
+) -> subprocess.CompletedProcess:
     """Run a tool from the repository root, niced (see ``tool_env``); unless ``check`` is False,
     fail with the output's tail when it exits non-zero. ``result.output``: stdout + stderr."""
-    result = subprocess.run(['nice', '-n', '5', *command], cwd=REPO_ROOT, env=tool_env(env),
-                            capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        ['nice', '-n', '5', *command],
+        cwd=REPO_ROOT,
+        env=tool_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     output = result.stdout + result.stderr
     if check and result.returncode != 0:
         pytest.fail(f'{" ".join(command)} exited with {result.returncode}:\n{output[-6000:]}')
@@ -54,9 +62,9 @@ def run_tool(command: Sequence[str], timeout: float = 240, env: Dict[str, str] =
     return result
 
 
-
-def save_tiny_checkpoint(path: Path, variant: str = 'plain', perturb: bool = True,
-                         config: Path = TINY_CONFIG) -> Path:
+def save_tiny_checkpoint(
+    path: Path, variant: str = 'plain', perturb: bool = True, config: Path = TINY_CONFIG
+) -> Path:
     """A checkpoint of the tiny model of ``tiny_deformdetr_coco.py`` (80 COCO classes, COCO's
     ``dataset_meta``), saved as mmengine saves one. ``perturb``: weights moved off their zero
     initialisations (``perturb_``, backbone excluded), so that attention weights, offsets and box
@@ -77,6 +85,8 @@ def save_tiny_checkpoint(path: Path, variant: str = 'plain', perturb: bool = Tru
     init_weights_quietly(model)
     if perturb:
         perturb_(model)
-    save_checkpoint(dict(state_dict=model.state_dict(),
-                         meta=dict(dataset_meta=dict(CocoDataset.METAINFO))), str(path))
+    save_checkpoint(
+        dict(state_dict=model.state_dict(), meta=dict(dataset_meta=dict(CocoDataset.METAINFO))),
+        str(path),
+    )
     return path

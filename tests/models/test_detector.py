@@ -1,5 +1,6 @@
 """DeformDETR end to end on tiny models: loss / predict / _forward for every variant, gradients
 reach every parameter, empty ground truth, parameter sharing, build-time errors."""
+
 import copy
 
 import pytest
@@ -11,15 +12,24 @@ from tests.helpers.models import NUM_CLASSES, build_tiny_model, make_batch, tiny
 
 # (variant, multi_scale_attention); the tiny models use embed_dims=32, so the two-stage cases
 # also cover embed_dims != 256 (where mmdet's proposal embedding breaks)
-CASES = [('plain', True), ('refine', True), ('two_stage', True),
-         ('plain', False), ('refine', False), ('two_stage', False)]
+CASES = [
+    ('plain', True),
+    ('refine', True),
+    ('two_stage', True),
+    ('plain', False),
+    ('refine', False),
+    ('two_stage', False),
+]
 IDS = [f'{variant}-{"ms" if ms else "single_level"}' for variant, ms in CASES]
 
 
 def expected_loss_names(variant: str, num_decoder_layers: int = 2) -> set:
     names = {'loss_cls', 'loss_bbox', 'loss_iou'}
-    names |= {f'd{i}.{name}' for i in range(num_decoder_layers - 1)
-              for name in ('loss_cls', 'loss_bbox', 'loss_iou')}
+    names |= {
+        f'd{i}.{name}'
+        for i in range(num_decoder_layers - 1)
+        for name in ('loss_cls', 'loss_bbox', 'loss_iou')
+    }
     if variant == 'two_stage':
         names |= {'enc_loss_cls', 'enc_loss_bbox', 'enc_loss_iou'}
     return names
@@ -43,13 +53,19 @@ def test_loss_reaches_every_parameter(variant: str, multi_scale: bool) -> None:
     sum(losses.values()).backward()
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
     # the frozen stem + layer1 of the backbone are the only parameters without gradients
-    assert all(not name.startswith(('transformer', 'bbox_head', 'neck'))
-               for name, p in model.named_parameters() if not p.requires_grad)
+    assert all(
+        not name.startswith(('transformer', 'bbox_head', 'neck'))
+        for name, p in model.named_parameters()
+        if not p.requires_grad
+    )
     without_grad = [name for name, p in trainable.items() if p.grad is None]
     assert without_grad == []
     # every path is live
-    assert all(p.grad.abs().sum() > 0 for name, p in trainable.items()
-               if name.startswith(('transformer', 'bbox_head')))
+    assert all(
+        p.grad.abs().sum() > 0
+        for name, p in trainable.items()
+        if name.startswith(('transformer', 'bbox_head'))
+    )
 
 
 @pytest.mark.parametrize('variant,multi_scale', CASES, ids=IDS)
@@ -84,8 +100,9 @@ def test_predict_rescale_divides_by_scale_factor() -> None:
         raw = model.predict(data['inputs'], copy.deepcopy(data['data_samples']), rescale=False)
     for with_rescale, without, sample in zip(rescaled, raw, data['data_samples']):
         scale = torch.tensor(sample.scale_factor, dtype=torch.float32).repeat(2)
-        torch.testing.assert_close(with_rescale.pred_instances.bboxes,
-                                   without.pred_instances.bboxes / scale)
+        torch.testing.assert_close(
+            with_rescale.pred_instances.bboxes, without.pred_instances.bboxes / scale
+        )
 
 
 @pytest.mark.parametrize('variant,multi_scale', CASES, ids=IDS)
@@ -192,8 +209,9 @@ BUILD_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize('overrides,error,message', BUILD_ERRORS,
-                         ids=[next(iter(case[0])) for case in BUILD_ERRORS])
+@pytest.mark.parametrize(
+    'overrides,error,message', BUILD_ERRORS, ids=[next(iter(case[0])) for case in BUILD_ERRORS]
+)
 def test_bad_configs_fail_at_build_time_naming_the_setting(overrides, error, message) -> None:
     with pytest.raises(error, match=message):
         build_with(**overrides)

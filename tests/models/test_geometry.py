@@ -1,4 +1,5 @@
 """Geometry: inverse_sigmoid, box deltas, valid ratios, reference points."""
+
 import pytest
 import torch
 
@@ -23,14 +24,16 @@ def test_valid_ratios_from_mask() -> None:
     mask = torch.ones(2, 4, 8, dtype=torch.bool)
     mask[0] = False
     mask[1, :2, :6] = False  # image 2 fills 2 of 4 rows and 6 of 8 columns
-    torch.testing.assert_close(valid_ratios_from_mask(mask),
-                               torch.tensor([[1.0, 1.0], [0.75, 0.5]]))
+    torch.testing.assert_close(
+        valid_ratios_from_mask(mask), torch.tensor([[1.0, 1.0], [0.75, 0.5]])
+    )
 
 
 def test_encoder_reference_points_are_valid_pixel_centres() -> None:
     spatial_shapes = torch.tensor([[2, 4], [1, 2]])
-    valid_ratios = torch.tensor([[[1.0, 1.0], [1.0, 1.0]],
-                                 [[0.5, 0.5], [0.5, 1.0]]], dtype=torch.float64)
+    valid_ratios = torch.tensor(
+        [[[1.0, 1.0], [1.0, 1.0]], [[0.5, 0.5], [0.5, 1.0]]], dtype=torch.float64
+    )
     points = encoder_reference_points(spatial_shapes, valid_ratios)
     assert points.shape == (2, 8 + 2, 2, 2) and points.dtype == torch.float64
     # unpadded image: first token of level 0 is the centre of pixel (0, 0) of a 4 x 2 map
@@ -45,8 +48,9 @@ def test_encoder_reference_points_are_valid_pixel_centres() -> None:
 def test_scale_by_valid_ratios_scales_boxes_in_all_four_coordinates() -> None:
     ratios = torch.tensor([[[0.5, 0.25]]])  # (bs=1, L=1, 2)
     boxes = torch.tensor([[[0.4, 0.8, 0.2, 0.4]]])
-    torch.testing.assert_close(scale_by_valid_ratios(boxes, ratios),
-                               torch.tensor([[[[0.2, 0.2, 0.1, 0.1]]]]))
+    torch.testing.assert_close(
+        scale_by_valid_ratios(boxes, ratios), torch.tensor([[[[0.2, 0.2, 0.1, 0.1]]]])
+    )
     points = boxes[..., :2]
     assert scale_by_valid_ratios(points, ratios).shape == (1, 1, 1, 2)
     with pytest.raises(ValueError, match='2 .points. or 4'):

@@ -1,4 +1,5 @@
 """DeformDETRHead on its own: box decoding from references, post-processing, loss plumbing."""
+
 import pytest
 import torch
 from mmdet.structures import DetDataSample
@@ -9,15 +10,26 @@ from mmdet_deformdetr.models.head import DeformDETRHead, RegressionMLP
 from mmdet_deformdetr.models.head_loss import NonFiniteMatchingError
 
 DIMS, CLASSES = 16, 4
-TRAIN_CFG = dict(assigner=dict(type='HungarianAssigner', match_costs=[
-    dict(type='FocalLossCost', weight=2.0),
-    dict(type='BBoxL1Cost', weight=5.0, box_format='xywh'),
-    dict(type='IoUCost', iou_mode='giou', weight=2.0)]))
+TRAIN_CFG = dict(
+    assigner=dict(
+        type='HungarianAssigner',
+        match_costs=[
+            dict(type='FocalLossCost', weight=2.0),
+            dict(type='BBoxL1Cost', weight=5.0, box_format='xywh'),
+            dict(type='IoUCost', iou_mode='giou', weight=2.0),
+        ],
+    )
+)
 
 
 def make_head(**overrides) -> DeformDETRHead:
-    args = dict(num_classes=CLASSES, embed_dims=DIMS, num_pred_layer=2, train_cfg=TRAIN_CFG,
-                test_cfg=dict(max_per_img=5))
+    args = dict(
+        num_classes=CLASSES,
+        embed_dims=DIMS,
+        num_pred_layer=2,
+        train_cfg=TRAIN_CFG,
+        test_cfg=dict(max_per_img=5),
+    )
     args.update(overrides)
     return DeformDETRHead(**args)
 
@@ -27,8 +39,7 @@ def test_point_references_locate_the_centre_only() -> None:
     hidden = torch.randn(2, 1, 3, DIMS)
     init_reference = torch.tensor([[[0.2, 0.7], [0.5, 0.5], [0.9, 0.1]]])
     _, boxes = head(hidden, init_reference, init_reference[None].expand(2, -1, -1, -1))
-    expected = torch.cat([init_reference, torch.full((1, 3, 2), torch.tensor(-2.0).sigmoid())],
-                         -1)
+    expected = torch.cat([init_reference, torch.full((1, 3, 2), torch.tensor(-2.0).sigmoid())], -1)
     torch.testing.assert_close(boxes[0], expected)
     torch.testing.assert_close(boxes[1], expected)
 
@@ -48,8 +59,8 @@ def test_box_references_shift_all_four_logits() -> None:
 def test_predict_by_feat_top_k_over_queries_and_classes() -> None:
     head = make_head()
     cls_scores = torch.full((1, 1, 3, CLASSES), -10.0)
-    cls_scores[0, 0, 2, 1] = 3.0   # best: query 2, class 1
-    cls_scores[0, 0, 0, 3] = 2.0   # second: query 0, class 3
+    cls_scores[0, 0, 2, 1] = 3.0  # best: query 2, class 1
+    cls_scores[0, 0, 0, 3] = 2.0  # second: query 0, class 3
     boxes = torch.tensor([[[[0.5, 0.5, 0.2, 0.2], [0.5, 0.5, 1.0, 1.0], [0.25, 0.5, 0.5, 2.0]]]])
     meta = dict(img_shape=(100, 200), scale_factor=(2.0, 4.0))
     result = head.predict_by_feat(cls_scores, boxes, [meta], rescale=True)[0]
@@ -65,8 +76,9 @@ def test_predict_by_feat_top_k_over_queries_and_classes() -> None:
 def sample_with_gt(num_gt: int) -> DetDataSample:
     sample = DetDataSample(metainfo=dict(img_shape=(64, 80)))
     top_left = torch.rand(num_gt, 2) * 30
-    sample.gt_instances = InstanceData(bboxes=torch.cat([top_left, top_left + 20], -1),
-                                       labels=torch.randint(0, CLASSES, (num_gt,)))
+    sample.gt_instances = InstanceData(
+        bboxes=torch.cat([top_left, top_left + 20], -1), labels=torch.randint(0, CLASSES, (num_gt,))
+    )
     return sample
 
 
@@ -75,10 +87,25 @@ def test_loss_names_and_encoder_loss() -> None:
     hidden = torch.randn(2, 2, 6, DIMS)
     reference = torch.rand(2, 6, 4) * 0.5 + 0.25
     enc_class, enc_coord = torch.randn(2, 20, CLASSES), torch.rand(2, 20, 4) * 0.5 + 0.25
-    losses = head.loss(hidden, reference, reference[None].expand(2, -1, -1, -1), enc_class,
-                       enc_coord, [sample_with_gt(2), sample_with_gt(1)])
-    assert set(losses) == {'loss_cls', 'loss_bbox', 'loss_iou', 'd0.loss_cls', 'd0.loss_bbox',
-                           'd0.loss_iou', 'enc_loss_cls', 'enc_loss_bbox', 'enc_loss_iou'}
+    losses = head.loss(
+        hidden,
+        reference,
+        reference[None].expand(2, -1, -1, -1),
+        enc_class,
+        enc_coord,
+        [sample_with_gt(2), sample_with_gt(1)],
+    )
+    assert set(losses) == {
+        'loss_cls',
+        'loss_bbox',
+        'loss_iou',
+        'd0.loss_cls',
+        'd0.loss_bbox',
+        'd0.loss_iou',
+        'enc_loss_cls',
+        'enc_loss_bbox',
+        'enc_loss_iou',
+    }
     assert all(value > 0 for value in losses.values())
 
 
@@ -90,21 +117,27 @@ def test_encoder_loss_labels_every_target_zero() -> None:
     sample.gt_instances.labels[:] = CLASSES - 1
     img_h, img_w = sample.img_shape
     x1, y1, x2, y2 = sample.gt_instances.bboxes[0].tolist()
-    box = torch.tensor([[(x1 + x2) / 2 / img_w, (y1 + y2) / 2 / img_h,
-                         (x2 - x1) / img_w, (y2 - y1) / img_h]])
+    box = torch.tensor(
+        [[(x1 + x2) / 2 / img_w, (y1 + y2) / 2 / img_h, (x2 - x1) / img_w, (y2 - y1) / img_h]]
+    )
     scores = torch.full((1, 1, CLASSES), -20.0)
     scores[..., 0] = 20.0
-    losses = head.loss_by_feat(scores[None], box[None, None], scores, box[None],
-                               [sample.gt_instances], [sample.metainfo])
+    losses = head.loss_by_feat(
+        scores[None], box[None, None], scores, box[None], [sample.gt_instances], [sample.metainfo]
+    )
     assert losses['enc_loss_cls'] < 1e-6 and losses['enc_loss_bbox'] < 1e-6
     assert losses['loss_cls'] > 1.0  # the decoder loss wants class CLASSES - 1
 
 
-@pytest.mark.parametrize('overrides,message', [
-    (dict(as_two_stage=True), 'model.with_box_refine=True'),
-    (dict(loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=False)), 'sigmoid'),
-    (dict(train_cfg=dict(sampler=None)), 'assigner'),
-], ids=['two_stage-without-refine', 'softmax-loss', 'no-assigner'])
+@pytest.mark.parametrize(
+    'overrides,message',
+    [
+        (dict(as_two_stage=True), 'model.with_box_refine=True'),
+        (dict(loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=False)), 'sigmoid'),
+        (dict(train_cfg=dict(sampler=None)), 'assigner'),
+    ],
+    ids=['two_stage-without-refine', 'softmax-loss', 'no-assigner'],
+)
 def test_bad_head_configs(overrides: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         make_head(**overrides)
@@ -113,14 +146,21 @@ def test_bad_head_configs(overrides: dict, message: str) -> None:
 def test_head_without_train_cfg_refuses_losses() -> None:
     head = make_head(train_cfg=None)
     with pytest.raises(RuntimeError, match='train_cfg'):
-        head.loss_by_feat(torch.zeros(1, 1, 2, CLASSES), torch.rand(1, 1, 2, 4), None, None,
-                          [sample_with_gt(1).gt_instances], [dict(img_shape=(64, 80))])
+        head.loss_by_feat(
+            torch.zeros(1, 1, 2, CLASSES),
+            torch.rand(1, 1, 2, 4),
+            None,
+            None,
+            [sample_with_gt(1).gt_instances],
+            [dict(img_shape=(64, 80))],
+        )
 
 
 def test_regression_mlp_names_and_relu() -> None:
     mlp = RegressionMLP(8, 8, 4, num_layers=3)
     assert [name for name, _ in mlp.named_parameters()] == [
-        f'layers.{i}.{kind}' for i in range(3) for kind in ('weight', 'bias')]
+        f'layers.{i}.{kind}' for i in range(3) for kind in ('weight', 'bias')
+    ]
     with torch.no_grad():
         for layer in mlp.layers:
             layer.weight.copy_(torch.eye(*layer.weight.shape))
@@ -144,19 +184,29 @@ def test_matching_all_layers_at_once_equals_the_assigner_per_layer(num_gt) -> No
     criterion = head.criterion
     num_layers, num_queries = 3, 7
     generator = torch.Generator().manual_seed(1)
-    cls_scores = torch.randn(num_layers, len(num_gt), num_queries, CLASSES, generator=generator,
-                             dtype=torch.float64)
-    bbox_preds = torch.rand(num_layers, len(num_gt), num_queries, 4, generator=generator,
-                            dtype=torch.float64) * 0.5 + 0.1
+    cls_scores = torch.randn(
+        num_layers, len(num_gt), num_queries, CLASSES, generator=generator, dtype=torch.float64
+    )
+    bbox_preds = (
+        torch.rand(
+            num_layers, len(num_gt), num_queries, 4, generator=generator, dtype=torch.float64
+        )
+        * 0.5
+        + 0.1
+    )
     gts = [_random_gt(n, seed=i) for i, n in enumerate(num_gt)]
     metas = [dict(img_shape=(60, 80)) for _ in num_gt]
     targets = criterion.targets(cls_scores, bbox_preds, gts, metas, 'decoder layers')
     for layer, (labels, _, weights) in enumerate(targets):
         for image, (gt, meta) in enumerate(zip(gts, metas)):
-            pred = InstanceData(scores=cls_scores[layer, image], bboxes=bbox_cxcywh_to_xyxy(
-                bbox_preds[layer, image]) * torch.tensor([80, 60, 80, 60]))
-            expected = criterion.assigner.assign(pred, InstanceData(
-                bboxes=gt.bboxes.double(), labels=gt.labels), img_meta=meta).gt_inds
+            pred = InstanceData(
+                scores=cls_scores[layer, image],
+                bboxes=bbox_cxcywh_to_xyxy(bbox_preds[layer, image])
+                * torch.tensor([80, 60, 80, 60]),
+            )
+            expected = criterion.assigner.assign(
+                pred, InstanceData(bboxes=gt.bboxes.double(), labels=gt.labels), img_meta=meta
+            ).gt_inds
             span = slice(image * num_queries, (image + 1) * num_queries)
             matched = weights[span, 0] > 0
             assert torch.equal(matched, expected > 0)
@@ -171,7 +221,15 @@ def test_non_finite_predictions_name_the_image(poisoned: str) -> None:
     scores = torch.zeros(2, 1, 3, CLASSES)
     boxes = torch.full((2, 1, 3, 4), 0.3)
     (scores if poisoned == 'scores' else boxes)[1, 0, 2] = float('nan')  # a diverged query
-    with pytest.raises(NonFiniteMatchingError,
-                       match=r'non-finite .*decoder layers of image .*photo\.jpg.*learning rate'):
-        head.loss_by_feat(scores, boxes, None, None, [_random_gt(2)],
-                          [dict(img_shape=(60, 80), img_path='data/photo.jpg')])
+    with pytest.raises(
+        NonFiniteMatchingError,
+        match=r'non-finite .*decoder layers of image .*photo\.jpg.*learning rate',
+    ):
+        head.loss_by_feat(
+            scores,
+            boxes,
+            None,
+            None,
+            [_random_gt(2)],
+            [dict(img_shape=(60, 80), img_path='data/photo.jpg')],
+        )

@@ -33,6 +33,7 @@ neck convs (input projection, FPN, BiFPN)              Xavier uniform, bias 0
 (Facts of the official ``DeformableTransformer._reset_parameters``,
 ``MSDeformAttn._reset_parameters`` and ``DeformableDETR.__init__``; mmdet 3.3 sets the same.)
 """
+
 import math
 import re
 from pathlib import Path
@@ -69,7 +70,8 @@ def _check_uniform(name: str, tensor: torch.Tensor, bound: float) -> None:
     # sampling error of the moments: about 1/sqrt(n) of the std; 6 sigma leaves no flaky runs
     assert abs(values.mean()) <= 6 * expected_std / math.sqrt(count), f'{name}: mean'
     assert abs(values.std() / expected_std - 1) <= 6 / math.sqrt(count) + 0.01, (
-        f'{name}: std {values.std():.4g}, U(-b, b) has {expected_std:.4g}')
+        f'{name}: std {values.std():.4g}, U(-b, b) has {expected_std:.4g}'
+    )
     if count >= 256:  # the largest of n uniform draws is within b * 20 / n of b (p ~ e^-20)
         assert values.abs().max() >= bound * (1 - 20 / count), f'{name}: not spread to {bound}'
 
@@ -98,6 +100,7 @@ def standard_normal(name: str, tensor: torch.Tensor, model: torch.nn.Module) -> 
 def constant(value: float) -> Callable:
     def check(name: str, tensor: torch.Tensor, model: torch.nn.Module) -> None:
         assert torch.equal(tensor, torch.full_like(tensor, value)), f'{name}: not all {value}'
+
     check.__name__ = f'constant({value})'
     return check
 
@@ -106,8 +109,11 @@ def official_ring(num_heads: int, num_levels: int, num_points: int) -> torch.Ten
     """The official ``MSDeformAttn`` offset bias, computed as the official code does (float32)."""
     thetas = torch.arange(num_heads, dtype=torch.float32) * (2.0 * math.pi / num_heads)
     grid = torch.stack([thetas.cos(), thetas.sin()], -1)
-    grid = (grid / grid.abs().max(-1, keepdim=True)[0]).view(num_heads, 1, 1, 2).repeat(
-        1, num_levels, num_points, 1)
+    grid = (
+        (grid / grid.abs().max(-1, keepdim=True)[0])
+        .view(num_heads, 1, 1, 2)
+        .repeat(1, num_levels, num_points, 1)
+    )
     for point in range(num_points):
         grid[:, :, point, :] *= point + 1
     return grid.view(-1)
@@ -136,10 +142,14 @@ RULES: List[Tuple[str, Callable]] = [
     (_DEFORM + r'attention_weights\.(weight|bias)$', constant(0.0)),
     (_DEFORM + r'(value_proj|output_proj)\.weight$', xavier_uniform),
     (_DEFORM + r'(value_proj|output_proj)\.bias$', constant(0.0)),
-    (r'transformer\.decoder\.layers\.\d+\.self_attn\.(in_proj_weight|out_proj\.weight)$',
-     xavier_uniform),
-    (r'transformer\.decoder\.layers\.\d+\.self_attn\.(in_proj_bias|out_proj\.bias)$',
-     constant(0.0)),
+    (
+        r'transformer\.decoder\.layers\.\d+\.self_attn\.(in_proj_weight|out_proj\.weight)$',
+        xavier_uniform,
+    ),
+    (
+        r'transformer\.decoder\.layers\.\d+\.self_attn\.(in_proj_bias|out_proj\.bias)$',
+        constant(0.0),
+    ),
     (r'transformer\.(encoder|decoder)\.layers\.\d+\.linear[12]\.weight$', xavier_uniform),
     (r'transformer\.(encoder|decoder)\.layers\.\d+\.linear[12]\.bias$', linear_default),
     (r'transformer\.(level_embed|query_embed\.weight)$', standard_normal),
@@ -198,16 +208,19 @@ def test_size_bias_and_cloned_branches(variant: str) -> None:
     model = build_initialised(REPO_ROOT / 'configs' / PAPER[variant])
     head = model.bbox_head
     sizes = [branch.layers[-1].bias[2:].tolist() for branch in head.reg_branches]
-    expected = {'plain': [[-2.0, -2.0]] * 6,
-                'refine': [[-2.0, -2.0]] + [[0.0, 0.0]] * 5,
-                'two_stage': [[0.0, 0.0]] * 7}[variant]
+    expected = {
+        'plain': [[-2.0, -2.0]] * 6,
+        'refine': [[-2.0, -2.0]] + [[0.0, 0.0]] * 5,
+        'two_stage': [[0.0, 0.0]] * 7,
+    }[variant]
     assert sizes == expected
     distinct = len({id(branch) for branch in head.reg_branches})
     assert distinct == {'plain': 1, 'refine': 6, 'two_stage': 7}[variant]
     first_cls, first_reg = head.cls_branches[0].state_dict(), head.reg_branches[0].state_dict()
     for cls_branch, reg_branch in zip(head.cls_branches, head.reg_branches):
-        assert all(torch.equal(value, first_cls[key])
-                   for key, value in cls_branch.state_dict().items())
+        assert all(
+            torch.equal(value, first_cls[key]) for key, value in cls_branch.state_dict().items()
+        )
         for key, value in reg_branch.state_dict().items():
             if key != 'layers.2.bias':
                 assert torch.equal(value, first_reg[key]), key
@@ -221,8 +234,9 @@ def test_refine_initial_boxes_do_not_shrink_layer_after_layer() -> None:
     inputs = torch.randn(1, 3, 128, 160)
     with torch.no_grad():
         outputs = model.forward_transformer(model.extract_feat(inputs), None)
-        _, all_bbox_preds = model.bbox_head(outputs['hidden_states'], outputs['init_reference'],
-                                            outputs['inter_references'])
+        _, all_bbox_preds = model.bbox_head(
+            outputs['hidden_states'], outputs['init_reference'], outputs['inter_references']
+        )
     initial_size = 1 / (1 + math.exp(2))
     for sizes in (outputs['inter_references'][..., 2:], all_bbox_preds[..., 2:]):
         assert torch.allclose(sizes, torch.full_like(sizes, initial_size), atol=1e-6)

@@ -6,6 +6,7 @@ op), on a padded two-image batch, so masks, valid ratios and two-stage proposal 
 exercised. Weights are perturbed after mmdet's initialisation so that no branch sits at its
 degenerate zero init (zero attention logits, zero box deltas).
 """
+
 import copy
 from typing import Tuple
 
@@ -31,11 +32,13 @@ BOX_TOLERANCE_PX = 1e-5
 LOSS_TOLERANCE_REL = 1e-7
 
 
-def build_pair(variant: str, embed_dims: int, num_heads: int,
-               num_queries: int) -> Tuple[torch.nn.Module, torch.nn.Module]:
+def build_pair(
+    variant: str, embed_dims: int, num_heads: int, num_queries: int
+) -> Tuple[torch.nn.Module, torch.nn.Module]:
     """(mmdet model, our model) in float64 with identical, perturbed weights."""
-    ours_cfg = tiny_model_cfg(variant, embed_dims=embed_dims, num_heads=num_heads,
-                              num_queries=num_queries)
+    ours_cfg = tiny_model_cfg(
+        variant, embed_dims=embed_dims, num_heads=num_heads, num_queries=num_queries
+    )
     torch.manual_seed(0)
     reference = MODELS.build(mmdet_cfg_like(ours_cfg))
     init_weights_quietly(reference)
@@ -49,10 +52,12 @@ def build_pair(variant: str, embed_dims: int, num_heads: int,
 CASES = [('plain', 64, 4, 12), ('refine', 64, 4, 12), ('two_stage', 256, 8, 30)]
 
 
-@pytest.mark.parametrize('variant,embed_dims,num_heads,num_queries', CASES,
-                         ids=[case[0] for case in CASES])
-def test_predict_and_loss_match_mmdet(variant: str, embed_dims: int, num_heads: int,
-                                      num_queries: int) -> None:
+@pytest.mark.parametrize(
+    'variant,embed_dims,num_heads,num_queries', CASES, ids=[case[0] for case in CASES]
+)
+def test_predict_and_loss_match_mmdet(
+    variant: str, embed_dims: int, num_heads: int, num_queries: int
+) -> None:
     reference, ours = build_pair(variant, embed_dims, num_heads, num_queries)
 
     # predict: a padded batch of two differently sized images, and an unpadded one (mmdet then
@@ -73,11 +78,13 @@ def test_predict_and_loss_match_mmdet(variant: str, embed_dims: int, num_heads: 
     # loss: same batch layout, with ground truth; every key and value must agree
     reference.train()
     ours.train()
-    data = as_double(make_batch(ours, image_shapes=((96, 96), (80, 72)), num_gt=[3, 2],
-                                training=True, seed=1))
+    data = as_double(
+        make_batch(ours, image_shapes=((96, 96), (80, 72)), num_gt=[3, 2], training=True, seed=1)
+    )
     expected_losses = reference.loss(data['inputs'], copy.deepcopy(data['data_samples']))
     actual_losses = ours.loss(data['inputs'], copy.deepcopy(data['data_samples']))
     assert set(actual_losses) == set(expected_losses)
     for name, value in expected_losses.items():
-        assert actual_losses[name].item() == pytest.approx(value.item(), rel=LOSS_TOLERANCE_REL,
-                                                           abs=1e-12), name
+        assert actual_losses[name].item() == pytest.approx(
+            value.item(), rel=LOSS_TOLERANCE_REL, abs=1e-12
+        ), name

@@ -14,6 +14,7 @@ ours from ours, both through mmengine's ``build_optim_wrapper``; then one step:
   this is what catches a wrong lr multiplier, weight decay, clip norm, a parameter that should be
   frozen, or a loss normalised differently.
 """
+
 import copy
 import functools
 from pathlib import Path
@@ -44,12 +45,18 @@ LOSS_REL, GRAD_REL, UPDATE_REL = 1e-6, 0.01, 0.01
 
 # case -> (our config, mmdet's shipped config or None to derive mmdet's model from ours)
 CASES: Dict[str, Tuple[str, str]] = {
-    'plain': ('deformable_detr/deformable-detr_r50_16xb2-50e_coco.py',
-              'deformable-detr_r50_16xb2-50e_coco.py'),
-    'refine': ('deformable_detr/deformable-detr-refine_r50_16xb2-50e_coco.py',
-               'deformable-detr-refine_r50_16xb2-50e_coco.py'),
-    'two_stage': ('deformable_detr/deformable-detr-refine-twostage_r50_16xb2-50e_coco.py',
-                  'deformable-detr-refine-twostage_r50_16xb2-50e_coco.py'),
+    'plain': (
+        'deformable_detr/deformable-detr_r50_16xb2-50e_coco.py',
+        'deformable-detr_r50_16xb2-50e_coco.py',
+    ),
+    'refine': (
+        'deformable_detr/deformable-detr-refine_r50_16xb2-50e_coco.py',
+        'deformable-detr-refine_r50_16xb2-50e_coco.py',
+    ),
+    'two_stage': (
+        'deformable_detr/deformable-detr-refine-twostage_r50_16xb2-50e_coco.py',
+        'deformable-detr-refine-twostage_r50_16xb2-50e_coco.py',
+    ),
     # ablation rows that mmdet's DeformableDETR can express (the single-scale-attention rows
     # and BiFPN have no mmdet counterpart; test_ablation_configs checks what they change)
     'c5_k1': ('deformable_detr/ablations/deformable-detr_r50-c5_ssattn-k1_16xb2-50e_coco.py', None),
@@ -74,8 +81,12 @@ def build_models(case: str) -> Tuple[torch.nn.Module, Config, torch.nn.Module, C
     our_cfg.model.backbone.init_cfg = None
     our_cfg.model.transformer.dropout = 0.0
     if mmdet_name is None:  # mmdet's DeformableDETR equivalent to our model, our recipe
-        mmdet_cfg = Config(dict(model=mmdet_cfg_like(our_cfg.model.to_dict()),
-                                optim_wrapper=our_cfg.optim_wrapper.to_dict()))
+        mmdet_cfg = Config(
+            dict(
+                model=mmdet_cfg_like(our_cfg.model.to_dict()),
+                optim_wrapper=our_cfg.optim_wrapper.to_dict(),
+            )
+        )
     else:
         mmdet_cfg = Config.fromfile(str(MMDET_CONFIGS / mmdet_name))
         mmdet_cfg.model.backbone.init_cfg = None
@@ -92,7 +103,8 @@ def build_models(case: str) -> Tuple[torch.nn.Module, Config, torch.nn.Module, C
     if theirs.as_two_stage and embed_dims != 256:
         # mmdet hard-codes 128 sine features per proposal coordinate (right for 256 dims only)
         theirs.get_proposal_pos_embed = functools.partial(
-            type(theirs).get_proposal_pos_embed, num_pos_feats=embed_dims // 2)
+            type(theirs).get_proposal_pos_embed, num_pos_feats=embed_dims // 2
+        )
     ours = MODELS.build(our_cfg.model)
     # our converter, through the load pre-hook that load_from / load_checkpoint use too
     ours.load_state_dict(theirs.state_dict(), strict=True)
@@ -102,13 +114,22 @@ def build_models(case: str) -> Tuple[torch.nn.Module, Config, torch.nn.Module, C
 def photo_batch(coco_photos: Path, model: torch.nn.Module, classes=None) -> dict:
     """Two photographs with boxes, through mmdet's loading / resize / packing transforms and the
     model's data preprocessor (training mode), in float64."""
-    dataset = DATASETS.build(dict(
-        type='CocoDataset', data_root=f'{coco_photos}/', ann_file='annotations/instances.json',
-        data_prefix=dict(img='images/'), filter_cfg=dict(filter_empty_gt=True),
-        metainfo=None if classes is None else dict(classes=classes),
-        pipeline=[dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', with_bbox=True),
-                  dict(type='Resize', scale=SCALE, keep_ratio=True),
-                  dict(type='PackDetInputs')]))
+    dataset = DATASETS.build(
+        dict(
+            type='CocoDataset',
+            data_root=f'{coco_photos}/',
+            ann_file='annotations/instances.json',
+            data_prefix=dict(img='images/'),
+            filter_cfg=dict(filter_empty_gt=True),
+            metainfo=None if classes is None else dict(classes=classes),
+            pipeline=[
+                dict(type='LoadImageFromFile'),
+                dict(type='LoadAnnotations', with_bbox=True),
+                dict(type='Resize', scale=SCALE, keep_ratio=True),
+                dict(type='PackDetInputs'),
+            ],
+        )
+    )
     # a landscape and a portrait image: the batch is padded both ways
     batch = pseudo_collate([dataset[0], dataset[2]])
     data = model.data_preprocessor(batch, True)
@@ -137,8 +158,9 @@ def shapes_batch(tmp_path: Path, model: torch.nn.Module, cfg: Config) -> dict:
     return data
 
 
-def one_step(model: torch.nn.Module, optim_cfg: ConfigDict, data: dict
-             ) -> Tuple[Dict[str, float], Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+def one_step(
+    model: torch.nn.Module, optim_cfg: ConfigDict, data: dict
+) -> Tuple[Dict[str, float], Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
     """Losses before the step, gradients, and the change of every parameter."""
     model.train()
     optim_wrapper = build_optim_wrapper(model, copy.deepcopy(optim_cfg))
@@ -146,8 +168,11 @@ def one_step(model: torch.nn.Module, optim_cfg: ConfigDict, data: dict
     losses = model.loss(data['inputs'], copy.deepcopy(data['data_samples']))
     loss, _ = model.parse_losses(losses)
     optim_wrapper.backward(loss)
-    grads = {name: param.grad.detach().clone() for name, param in model.named_parameters()
-             if param.grad is not None}
+    grads = {
+        name: param.grad.detach().clone()
+        for name, param in model.named_parameters()
+        if param.grad is not None
+    }
     optim_wrapper.step()
     changes = {name: param.detach() - before[name] for name, param in model.named_parameters()}
     return {name: value.item() for name, value in losses.items()}, grads, changes
@@ -183,4 +208,5 @@ def test_first_training_step_equals_mmdet(case: str, coco_photos: Path, tmp_path
         assert (grad - their_grad).norm() <= GRAD_REL * their_grad.norm(), ours_name
         # exactly 0 in both where the gradient is 0 (e.g. attention logits with L = K = 1)
         assert change.abs().mean().item() == pytest.approx(
-            their_change.abs().mean().item(), rel=UPDATE_REL, abs=1e-300), ours_name
+            their_change.abs().mean().item(), rel=UPDATE_REL, abs=1e-300
+        ), ours_name

@@ -1,4 +1,5 @@
 """DeformableDetrTransformer on its own (fake features), and the two-stage proposal helpers."""
+
 import math
 
 import pytest
@@ -18,9 +19,18 @@ SIZES = [(8, 8), (4, 4), (2, 2), (1, 1)]
 
 
 def make_transformer(**overrides) -> DeformableDetrTransformer:
-    args = dict(embed_dims=DIMS, num_heads=2, num_encoder_layers=1, num_decoder_layers=2,
-                feedforward_channels=64, dropout=0.0, enc_num_points=2, dec_num_points=2,
-                num_queries=10, num_feature_levels=4)
+    args = dict(
+        embed_dims=DIMS,
+        num_heads=2,
+        num_encoder_layers=1,
+        num_decoder_layers=2,
+        feedforward_channels=64,
+        dropout=0.0,
+        enc_num_points=2,
+        dec_num_points=2,
+        num_queries=10,
+        num_feature_levels=4,
+    )
     args.update(overrides)
     return DeformableDetrTransformer(**args)
 
@@ -35,8 +45,10 @@ def make_inputs(batch_size: int = 2):
 
 
 def head_branches(count: int, num_classes: int = 3):
-    return (nn.ModuleList(RegressionMLP(DIMS, DIMS, 4) for _ in range(count)),
-            nn.ModuleList(nn.Linear(DIMS, num_classes) for _ in range(count)))
+    return (
+        nn.ModuleList(RegressionMLP(DIMS, DIMS, 4) for _ in range(count)),
+        nn.ModuleList(nn.Linear(DIMS, num_classes) for _ in range(count)),
+    )
 
 
 @pytest.mark.parametrize('refine,two_stage', [(False, False), (True, False), (True, True)])
@@ -60,13 +72,22 @@ def test_output_contract(refine: bool, two_stage: bool) -> None:
 
 def test_parameter_layout() -> None:
     plain = {k for k in make_transformer().state_dict() if '.layers.' not in k}
-    assert plain == {'level_embed', 'query_embed.weight', 'reference_points.weight',
-                     'reference_points.bias'}
-    two_stage = {k for k in make_transformer(with_box_refine=True, as_two_stage=True)
-                 .state_dict() if '.layers.' not in k}
-    assert two_stage == {'level_embed'} | {f'{m}.{p}' for m in ('enc_output', 'enc_output_norm',
-                                                               'pos_trans', 'pos_trans_norm')
-                                           for p in ('weight', 'bias')}
+    assert plain == {
+        'level_embed',
+        'query_embed.weight',
+        'reference_points.weight',
+        'reference_points.bias',
+    }
+    two_stage = {
+        k
+        for k in make_transformer(with_box_refine=True, as_two_stage=True).state_dict()
+        if '.layers.' not in k
+    }
+    assert two_stage == {'level_embed'} | {
+        f'{m}.{p}'
+        for m in ('enc_output', 'enc_output_norm', 'pos_trans', 'pos_trans_norm')
+        for p in ('weight', 'bias')
+    }
     assert make_transformer().query_embed.weight.shape == (10, 2 * DIMS)
 
 
@@ -76,16 +97,21 @@ def test_missing_branches_and_levels_are_reported() -> None:
     reg_branches, _ = head_branches(3)
     with pytest.raises(ValueError, match='cls_branches'):
         make_transformer(with_box_refine=True, as_two_stage=True)(
-            *make_inputs(), reg_branches=reg_branches)
+            *make_inputs(), reg_branches=reg_branches
+        )
     feats, masks, pos = make_inputs()
     with pytest.raises(ValueError, match='4 feature levels'):
         make_transformer()(feats[:3], masks[:3], pos[:3])
 
 
-@pytest.mark.parametrize('overrides,message', [
-    (dict(num_heads=3), 'divisible by num_heads'),
-    (dict(embed_dims=6, num_heads=2), 'divisible by 4'),
-], ids=['heads', 'sine-pairs'])
+@pytest.mark.parametrize(
+    'overrides,message',
+    [
+        (dict(num_heads=3), 'divisible by num_heads'),
+        (dict(embed_dims=6, num_heads=2), 'divisible by 4'),
+    ],
+    ids=['heads', 'sine-pairs'],
+)
 def test_bad_sizes_are_reported(overrides: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         make_transformer(**overrides)
@@ -97,8 +123,9 @@ def test_encoder_proposals_mask_padding_and_border() -> None:
     padding[1, :16] = torch.tensor([[0, 0, 1, 1]] * 4, dtype=torch.bool).flatten()
     memory = torch.randn(2, 20, DIMS)
     enc_output, enc_norm = nn.Linear(DIMS, DIMS), nn.LayerNorm(DIMS)
-    output_memory, proposals = encoder_proposals(memory, padding, spatial_shapes,
-                                                 enc_output, enc_norm)
+    output_memory, proposals = encoder_proposals(
+        memory, padding, spatial_shapes, enc_output, enc_norm
+    )
     assert output_memory.shape == (2, 20, DIMS) and proposals.shape == (2, 20, 4)
     boxes = proposals.sigmoid()
     # image 1, level 0: centres of a 4 x 4 grid, side 0.05; level 1: side 0.1
@@ -118,12 +145,13 @@ def test_encoder_proposals_drop_near_border_boxes() -> None:
     # level 5 (1.6) is dropped
     spatial_shapes = torch.tensor([[1, 1]] * 6)
     memory = torch.randn(1, 6, DIMS)
-    _, proposals = encoder_proposals(memory, torch.zeros(1, 6, dtype=torch.bool),
-                                     spatial_shapes, nn.Identity(), nn.Identity())
+    _, proposals = encoder_proposals(
+        memory, torch.zeros(1, 6, dtype=torch.bool), spatial_shapes, nn.Identity(), nn.Identity()
+    )
     finite = torch.isfinite(proposals).all(-1)[0]
     assert finite.tolist() == [True, True, True, True, True, False]
     torch.testing.assert_close(proposals[0, 4, 2].sigmoid(), torch.tensor(0.8))
-    assert math.isclose(0.05 * 2 ** 3, proposals[0, 3, 3].sigmoid().item(), rel_tol=1e-6)
+    assert math.isclose(0.05 * 2**3, proposals[0, 3, 3].sigmoid().item(), rel_tol=1e-6)
 
 
 def test_proposal_queries_keep_top_objectness() -> None:

@@ -1,5 +1,6 @@
 """The JIT build of the C++ kernel: safe when two processes start it at once, logged, and shared by
 every checkout with the same kernel sources."""
+
 import os
 import shutil
 import subprocess
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-CHILD = '''
+CHILD = """
 import warnings
 import torch
 from mmdet_deformdetr.ops.cpu_kernel import load_cpu_extension
@@ -21,7 +22,7 @@ starts = torch.tensor([0])
 locations = torch.rand(1, 3, 2, 1, 2, 2, dtype=torch.float64)
 weights = torch.rand(1, 3, 2, 1, 2, dtype=torch.float64)
 print(repr(extension.forward(value, shapes, starts, locations, weights).sum().item()))
-'''
+"""
 
 
 @pytest.mark.slow
@@ -30,8 +31,14 @@ def test_two_processes_build_at_once(tmp_path: Path) -> None:
     serialises the build with a file lock in that directory."""
     environment = dict(os.environ, TORCH_EXTENSIONS_DIR=str(tmp_path))
     children = [
-        subprocess.Popen([sys.executable, '-c', CHILD], env=environment, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True) for _ in range(2)
+        subprocess.Popen(
+            [sys.executable, '-c', CHILD],
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
     ]
     results = [child.communicate(timeout=900) for child in children]
     for child, (_, stderr) in zip(children, results):
@@ -60,8 +67,10 @@ def test_build_is_shared_by_checkouts_with_the_same_kernel(tmp_path: Path, monke
     staged = cpu_kernel._stage_sources(cpu_kernel._build_directory(here))
     assert staged.parent == tmp_path / 'cache' / here / 'src'
     assert sorted(p.name for p in staged.parent.iterdir()) == sorted(
-        p.name for p in other_checkout.glob('*.[ch]*'))
+        p.name for p in other_checkout.glob('*.[ch]*')
+    )
     # an edited kernel is another library
-    (other_checkout / 'bilinear.h').write_text('// edited\n' + (other_checkout / 'bilinear.h')
-                                               .read_text())
+    (other_checkout / 'bilinear.h').write_text(
+        '// edited\n' + (other_checkout / 'bilinear.h').read_text()
+    )
     assert cpu_kernel._extension_name(flags) != here

@@ -1,4 +1,5 @@
 """multi_scale_deformable_attn: parity with mmcv's reference, gradients, dispatch, precision."""
+
 import types
 from typing import List, Sequence, Tuple
 
@@ -25,10 +26,18 @@ CASES = {
 }
 
 
-def make_inputs(bs: int, num_queries: int, num_heads: int, head_dims: int,
-                shapes: Sequence[Tuple[int, int]], num_points: int,
-                dtype: torch.dtype = torch.float64, low: float = -0.3, high: float = 1.3,
-                seed: int = 0) -> List[Tensor]:
+def make_inputs(
+    bs: int,
+    num_queries: int,
+    num_heads: int,
+    head_dims: int,
+    shapes: Sequence[Tuple[int, int]],
+    num_points: int,
+    dtype: torch.dtype = torch.float64,
+    low: float = -0.3,
+    high: float = 1.3,
+    seed: int = 0,
+) -> List[Tensor]:
     """value, spatial_shapes, level_start_index, sampling_locations, attention_weights.
 
     Locations are uniform in [low, high]: the default range puts ~27% of the points (partly or
@@ -39,24 +48,30 @@ def make_inputs(bs: int, num_queries: int, num_heads: int, head_dims: int,
     sizes = spatial_shapes[:, 0] * spatial_shapes[:, 1]
     level_start_index = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
     num_levels = len(shapes)
-    value = torch.randn(bs, int(sizes.sum()), num_heads, head_dims, generator=generator,
-                        dtype=dtype)
+    value = torch.randn(
+        bs, int(sizes.sum()), num_heads, head_dims, generator=generator, dtype=dtype
+    )
     locations = low + (high - low) * torch.rand(
-        bs, num_queries, num_heads, num_levels, num_points, 2, generator=generator, dtype=dtype)
-    weights = torch.rand(bs, num_queries, num_heads, num_levels, num_points,
-                         generator=generator, dtype=dtype)
+        bs, num_queries, num_heads, num_levels, num_points, 2, generator=generator, dtype=dtype
+    )
+    weights = torch.rand(
+        bs, num_queries, num_heads, num_levels, num_points, generator=generator, dtype=dtype
+    )
     return [value, spatial_shapes, level_start_index, locations, weights]
 
 
-def forward_and_grads(fn, value: Tensor, locations: Tensor, weights: Tensor,
-                      seed: int = 1) -> List[Tensor]:
+def forward_and_grads(
+    fn, value: Tensor, locations: Tensor, weights: Tensor, seed: int = 1
+) -> List[Tensor]:
     """``[output, d value, d locations, d weights]`` for a fixed random upstream gradient."""
-    value, locations, weights = (t.detach().clone().requires_grad_() for t in
-                                 (value, locations, weights))
+    value, locations, weights = (
+        t.detach().clone().requires_grad_() for t in (value, locations, weights)
+    )
     output = fn(value, locations, weights)
     # Drawn in float64 and cast, so float32 and float64 runs see the same upstream gradient.
-    upstream = torch.randn(output.shape, generator=torch.Generator().manual_seed(seed),
-                           dtype=torch.float64).to(output.device, output.dtype)
+    upstream = torch.randn(
+        output.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    ).to(output.device, output.dtype)
     return [output.detach(), *torch.autograd.grad(output, (value, locations, weights), upstream)]
 
 
@@ -74,21 +89,27 @@ def test_float64_parity_with_mmcv(case: str, impl: str) -> None:
     value, shapes, starts, locations, weights = make_inputs(*CASES[case])
     expected = forward_and_grads(mmcv_fn(shapes), value, locations, weights)
     actual = forward_and_grads(our_fn(shapes, starts, impl), value, locations, weights)
-    for name, got, want in zip(['output', 'grad_value', 'grad_locations', 'grad_weights'],
-                               actual, expected):
+    for name, got, want in zip(
+        ['output', 'grad_value', 'grad_locations', 'grad_weights'], actual, expected
+    ):
         assert got.shape == want.shape, name
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10, msg=name)
 
 
-@pytest.mark.parametrize('bs,num_queries,num_heads,shapes,num_points', [
-    (1, 12, 2, [(4, 5), (2, 3)], 2),  # 12 * 2 * 2 >= 26 keys: head-major copy
-    (2, 3, 3, [(6, 4), (3, 5), (2, 2)], 2),  # caller's layout
-    (2, 3, 2, [(5, 3)], 1),
-])
-def test_gradcheck_cpu_kernel(bs: int, num_queries: int, num_heads: int,
-                              shapes: List[Tuple[int, int]], num_points: int) -> None:
-    value, shapes, starts, locations, weights = make_inputs(bs, num_queries, num_heads, 4, shapes,
-                                                            num_points)
+@pytest.mark.parametrize(
+    'bs,num_queries,num_heads,shapes,num_points',
+    [
+        (1, 12, 2, [(4, 5), (2, 3)], 2),  # 12 * 2 * 2 >= 26 keys: head-major copy
+        (2, 3, 3, [(6, 4), (3, 5), (2, 2)], 2),  # caller's layout
+        (2, 3, 2, [(5, 3)], 1),
+    ],
+)
+def test_gradcheck_cpu_kernel(
+    bs: int, num_queries: int, num_heads: int, shapes: List[Tuple[int, int]], num_points: int
+) -> None:
+    value, shapes, starts, locations, weights = make_inputs(
+        bs, num_queries, num_heads, 4, shapes, num_points
+    )
     inputs = tuple(t.requires_grad_() for t in (value, locations, weights))
     assert torch.autograd.gradcheck(our_fn(shapes, starts, 'cpu'), inputs, eps=1e-6, atol=1e-7)
 
@@ -97,8 +118,9 @@ def test_float32_matches_float64() -> None:
     inputs64 = make_inputs(*CASES['three_levels'])
     value, shapes, starts, locations, weights = inputs64
     want = forward_and_grads(our_fn(shapes, starts, 'cpu'), value, locations, weights)
-    got = forward_and_grads(our_fn(shapes, starts, 'cpu'), value.float(), locations.float(),
-                            weights.float())
+    got = forward_and_grads(
+        our_fn(shapes, starts, 'cpu'), value.float(), locations.float(), weights.float()
+    )
     for got_t, want_t in zip(got, want):
         assert got_t.dtype == torch.float32
         torch.testing.assert_close(got_t.double(), want_t, rtol=1e-4, atol=1e-4)
@@ -106,8 +128,9 @@ def test_float32_matches_float64() -> None:
 
 @pytest.mark.parametrize('low,high', [(-3.0, -1.0), (1.6, 4.0), (-1e30, -1e29)])
 def test_points_outside_the_map_read_zero(low: float, high: float) -> None:
-    value, shapes, starts, locations, weights = make_inputs(*CASES['three_levels'], low=low,
-                                                            high=high)
+    value, shapes, starts, locations, weights = make_inputs(
+        *CASES['three_levels'], low=low, high=high
+    )
     for tensor in forward_and_grads(our_fn(shapes, starts, 'cpu'), value, locations, weights):
         assert torch.count_nonzero(tensor) == 0
 
@@ -115,8 +138,9 @@ def test_points_outside_the_map_read_zero(low: float, high: float) -> None:
 def test_results_do_not_depend_on_thread_count() -> None:
     """grad_value is scattered by many queries; blocks own disjoint rows, so the result must be
     bitwise the same for any number of threads (a race would show up as a difference)."""
-    value, shapes, starts, locations, weights = make_inputs(2, 200, 8, 32, [(12, 9), (6, 5)], 4,
-                                                            dtype=torch.float32, low=0.2, high=0.4)
+    value, shapes, starts, locations, weights = make_inputs(
+        2, 200, 8, 32, [(12, 9), (6, 5)], 4, dtype=torch.float32, low=0.2, high=0.4
+    )
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -130,8 +154,9 @@ def test_results_do_not_depend_on_thread_count() -> None:
 
 
 def test_bf16_inputs_compute_in_float32() -> None:
-    value, shapes, starts, locations, weights = make_inputs(*CASES['three_levels'],
-                                                            dtype=torch.float32)
+    value, shapes, starts, locations, weights = make_inputs(
+        *CASES['three_levels'], dtype=torch.float32
+    )
     want = msda(value, shapes, starts, locations, weights)
     with torch.autocast('cpu', dtype=torch.bfloat16):
         got = msda(value.bfloat16(), shapes, starts, locations.bfloat16(), weights.bfloat16())
@@ -140,14 +165,17 @@ def test_bf16_inputs_compute_in_float32() -> None:
     torch.testing.assert_close(got.float(), want, rtol=0.05, atol=0.05)
 
 
-@pytest.mark.parametrize('mutate,match', [
-    (lambda x: x.__setitem__(0, x[0][:, :-1]), 'keys'),
-    (lambda x: x.__setitem__(0, x[0][0]), r'value must be \(bs'),
-    (lambda x: x.__setitem__(4, x[4][..., :-1]), 'attention_weights'),
-    (lambda x: x.__setitem__(3, x[3][:, :, :1]), 'sampling_locations'),
-    (lambda x: x.__setitem__(2, x[2][:-1]), 'level_start_index'),
-    (lambda x: x.__setitem__(1, x[1].float()), 'spatial_shapes'),
-])
+@pytest.mark.parametrize(
+    'mutate,match',
+    [
+        (lambda x: x.__setitem__(0, x[0][:, :-1]), 'keys'),
+        (lambda x: x.__setitem__(0, x[0][0]), r'value must be \(bs'),
+        (lambda x: x.__setitem__(4, x[4][..., :-1]), 'attention_weights'),
+        (lambda x: x.__setitem__(3, x[3][:, :, :1]), 'sampling_locations'),
+        (lambda x: x.__setitem__(2, x[2][:-1]), 'level_start_index'),
+        (lambda x: x.__setitem__(1, x[1].float()), 'spatial_shapes'),
+    ],
+)
 def test_bad_inputs_raise(mutate, match: str) -> None:
     inputs = make_inputs(*CASES['three_levels'])
     mutate(inputs)
@@ -167,10 +195,14 @@ def test_bad_impl_and_device_requests_raise() -> None:
 def test_auto_on_cpu_uses_our_kernel() -> None:
     value, shapes, starts, locations, weights = make_inputs(*CASES['one_level_one_point'])
     value.requires_grad_()
-    assert type(msda(value, shapes, starts, locations, weights).grad_fn).__name__ == \
-        'MSDeformAttnCPUFunctionBackward'
-    assert type(msda(value, shapes, starts, locations, weights, impl='pytorch').grad_fn
-                ).__name__ != 'MSDeformAttnCPUFunctionBackward'
+    assert (
+        type(msda(value, shapes, starts, locations, weights).grad_fn).__name__
+        == 'MSDeformAttnCPUFunctionBackward'
+    )
+    assert (
+        type(msda(value, shapes, starts, locations, weights, impl='pytorch').grad_fn).__name__
+        != 'MSDeformAttnCPUFunctionBackward'
+    )
 
 
 def test_auto_selection_for_cuda_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -188,10 +220,10 @@ def test_auto_selection_for_cuda_tensors(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_cuda_path_calls_mmcv_function(monkeypatch: pytest.MonkeyPatch) -> None:
     """The 'cuda' branch hands mmcv's Function the tensors and an im2col_step dividing bs."""
     import mmcv.ops.multi_scale_deform_attn as mmcv_msda
+
     calls = []
 
     class FakeFunction:
-
         @staticmethod
         def apply(value, shapes, starts, locations, weights, im2col_step):
             calls.append(im2col_step)
@@ -217,6 +249,7 @@ def test_failed_build_falls_back_with_one_warning(monkeypatch: pytest.MonkeyPatc
     with pytest.warns(RuntimeWarning, match=r'no C\+\+ compiler found'):
         first = msda(value, shapes, starts, locations, weights, impl='cpu')
     import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         second = msda(value, shapes, starts, locations, weights)
@@ -242,35 +275,45 @@ def test_cuda_parity_with_reference(case: str) -> None:
 def test_tracing_uses_the_reference_path() -> None:
     """Traced graphs (and ONNX export) must not contain our Python autograd Function."""
     value, shapes, starts, locations, weights = make_inputs(*CASES['one_level_one_point'])
-    traced = torch.jit.trace(lambda v, loc, w: msda(v, shapes, starts, loc, w),
-                             (value, locations, weights), check_trace=False)
+    traced = torch.jit.trace(
+        lambda v, loc, w: msda(v, shapes, starts, loc, w),
+        (value, locations, weights),
+        check_trace=False,
+    )
     assert 'grid_sampler' in str(traced.graph)
     assert 'MSDeformAttnCPUFunction' not in str(traced.graph)
-    torch.testing.assert_close(traced(value, locations, weights),
-                               msda(value, shapes, starts, locations, weights))
+    torch.testing.assert_close(
+        traced(value, locations, weights), msda(value, shapes, starts, locations, weights)
+    )
 
 
 @pytest.mark.parametrize('impl', ['cpu', 'pytorch', 'auto'])
-@pytest.mark.parametrize('starts', [[0, 20, 39], [0, 24, 38], [1, 25, 40]],
-                         ids=['in_bounds', 'off_by_one', 'shifted'])
+@pytest.mark.parametrize(
+    'starts', [[0, 20, 39], [0, 24, 38], [1, 25, 40]], ids=['in_bounds', 'off_by_one', 'shifted']
+)
 def test_level_start_index_disagreeing_with_shapes_is_refused(impl: str, starts: list) -> None:
     """Levels (6, 4), (3, 5), (2, 2) start at 0, 24, 39. A wrong index must be refused by every
     path, also the grid_sample one that does not read it and an in-bounds one that the kernel
     would otherwise read silently."""
     value, shapes, _, locations, weights = make_inputs(*CASES['three_levels'])
-    with pytest.raises(ValueError, match=r'level_start_index \[.*\] disagrees with '
-                       r'spatial_shapes.*\[0, 24, 39\]'):
+    with pytest.raises(
+        ValueError,
+        match=r'level_start_index \[.*\] disagrees with '
+        r'spatial_shapes.*\[0, 24, 39\]',
+    ):
         msda(value, shapes, torch.tensor(starts), locations, weights, impl=impl)
 
 
-@pytest.mark.parametrize('starts,match', [([0, 20, 39], 'disagrees'),
-                                          ([0, 24, 42], 'does not fit')])
+@pytest.mark.parametrize(
+    'starts,match', [([0, 20, 39], 'disagrees'), ([0, 24, 42], 'does not fit')]
+)
 def test_kernel_itself_refuses_bad_level_start_index(starts: list, match: str) -> None:
     """The C++ kernel checks on its own (callers of MSDeformAttnCPUFunction skip the wrapper)."""
     value, shapes, _, locations, weights = make_inputs(*CASES['three_levels'])
     with pytest.raises(RuntimeError, match=match):
-        cpu_kernel.MSDeformAttnCPUFunction.apply(value, shapes, torch.tensor(starts), locations,
-                                                 weights)
+        cpu_kernel.MSDeformAttnCPUFunction.apply(
+            value, shapes, torch.tensor(starts), locations, weights
+        )
 
 
 def test_float_level_start_index_is_refused() -> None:
@@ -319,8 +362,9 @@ def test_non_finite_inputs_agree_with_the_reference(case: str) -> None:
     got = forward_and_grads(our_fn(shapes, starts, 'cpu'), value, locations, weights)
     assert not torch.isfinite(want[0][0, 1, :32]).any()  # the head's row is NaN ...
     assert torch.isfinite(want[0][0, 1, 32:]).all() and torch.isfinite(want[0][1]).all()  # only
-    for name, got_t, want_t in zip(['output', 'grad_value', 'grad_locations', 'grad_weights'],
-                                   got, want):
+    for name, got_t, want_t in zip(
+        ['output', 'grad_value', 'grad_locations', 'grad_weights'], got, want
+    ):
         assert_same_non_finite(got_t, want_t, name)
 
 
@@ -329,6 +373,7 @@ def test_pip_ninja_is_put_on_path_when_none_is_found(tmp_path, monkeypatch):
     import shutil
 
     from mmdet_deformdetr.ops import cpu_kernel
+
     monkeypatch.setenv('PATH', str(tmp_path))
     assert shutil.which('ninja') is None
     cpu_kernel._ensure_ninja_on_path()

@@ -1,4 +1,5 @@
 """Fixtures for the tools tests (helpers live in tests/helpers/tools.py)."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +21,9 @@ def tiny_data_options(coco_photos: Path) -> List[str]:
 def python_tool() -> Callable[..., subprocess.CompletedProcess]:
     """run_tool for a Python script with the interpreter running the tests (the venv's)."""
 
-    def run(script: str, *args: str, timeout: float = 240,
-            env: Dict[str, str] = None) -> subprocess.CompletedProcess:
+    def run(
+        script: str, *args: str, timeout: float = 240, env: Dict[str, str] = None
+    ) -> subprocess.CompletedProcess:
         return run_tool([sys.executable, script, *args], timeout=timeout, env=env)
 
     return run
@@ -49,8 +51,13 @@ def make_tiny_checkpoint(tmp_path_factory) -> Callable[[str], Path]:
             torch.manual_seed(0)
             model = MODELS.build(cfg.model)
             path = tmp_path_factory.mktemp(f'tiny_{variant}') / f'tiny_{variant}.pth'
-            save_checkpoint(dict(state_dict=model.state_dict(),
-                                 meta=dict(dataset_meta=dict(CocoDataset.METAINFO))), str(path))
+            save_checkpoint(
+                dict(
+                    state_dict=model.state_dict(),
+                    meta=dict(dataset_meta=dict(CocoDataset.METAINFO)),
+                ),
+                str(path),
+            )
             cache[variant] = path
         return cache[variant]
 
@@ -68,4 +75,5 @@ def fault_reference(tmp_path_factory) -> Path:
     """Work dir of an uninterrupted run of tests/helpers/tiny_faults_coco.py (8 iterations),
     which the fault tests' killed and resumed runs must end equal to."""
     from tests.helpers.faults import reference_run
+
     return reference_run(tmp_path_factory.mktemp('fault_reference'))

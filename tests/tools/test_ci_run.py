@@ -1,6 +1,7 @@
 """.ci/run: the README's test command, and a suite that cannot shrink silently: any skipped test
 not marked ``cuda`` fails CI, and the skips are counted with their reasons. Run here on small
 throw-away test folders (the environment as it is: DEFORMDETR_SKIP_SETUP=1)."""
+
 import os
 import subprocess
 import sys
@@ -12,13 +13,18 @@ from tests.helpers.tools import REPO_ROOT
 
 TESTS = {
     'plain_skip': 'import pytest\n\ndef test_a():\n    pytest.skip("no data here")\n',
-    'cuda_skip': ('import pytest\n\n@pytest.mark.cuda\ndef test_a():\n'
-                  '    pytest.skip("needs a CUDA GPU")\n'),
+    'cuda_skip': (
+        'import pytest\n\n@pytest.mark.cuda\ndef test_a():\n    pytest.skip("needs a CUDA GPU")\n'
+    ),
     'module_skip': 'import pytest\npytest.skip("whole module", allow_module_level=True)\n',
-    'failure_and_skip': ('import pytest\n\ndef test_fails():\n    assert False\n\n'
-                         'def test_skips():\n    pytest.skip("later")\n'),
-    'xfail': ('import pytest\n\n@pytest.mark.xfail(reason="known")\ndef test_a():\n'
-              '    assert False\n\ndef test_b():\n    pass\n'),
+    'failure_and_skip': (
+        'import pytest\n\ndef test_fails():\n    assert False\n\n'
+        'def test_skips():\n    pytest.skip("later")\n'
+    ),
+    'xfail': (
+        'import pytest\n\n@pytest.mark.xfail(reason="known")\ndef test_a():\n'
+        '    assert False\n\ndef test_b():\n    pass\n'
+    ),
 }
 
 
@@ -28,20 +34,28 @@ def ci_run(tmp_path: Path, *names: str) -> subprocess.CompletedProcess:
         (tmp_path / f'test_{name}.py').write_text(TESTS[name])
     env = dict(os.environ, DEFORMDETR_SKIP_SETUP='1', DEFORMDETR_VENV=sys.prefix)
     env.pop('PYTHONPATH', None)  # .ci/run sets what it needs
-    result = subprocess.run(['bash', str(REPO_ROOT / '.ci' / 'run'), str(tmp_path)],
-                            capture_output=True, text=True, timeout=120, env=env)
+    result = subprocess.run(
+        ['bash', str(REPO_ROOT / '.ci' / 'run'), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     result.output = result.stdout + result.stderr
     return result
 
 
-@pytest.mark.parametrize('names,code,counts', [
-    (['cuda_skip'], 0, '1 skipped: 1 marked cuda (allowed), 0 other (not allowed)'),
-    (['plain_skip'], 1, '1 skipped: 0 marked cuda (allowed), 1 other (not allowed)'),
-    (['module_skip', 'cuda_skip'], 1, '2 skipped: 1 marked cuda (allowed), 1 other'),
-    (['plain_skip', 'cuda_skip'], 1, '2 skipped: 1 marked cuda (allowed), 1 other'),
-    (['failure_and_skip'], 1, '1 skipped: 0 marked cuda (allowed), 1 other'),
-    (['xfail'], 0, '0 skipped: 0 marked cuda (allowed), 0 other (not allowed)'),
-])
+@pytest.mark.parametrize(
+    'names,code,counts',
+    [
+        (['cuda_skip'], 0, '1 skipped: 1 marked cuda (allowed), 0 other (not allowed)'),
+        (['plain_skip'], 1, '1 skipped: 0 marked cuda (allowed), 1 other (not allowed)'),
+        (['module_skip', 'cuda_skip'], 1, '2 skipped: 1 marked cuda (allowed), 1 other'),
+        (['plain_skip', 'cuda_skip'], 1, '2 skipped: 1 marked cuda (allowed), 1 other'),
+        (['failure_and_skip'], 1, '1 skipped: 0 marked cuda (allowed), 1 other'),
+        (['xfail'], 0, '0 skipped: 0 marked cuda (allowed), 0 other (not allowed)'),
+    ],
+)
 def test_only_cuda_tests_may_skip(tmp_path, names, code, counts):
     result = ci_run(tmp_path, *names)
     assert result.returncode == code, result.output

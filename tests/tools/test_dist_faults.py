@@ -2,6 +2,7 @@
 non-zero, within a bounded time, and ``--resume`` continues from the last checkpoint. A rank that
 is stuck rather than dead (torchrun cannot see it) is bounded by the gloo timeout
 (``env_cfg.dist_cfg.timeout``)."""
+
 import multiprocessing
 import os
 import signal
@@ -46,10 +47,16 @@ def _alive(pid: int) -> bool:
 
 
 def _dist_train(work_dir, log_name: str, **kwargs) -> TrainingProcess:
-    command = ['bash', 'tools/dist_train.sh', str(TINY_FAULTS_CONFIG), '2',
-               *train_args(work_dir, **kwargs)[1:]]
-    return TrainingProcess(command, work_dir.parent / log_name,
-                           env=dict(PYTHON=sys.executable, PORT=str(free_port())))
+    command = [
+        'bash',
+        'tools/dist_train.sh',
+        str(TINY_FAULTS_CONFIG),
+        '2',
+        *train_args(work_dir, **kwargs)[1:],
+    ]
+    return TrainingProcess(
+        command, work_dir.parent / log_name, env=dict(PYTHON=sys.executable, PORT=str(free_port()))
+    )
 
 
 @pytest.fixture(scope='module')
@@ -64,16 +71,24 @@ def killed_dist_run(tmp_path_factory) -> dict:
         os.kill(workers[1], signal.SIGKILL)
         killed_at = time.monotonic()
         returncode = run.wait(timeout=120)
-        return dict(work_dir=work_dir, returncode=returncode, output=run.output,
-                    workers=workers, seconds=time.monotonic() - killed_at)
+        return dict(
+            work_dir=work_dir,
+            returncode=returncode,
+            output=run.output,
+            workers=workers,
+            seconds=time.monotonic() - killed_at,
+        )
 
 
 def test_killed_rank_ends_the_whole_job(killed_dist_run):
     run = killed_dist_run
-    assert run['returncode'] != 0 and run['seconds'] < 60, (run['returncode'], run['seconds'],
-                                                            run['output'][-3000:])
+    assert run['returncode'] != 0 and run['seconds'] < 60, (
+        run['returncode'],
+        run['seconds'],
+        run['output'][-3000:],
+    )
     # torchrun names the rank that died and stops the other one
-    assert f"exitcode  : -9 (pid: {run['workers'][1]})" in run['output']
+    assert f'exitcode  : -9 (pid: {run["workers"][1]})' in run['output']
     assert 'Signal 9 (SIGKILL) received by PID' in run['output']
     assert not _alive(run['workers'][0])
 
@@ -95,8 +110,10 @@ def test_stuck_rank_is_bounded_by_the_gloo_timeout():
     context = multiprocessing.get_context('spawn')
     results = context.Queue()
     port, timeout_s = free_port(), 3.0
-    processes = [context.Process(target=all_reduce_with_a_stuck_peer,
-                                 args=(rank, port, timeout_s, results)) for rank in (0, 1)]
+    processes = [
+        context.Process(target=all_reduce_with_a_stuck_peer, args=(rank, port, timeout_s, results))
+        for rank in (0, 1)
+    ]
     for process in processes:
         process.start()
     try:

@@ -6,6 +6,7 @@ makes DDP raise in iteration 2 ("Expected to have finished reduction ..."), so a
 check that no variant has unused parameters. dist_test.sh then evaluates the two-stage checkpoint
 with CocoMetric on 4 of the photographs in tests/data/coco_photos (2 per process).
 """
+
 import pickle
 import sys
 from pathlib import Path
@@ -27,9 +28,19 @@ def _dist_env(python: str) -> Dict[str, str]:
 
 def _train(variant: str, work_dir: Path, data_options: List[str]) -> str:
     result = run_tool(
-        ['bash', 'tools/dist_train.sh', str(TINY_CONFIG), '2', '--work-dir', str(work_dir),
-         '--cfg-options', *VARIANT_OPTIONS[variant], *data_options],
-        env=_dist_env(sys.executable))
+        [
+            'bash',
+            'tools/dist_train.sh',
+            str(TINY_CONFIG),
+            '2',
+            '--work-dir',
+            str(work_dir),
+            '--cfg-options',
+            *VARIANT_OPTIONS[variant],
+            *data_options,
+        ],
+        env=_dist_env(sys.executable),
+    )
     _CHECKPOINTS[variant] = work_dir / 'iter_2.pth'
     return result.output
 
@@ -53,17 +64,30 @@ def test_dist_train_two_processes(variant, tmp_path_factory, tiny_data_options):
     # saved from the unwrapped model: no DDP 'module.' prefix
     assert not any(key.startswith('module.') for key in checkpoint['state_dict'])
     assert any(key.startswith('transformer.enc_output') for key in checkpoint['state_dict']) == (
-        variant == 'two_stage')
+        variant == 'two_stage'
+    )
 
 
 def test_dist_test_two_processes(tmp_path_factory, tiny_data_options, tmp_path):
     checkpoint = _trained('two_stage', tmp_path_factory, tiny_data_options)
     predictions = tmp_path / 'predictions.pkl'
     result = run_tool(
-        ['bash', 'tools/dist_test.sh', str(TINY_CONFIG), str(checkpoint), '2', '--work-dir',
-         str(tmp_path), '--out', str(predictions), '--cfg-options',
-         *VARIANT_OPTIONS['two_stage'], *tiny_data_options],
-        env=_dist_env(sys.executable))
+        [
+            'bash',
+            'tools/dist_test.sh',
+            str(TINY_CONFIG),
+            str(checkpoint),
+            '2',
+            '--work-dir',
+            str(tmp_path),
+            '--out',
+            str(predictions),
+            '--cfg-options',
+            *VARIANT_OPTIONS['two_stage'],
+            *tiny_data_options,
+        ],
+        env=_dist_env(sys.executable),
+    )
 
     assert 'Load checkpoint from' in result.output
     assert 'coco/bbox_mAP:' in result.output  # CocoMetric ran on the gathered results

@@ -7,6 +7,7 @@ config's checkpoint hook) ``--resume`` must work from the newest complete checkp
 bitwise equal to an uninterrupted run; mmengine's own CheckpointHook is run at one moment to show
 the failure the hook exists for.
 """
+
 import signal
 
 import pytest
@@ -28,8 +29,9 @@ RESUMED_FROM = {'before_write': 2, 'mid_write': 2, 'after_write': 2, 'remove': 4
 
 
 def _killed_run(work_dir, moment: str, *options: str) -> str:
-    with TrainingProcess.train(work_dir, f'custom_hooks.0.at_iter={KILL_AT}',
-                               f'custom_hooks.0.moment={moment}', *options) as run:
+    with TrainingProcess.train(
+        work_dir, f'custom_hooks.0.at_iter={KILL_AT}', f'custom_hooks.0.moment={moment}', *options
+    ) as run:
         returncode = run.wait()
         output = run.output
     assert returncode == -signal.SIGKILL, output[-3000:]
@@ -46,24 +48,34 @@ def test_atomic_checkpoint_survives_a_kill_mid_save(tmp_path, fault_reference, m
     # what is on disk: only complete checkpoints under their names, last_checkpoint names one
     # (killed before deleting the outdated iter_2.pth: it is still there)
     assert sorted(path.name for path in work_dir.glob('iter_*.pth')) == (
-        ['iter_2.pth', 'iter_4.pth'] if moment == 'remove' else [f'iter_{expected}.pth'])
+        ['iter_2.pth', 'iter_4.pth'] if moment == 'remove' else [f'iter_{expected}.pth']
+    )
     assert (work_dir / 'last_checkpoint').read_text() == str(work_dir / f'iter_{expected}.pth')
     assert load(work_dir / f'iter_{expected}.pth')['meta']['iter'] == expected
     partial = sorted(path.name for path in work_dir.glob('.*.writing'))
-    assert partial == ([f'.iter_{KILL_AT}.pth.writing'] if moment in ('mid_write', 'after_write')
-                       else [])
+    assert partial == (
+        [f'.iter_{KILL_AT}.pth.writing'] if moment in ('mid_write', 'after_write') else []
+    )
 
     resumed = run_train(work_dir, resume='auto')
     assert f'resumed epoch: 0, iter: {expected}' in resumed
     if partial:
-        assert (f'Removed 1 incomplete file(s) that an interrupted checkpoint save left in '
-                f'{work_dir}: {partial[0]}') in resumed
+        assert (
+            f'Removed 1 incomplete file(s) that an interrupted checkpoint save left in '
+            f'{work_dir}: {partial[0]}'
+        ) in resumed
     if moment == 'remove':
-        assert (f'Deleted the outdated checkpoint(s) that an interrupted save had not deleted '
-                f'yet: {work_dir}/iter_2.pth') in resumed
+        assert (
+            f'Deleted the outdated checkpoint(s) that an interrupted save had not deleted '
+            f'yet: {work_dir}/iter_2.pth'
+        ) in resumed
     assert not list(work_dir.glob('.*.writing'))
-    assert training_state_differences(work_dir / f'iter_{MAX_ITERS}.pth',
-                                      fault_reference / f'iter_{MAX_ITERS}.pth') == []
+    assert (
+        training_state_differences(
+            work_dir / f'iter_{MAX_ITERS}.pth', fault_reference / f'iter_{MAX_ITERS}.pth'
+        )
+        == []
+    )
     # max_keep_ckpts=1 is still honoured after the resumed run
     assert sorted(path.name for path in work_dir.glob('iter_*.pth')) == [f'iter_{MAX_ITERS}.pth']
 
@@ -77,6 +89,8 @@ def test_mmengine_checkpoint_hook_loses_every_checkpoint(tmp_path):
     assert (work_dir / 'last_checkpoint').read_text() == str(work_dir / 'iter_2.pth')
 
     failed = run_train(work_dir, expect_rc=1, resume='auto')
-    assert ('tools/train.py: error: --resume found nothing to resume from: '
-            f'{work_dir}/last_checkpoint names {work_dir}/iter_2.pth, which does not exist; '
-            'there is no *.pth file there') in failed
+    assert (
+        'tools/train.py: error: --resume found nothing to resume from: '
+        f'{work_dir}/last_checkpoint names {work_dir}/iter_2.pth, which does not exist; '
+        'there is no *.pth file there'
+    ) in failed

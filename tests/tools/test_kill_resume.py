@@ -1,6 +1,7 @@
 """tools/train.py killed with SIGKILL at a moment it does not choose, then ``--resume``: training
 continues from the last complete checkpoint and ends with exactly the weights, optimizer state and
 lr schedule of an uninterrupted run; and ``--resume`` with nothing to resume from is an error."""
+
 import os
 import random
 import re
@@ -47,7 +48,8 @@ def test_sigkill_at_a_random_moment_then_resume_continues_exactly(tmp_path, faul
     assert resumed_from in saves[-2:] and resumed_from >= max(finished, default=2), context
     # no complete checkpoint newer than the one last_checkpoint names (max_keep_ckpts=1)
     assert sorted(path.name for path in work_dir.glob('iter_*.pth')) == [
-        f'iter_{resumed_from}.pth'], context
+        f'iter_{resumed_from}.pth'
+    ], context
 
     resumed = run_train(work_dir, resume='auto')
     assert f'resumed epoch: 0, iter: {resumed_from}' in resumed, context
@@ -55,8 +57,12 @@ def test_sigkill_at_a_random_moment_then_resume_continues_exactly(tmp_path, faul
     logged = [int(i) for i in re.findall(rf'Iter\(train\) \[\s*(\d+)/{MAX_ITERS}\]', resumed)]
     assert logged == list(range(resumed_from + 1, MAX_ITERS + 1)), context
     # bitwise: weights, AdamW state, lr schedule (step at 5) and iteration
-    assert training_state_differences(work_dir / f'iter_{MAX_ITERS}.pth',
-                                      fault_reference / f'iter_{MAX_ITERS}.pth') == [], context
+    assert (
+        training_state_differences(
+            work_dir / f'iter_{MAX_ITERS}.pth', fault_reference / f'iter_{MAX_ITERS}.pth'
+        )
+        == []
+    ), context
 
 
 def _resume_cfg(work_dir: Path, load_from=None) -> Config:
@@ -67,6 +73,7 @@ def test_resume_without_a_checkpoint_to_resume_from(tmp_path):
     """The lookup is mmdet_deformdetr.checkpoint.find_resume_checkpoint (its messages are tested
     in tests/checkpoint); check_resume raises it before anything is built."""
     from mmdet_deformdetr.checkpoint import NoCheckpointToResumeError
+
     (tmp_path / 'iter_2.pth').write_bytes(b'')
     with pytest.raises(NoCheckpointToResumeError) as error:
         check_resume(_resume_cfg(tmp_path))
@@ -105,6 +112,8 @@ def test_resume_path_that_exists_or_is_remote_passes(tmp_path, load_from):
 def test_train_py_resume_in_an_empty_work_dir_fails_before_training(tmp_path):
     work_dir = tmp_path / 'run'
     output = run_train(work_dir, expect_rc=1, resume='auto')
-    assert ('tools/train.py: error: --resume found nothing to resume from: '
-            f'{work_dir} has no last_checkpoint file') in output
+    assert (
+        'tools/train.py: error: --resume found nothing to resume from: '
+        f'{work_dir} has no last_checkpoint file'
+    ) in output
     assert 'Traceback' not in output and 'Iter(train)' not in output

@@ -44,17 +44,29 @@ def test_project_configs_read_nothing_outside_the_repository():
 @pytest.mark.slow
 def test_finetune_custom_dataset_trains(python_tool, make_tiny_checkpoint, tmp_path):
     from mmdet_deformdetr.datasets import ShapesConfig, generate_shapes_dataset
+
     # the project's data, as its README makes it, only smaller: 4 + 2 images of 96 px
-    root = generate_shapes_dataset(tmp_path / 'shapes_finetune', ShapesConfig(
-        num_train=4, num_val=2, img_size=96, min_size=8, max_size=48, max_objects=3))
-    data_options = [f'{split}_dataloader.dataset.data_root={root}/'
-                    for split in ('train', 'val', 'test')]
-    data_options += [f'{key}.ann_file={root}/annotations/instances_val.json'
-                     for key in ('val_evaluator', 'test_evaluator')]
+    root = generate_shapes_dataset(
+        tmp_path / 'shapes_finetune',
+        ShapesConfig(num_train=4, num_val=2, img_size=96, min_size=8, max_size=48, max_objects=3),
+    )
+    data_options = [
+        f'{split}_dataloader.dataset.data_root={root}/' for split in ('train', 'val', 'test')
+    ]
+    data_options += [
+        f'{key}.ann_file={root}/annotations/instances_val.json'
+        for key in ('val_evaluator', 'test_evaluator')
+    ]
     coco_checkpoint = make_tiny_checkpoint('two_stage')  # 80 classes, as a COCO zoo file
     result = python_tool(
-        'tools/train.py', str(TINY_FINETUNE_CONFIG), '--work-dir', str(tmp_path / 'work'),
-        '--cfg-options', f'load_from={coco_checkpoint}', *data_options)
+        'tools/train.py',
+        str(TINY_FINETUNE_CONFIG),
+        '--work-dir',
+        str(tmp_path / 'work'),
+        '--cfg-options',
+        f'load_from={coco_checkpoint}',
+        *data_options,
+    )
 
     output = result.output
     assert f'Load checkpoint from {coco_checkpoint}' in output
@@ -63,8 +75,9 @@ def test_finetune_custom_dataset_trains(python_tool, make_tiny_checkpoint, tmp_p
     assert 'Iter(train) [2/2]' in output
     assert 'coco/bbox_mAP:' in output  # validated at the end with the project's 5 classes
     assert f'{root}/annotations/instances_train.json' in output  # the project's file names
-    state_dict = torch.load(tmp_path / 'work' / 'iter_2.pth', map_location='cpu',
-                            weights_only=False)['state_dict']
+    state_dict = torch.load(
+        tmp_path / 'work' / 'iter_2.pth', map_location='cpu', weights_only=False
+    )['state_dict']
     assert state_dict['bbox_head.cls_branches.0.weight'].shape[0] == len(CLASSES) == 5
     # loaded from the COCO checkpoint, then trained 2 iterations with lr x 0.1: still close
     coco_state = torch.load(coco_checkpoint, map_location='cpu', weights_only=False)['state_dict']

@@ -1,5 +1,6 @@
 """Command lines of tools/train.py and tools/test.py -> config, without running anything:
 mmdet's precedence rules (work_dir, resume), --amp / --auto-scale-lr / --tta / --show-dir."""
+
 import importlib.util
 import os
 import sys
@@ -10,13 +11,18 @@ import pytest
 
 from tests.helpers.tools import REPO_ROOT, TINY_CONFIG
 
-TTA_CONFIG = (REPO_ROOT / 'configs' / 'deformable_detr' /
-              'deformable-detr-refine-twostage_x101-64x4d-dconv-c3-c5_16xb2-50e-tta_coco.py')
+TTA_CONFIG = (
+    REPO_ROOT
+    / 'configs'
+    / 'deformable_detr'
+    / 'deformable-detr-refine-twostage_x101-64x4d-dconv-c3-c5_16xb2-50e-tta_coco.py'
+)
 
 
 def _load_tool(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f'deformdetr_tools_{name}',
-                                                  REPO_ROOT / 'tools' / f'{name}.py')
+    spec = importlib.util.spec_from_file_location(
+        f'deformdetr_tools_{name}', REPO_ROOT / 'tools' / f'{name}.py'
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -47,8 +53,19 @@ def test_train_defaults(train_tool, monkeypatch):
 
 
 def test_train_options(train_tool, monkeypatch, tmp_path):
-    cfg = _cfg(train_tool, monkeypatch, str(TINY_CONFIG), '--work-dir', str(tmp_path), '--amp',
-               '--auto-scale-lr', '--launcher', 'pytorch', '--cfg-options', 'model.num_queries=7')
+    cfg = _cfg(
+        train_tool,
+        monkeypatch,
+        str(TINY_CONFIG),
+        '--work-dir',
+        str(tmp_path),
+        '--amp',
+        '--auto-scale-lr',
+        '--launcher',
+        'pytorch',
+        '--cfg-options',
+        'model.num_queries=7',
+    )
     assert cfg.work_dir == str(tmp_path)
     assert cfg.launcher == 'pytorch'
     assert cfg.model.num_queries == 7
@@ -56,8 +73,9 @@ def test_train_options(train_tool, monkeypatch, tmp_path):
     assert cfg.optim_wrapper.type in ('CPUAutocastOptimWrapper', 'AmpOptimWrapper')
 
 
-@pytest.mark.parametrize('argv, load_from', [(['--resume'], None),
-                                             (['--resume', 'ckpt.pth'], 'ckpt.pth')])
+@pytest.mark.parametrize(
+    'argv, load_from', [(['--resume'], None), (['--resume', 'ckpt.pth'], 'ckpt.pth')]
+)
 def test_train_resume(train_tool, monkeypatch, argv, load_from):
     cfg = _cfg(train_tool, monkeypatch, str(TINY_CONFIG), *argv)
     assert cfg.resume is True
@@ -65,8 +83,16 @@ def test_train_resume(train_tool, monkeypatch, argv, load_from):
 
 
 def test_test_options(test_tool, monkeypatch, tmp_path):
-    cfg = _cfg(test_tool, monkeypatch, str(TINY_CONFIG), 'ckpt.pth', '--show-dir', 'vis',
-               '--work-dir', str(tmp_path))
+    cfg = _cfg(
+        test_tool,
+        monkeypatch,
+        str(TINY_CONFIG),
+        'ckpt.pth',
+        '--show-dir',
+        'vis',
+        '--work-dir',
+        str(tmp_path),
+    )
     assert cfg.load_from == 'ckpt.pth'
     assert cfg.default_hooks.visualization.draw is True
     assert cfg.default_hooks.visualization.test_out_dir == 'vis'
@@ -91,8 +117,9 @@ def test_test_out_must_be_pickle(test_tool, monkeypatch):
 
 @pytest.mark.parametrize('tool_name, argv', [('train', []), ('test', ['ckpt.pth'])])
 @pytest.mark.parametrize('flag', ['--local-rank', '--local_rank'])
-def test_local_rank_flag_sets_local_rank_unless_the_launcher_did(request, monkeypatch, tool_name,
-                                                                 argv, flag):
+def test_local_rank_flag_sets_local_rank_unless_the_launcher_did(
+    request, monkeypatch, tool_name, argv, flag
+):
     """The arguments both tools share (tools/tool_common.py), as mmdet's tools handle them."""
     tool = request.getfixturevalue(f'{tool_name}_tool')
     monkeypatch.setattr(sys, 'argv', [f'{tool_name}.py', str(TINY_CONFIG), *argv, flag, '3'])

@@ -9,6 +9,7 @@ clip, AdamW step); the median is reported.
 
     python tools/analysis_tools/benchmark_cpu_amp.py [--repeat 3] [--warmup 1] [--threads N]
 """
+
 import argparse
 import logging
 import statistics
@@ -39,8 +40,12 @@ def time_mode(amp: bool, repeat: int, warmup: int) -> List[float]:
     model = MODELS.build(cfg.model)
     model.train()
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
-    data = demo_mm_inputs(batch_size=8, image_shapes=[(3, 256, 256)] * 8,
-                          num_items=[1, 2, 3, 4, 5, 1, 2, 3], num_classes=5)
+    data = demo_mm_inputs(
+        batch_size=8,
+        image_shapes=[(3, 256, 256)] * 8,
+        num_items=[1, 2, 3, 4, 5, 1, 2, 3],
+        num_classes=5,
+    )
     seconds = []
     for step in range(warmup + repeat):
         start = time.perf_counter()
@@ -74,10 +79,13 @@ def main() -> None:
         seconds = time_mode(amp, args.repeat, args.warmup)
         name = 'bf16 autocast (--amp)' if amp else 'float32'
         medians[amp] = statistics.median(seconds)
-        print(f'{name}: median {medians[amp]:.2f} s/iter  '
-              f'({", ".join(f"{s:.2f}" for s in seconds)})')
-    print(f'bf16 / float32 time ratio: {medians[True] / medians[False]:.2f} '
-          f'(> 1: --amp is slower here)')
+        print(
+            f'{name}: median {medians[amp]:.2f} s/iter  ({", ".join(f"{s:.2f}" for s in seconds)})'
+        )
+    print(
+        f'bf16 / float32 time ratio: {medians[True] / medians[False]:.2f} '
+        f'(> 1: --amp is slower here)'
+    )
 
 
 if __name__ == '__main__':

@@ -12,6 +12,7 @@ the image (done first, for all images). Without a checkpoint the weights are ran
 not change the cost. Printed: FPS over the timed images (after ``--warmup`` untimed ones), and
 the median and spread of the per-image latency.
 """
+
 import argparse
 import platform
 import statistics
@@ -35,13 +36,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda:N'")
     parser.add_argument('--num-images', type=int, default=50, help='images timed')
     parser.add_argument('--warmup', type=int, default=5, help='untimed images run first')
-    parser.add_argument('--threads', type=int, default=None,
-                        help='torch intra-op threads on CPU (default: torch\'s, one per core)')
+    parser.add_argument(
+        '--threads',
+        type=int,
+        default=None,
+        help="torch intra-op threads on CPU (default: torch's, one per core)",
+    )
     parser.add_argument('--data-root', help='override val_dataloader.dataset.data_root')
     parser.add_argument('--ann-file', help='override the val annotation file')
     parser.add_argument('--img-prefix', help='override data_prefix.img of the val set')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, KEY=VALUE')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction, help='override config settings, KEY=VALUE'
+    )
     return parser.parse_args()
 
 
@@ -52,8 +58,9 @@ def device_name(device: torch.device) -> str:
     model = platform.processor() or 'CPU'
     try:
         with open('/proc/cpuinfo') as cpuinfo:
-            model = next(line.split(':', 1)[1].strip() for line in cpuinfo
-                         if line.startswith('model name'))
+            model = next(
+                line.split(':', 1)[1].strip() for line in cpuinfo if line.startswith('model name')
+            )
     except (OSError, StopIteration):
         pass
     return f'{model}, {torch.get_num_threads()} torch threads'
@@ -99,10 +106,14 @@ def main() -> None:
     print(f'{args.config} on {device_name(device)}')
     mean_h = statistics.fmean(h for h, _ in sizes)
     mean_w = statistics.fmean(w for _, w in sizes)
-    print(f'{len(latencies)} images (after {args.warmup} warm-up), batch 1, mean input '
-          f'{mean_h:.0f} x {mean_w:.0f}')
-    print(f'FPS: {fps:.2f}   latency: median {1000 * median:.0f} ms, min '
-          f'{1000 * min(latencies):.0f} ms, max {1000 * max(latencies):.0f} ms')
+    print(
+        f'{len(latencies)} images (after {args.warmup} warm-up), batch 1, mean input '
+        f'{mean_h:.0f} x {mean_w:.0f}'
+    )
+    print(
+        f'FPS: {fps:.2f}   latency: median {1000 * median:.0f} ms, min '
+        f'{1000 * min(latencies):.0f} ms, max {1000 * max(latencies):.0f} ms'
+    )
 
 
 if __name__ == '__main__':

@@ -19,6 +19,7 @@ Reported per shape, both paths side by side in one run:
 
     python tools/analysis_tools/benchmark_msda.py [--repeat 5] [--threads N] [--no-memory]
 """
+
 import argparse
 import json
 import os
@@ -53,20 +54,26 @@ def make_inputs(shape_name: str, seed: int = 0) -> Tuple[Tensor, ...]:
     if shape_name == 'encoder':
         centres = []
         for height, width in LEVEL_SHAPES:
-            ys, xs = torch.meshgrid((torch.arange(height) + 0.5) / height,
-                                    (torch.arange(width) + 0.5) / width, indexing='ij')
+            ys, xs = torch.meshgrid(
+                (torch.arange(height) + 0.5) / height,
+                (torch.arange(width) + 0.5) / width,
+                indexing='ij',
+            )
             centres.append(torch.stack([xs.reshape(-1), ys.reshape(-1)], -1))
         reference = torch.cat(centres)  # (num_keys, 2)
     else:
         reference = torch.rand(NUM_DECODER_QUERIES, 2, generator=generator)
     num_queries = reference.shape[0]
-    pixel_offsets = torch.randn(1, num_queries, NUM_HEADS, num_levels, NUM_POINTS, 2,
-                                generator=generator) * 3
+    pixel_offsets = (
+        torch.randn(1, num_queries, NUM_HEADS, num_levels, NUM_POINTS, 2, generator=generator) * 3
+    )
     normaliser = spatial_shapes.flip(-1).float()[None, None, None, :, None, :]
     locations = reference[None, :, None, None, None, :] + pixel_offsets / normaliser
-    weights = torch.randn(1, num_queries, NUM_HEADS, num_levels * NUM_POINTS,
-                          generator=generator).softmax(-1).view(1, num_queries, NUM_HEADS,
-                                                                num_levels, NUM_POINTS)
+    weights = (
+        torch.randn(1, num_queries, NUM_HEADS, num_levels * NUM_POINTS, generator=generator)
+        .softmax(-1)
+        .view(1, num_queries, NUM_HEADS, num_levels, NUM_POINTS)
+    )
     value = torch.randn(1, num_keys, NUM_HEADS, HEAD_DIMS, generator=generator)
     return value, spatial_shapes, level_start_index, locations, weights
 
@@ -76,15 +83,18 @@ def make_path(path: str) -> Callable[..., Tensor]:
     if path == 'ours':
         from mmdet_deformdetr.ops import multi_scale_deformable_attn
         from mmdet_deformdetr.ops.cpu_kernel import load_cpu_extension
+
         if load_cpu_extension() is None:
             sys.exit('our C++ kernel could not be built; nothing to benchmark')
         return lambda v, s, i, loc, w: multi_scale_deformable_attn(v, s, i, loc, w, impl='cpu')
     from mmcv.ops.multi_scale_deform_attn import multi_scale_deformable_attn_pytorch
+
     return lambda v, s, i, loc, w: multi_scale_deformable_attn_pytorch(v, s, loc, w)
 
 
-def run_once(fn: Callable[..., Tensor], inputs: Tuple[Tensor, ...], pass_name: str,
-             upstream: Tensor) -> List[Tensor]:
+def run_once(
+    fn: Callable[..., Tensor], inputs: Tuple[Tensor, ...], pass_name: str, upstream: Tensor
+) -> List[Tensor]:
     """One call; returns the output, plus the three gradients for forward+backward."""
     value, spatial_shapes, level_start_index, locations, weights = inputs
     if pass_name == 'forward':
@@ -96,8 +106,14 @@ def run_once(fn: Callable[..., Tensor], inputs: Tuple[Tensor, ...], pass_name: s
     return [output.detach()] + [leaf.grad for leaf in leaves]
 
 
-def time_ms(fn: Callable[..., Tensor], inputs: Tuple[Tensor, ...], pass_name: str,
-            upstream: Tensor, warmup: int, repeat: int) -> float:
+def time_ms(
+    fn: Callable[..., Tensor],
+    inputs: Tuple[Tensor, ...],
+    pass_name: str,
+    upstream: Tensor,
+    warmup: int,
+    repeat: int,
+) -> float:
     for _ in range(warmup):
         run_once(fn, inputs, pass_name, upstream)
     times = []
@@ -128,13 +144,23 @@ def measure_memory_here(shape_name: str, path: str, pass_name: str) -> None:
 
 
 def measure_memory(shape_name: str, path: str, pass_name: str, threads: int) -> float:
-    command = [sys.executable, __file__, '--memory-child', shape_name, path, pass_name,
-               '--threads', str(threads)]
+    command = [
+        sys.executable,
+        __file__,
+        '--memory-child',
+        shape_name,
+        path,
+        pass_name,
+        '--threads',
+        str(threads),
+    ]
     environment = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536')
     result = subprocess.run(command, capture_output=True, text=True, check=False, env=environment)
     if result.returncode != 0:
-        print(f'memory measurement failed for {shape_name}/{path}/{pass_name}:\n{result.stderr}',
-              file=sys.stderr)
+        print(
+            f'memory measurement failed for {shape_name}/{path}/{pass_name}:\n{result.stderr}',
+            file=sys.stderr,
+        )
         return float('nan')
     return json.loads(result.stdout.strip().splitlines()[-1])['peak_mib']
 
@@ -143,13 +169,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--repeat', type=int, default=5, help='timed runs (median reported)')
     parser.add_argument('--warmup', type=int, default=1, help='untimed runs first')
-    parser.add_argument('--threads', type=int, default=torch.get_num_threads(),
-                        help='torch.set_num_threads (default: torch default)')
-    parser.add_argument('--shapes', nargs='+', default=['encoder', 'decoder'],
-                        choices=['encoder', 'decoder'])
+    parser.add_argument(
+        '--threads',
+        type=int,
+        default=torch.get_num_threads(),
+        help='torch.set_num_threads (default: torch default)',
+    )
+    parser.add_argument(
+        '--shapes', nargs='+', default=['encoder', 'decoder'], choices=['encoder', 'decoder']
+    )
     parser.add_argument('--no-memory', action='store_true', help='skip the memory subprocesses')
-    parser.add_argument('--memory-child', nargs=3, metavar=('SHAPE', 'PATH', 'PASS'),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        '--memory-child', nargs=3, metavar=('SHAPE', 'PATH', 'PASS'), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.memory_child:
@@ -157,18 +189,23 @@ def main() -> None:
         return
 
     functions = {path: make_path(path) for path in PATHS}
-    print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, float32, batch 1, '
-          f'levels {LEVEL_SHAPES}, M={NUM_HEADS} D={HEAD_DIMS} K={NUM_POINTS}; '
-          f'median of {args.repeat} runs')
-    header = (f'{"shape":8} {"pass":17} {"ours ms":>9} {"mmcv ms":>9} {"speed-up":>8} '
-              f'{"|diff| out":>10} {"rel. d value, d loc, d weight":>30}')
+    print(
+        f'torch {torch.__version__}, {torch.get_num_threads()} threads, float32, batch 1, '
+        f'levels {LEVEL_SHAPES}, M={NUM_HEADS} D={HEAD_DIMS} K={NUM_POINTS}; '
+        f'median of {args.repeat} runs'
+    )
+    header = (
+        f'{"shape":8} {"pass":17} {"ours ms":>9} {"mmcv ms":>9} {"speed-up":>8} '
+        f'{"|diff| out":>10} {"rel. d value, d loc, d weight":>30}'
+    )
     if not args.no_memory:
         header += f' {"peak MiB ours":>13} {"mmcv":>7}'
     print(header)
     for shape_name in args.shapes:
         inputs = make_inputs(shape_name)
-        upstream = torch.randn(1, inputs[3].shape[1], NUM_HEADS * HEAD_DIMS,
-                               generator=torch.Generator().manual_seed(1))
+        upstream = torch.randn(
+            1, inputs[3].shape[1], NUM_HEADS * HEAD_DIMS, generator=torch.Generator().manual_seed(1)
+        )
         for pass_name in PASSES:
             times: Dict[str, float] = {}
             results: Dict[str, List[Tensor]] = {}
@@ -178,12 +215,16 @@ def main() -> None:
             pairs = list(zip(results['ours'], results['mmcv']))
             output_diff = (pairs[0][0] - pairs[0][1]).abs().max().item()
             grad_diffs = ', '.join(
-                f'{((a - b).abs().max() / b.abs().max()).item():.1e}' for a, b in pairs[1:])
-            line = (f'{shape_name:8} {pass_name:17} {times["ours"]:9.1f} {times["mmcv"]:9.1f} '
-                    f'{times["mmcv"] / times["ours"]:7.1f}x {output_diff:10.1e} {grad_diffs:>30}')
+                f'{((a - b).abs().max() / b.abs().max()).item():.1e}' for a, b in pairs[1:]
+            )
+            line = (
+                f'{shape_name:8} {pass_name:17} {times["ours"]:9.1f} {times["mmcv"]:9.1f} '
+                f'{times["mmcv"] / times["ours"]:7.1f}x {output_diff:10.1e} {grad_diffs:>30}'
+            )
             if not args.no_memory:
-                peaks = [measure_memory(shape_name, path, pass_name, args.threads)
-                         for path in PATHS]
+                peaks = [
+                    measure_memory(shape_name, path, pass_name, args.threads) for path in PATHS
+                ]
                 line += f' {peaks[0]:13.1f} {peaks[1]:7.1f}'
             print(line, flush=True)
 

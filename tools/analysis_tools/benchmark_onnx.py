@@ -19,6 +19,7 @@ Runs alternate between the paths (so that load from other processes hits both al
 the median of ``--repeat`` timed runs per path after ``--warmup`` untimed ones, the threads, and
 the ratio onnxruntime / pytorch, plus the largest output differences.
 """
+
 import argparse
 import logging
 import statistics
@@ -38,8 +39,12 @@ from mmdet_deformdetr.deploy import OnnxDetector, export_onnx
 from mmdet_deformdetr.deploy.exportable import ExportableDeformDETR
 from mmdet_deformdetr.models.layers import MSDeformAttn
 
-PRIMITIVE = Path(__file__).resolve().parents[2] / 'configs' / 'deformable_detr' / \
-    'deformable-detr_r50_16xb2-50e_coco.py'
+PRIMITIVE = (
+    Path(__file__).resolve().parents[2]
+    / 'configs'
+    / 'deformable_detr'
+    / 'deformable-detr_r50_16xb2-50e_coco.py'
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -50,8 +55,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--repeat', type=int, default=5, help='timed runs per path')
     parser.add_argument('--warmup', type=int, default=2, help='untimed runs per path first')
     parser.add_argument('--threads', type=int, default=2, help='intra-op threads, both paths')
-    parser.add_argument('--with-reference', action='store_true',
-                        help='also time eager PyTorch on the grid_sample attention')
+    parser.add_argument(
+        '--with-reference',
+        action='store_true',
+        help='also time eager PyTorch on the grid_sample attention',
+    )
     parser.add_argument('--seed', type=int, default=0, help='seed of the random weights')
     return parser.parse_args()
 
@@ -102,10 +110,13 @@ def main() -> None:
                 set_impl(model, impl)
                 with torch.no_grad():
                     return tuple(t.numpy() for t in module(images))
+
             return run
 
-        paths: Dict[str, Callable[[], tuple]] = {'pytorch': eager('auto'),
-                                                 'onnxruntime': lambda: runtime.run(images)}
+        paths: Dict[str, Callable[[], tuple]] = {
+            'pytorch': eager('auto'),
+            'onnxruntime': lambda: runtime.run(images),
+        }
         if args.with_reference:
             paths['pytorch-reference'] = eager('pytorch')
         times = {name: [] for name in paths}
@@ -118,17 +129,21 @@ def main() -> None:
                     times[name].append(time.perf_counter() - start)
 
     medians = {name: statistics.median(values) for name, values in times.items()}
-    print(f'{Path(args.config).name}, random weights, one {args.size[0]}x{args.size[1]} image, '
-          f'{args.threads} intra-op threads, median of {args.repeat} after {args.warmup} '
-          'warm-up')
+    print(
+        f'{Path(args.config).name}, random weights, one {args.size[0]}x{args.size[1]} image, '
+        f'{args.threads} intra-op threads, median of {args.repeat} after {args.warmup} '
+        'warm-up'
+    )
     for name, median in medians.items():
         print(f'  {name:<18} {1000 * median:8.0f} ms')
     print(f'onnxruntime / pytorch = {medians["onnxruntime"] / medians["pytorch"]:.2f}')
     box_diff = abs(outputs['onnxruntime'][0] - outputs['pytorch'][0]).max()
     score_diff = abs(outputs['onnxruntime'][1] - outputs['pytorch'][1]).max()
     same = (outputs['onnxruntime'][2] == outputs['pytorch'][2]).all()
-    print(f'outputs: max |box diff| {box_diff:.2e} px, max |score diff| {score_diff:.2e}, '
-          f'labels identical: {bool(same)}')
+    print(
+        f'outputs: max |box diff| {box_diff:.2e} px, max |score diff| {score_diff:.2e}, '
+        f'labels identical: {bool(same)}'
+    )
 
 
 if __name__ == '__main__':

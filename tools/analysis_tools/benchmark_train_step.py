@@ -11,6 +11,7 @@ both alike; the medians after ``--warmup`` steps are reported with their ratio.
     python tools/analysis_tools/benchmark_train_step.py [--variants plain two_stage]
         [--repeat 5] [--warmup 1] [--threads N] [--batch-size 1] [--mode train infer]
 """
+
 import argparse
 import copy
 import statistics
@@ -31,10 +32,10 @@ IMAGE_SHAPE = (800, 1216)
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--variants', nargs='+', default=['plain', 'two_stage'],
-                        choices=sorted(CONFIGS))
-    parser.add_argument('--mode', nargs='+', default=['train', 'infer'],
-                        choices=['train', 'infer'])
+    parser.add_argument(
+        '--variants', nargs='+', default=['plain', 'two_stage'], choices=sorted(CONFIGS)
+    )
+    parser.add_argument('--mode', nargs='+', default=['train', 'infer'], choices=['train', 'infer'])
     parser.add_argument('--repeat', type=int, default=5, help='timed steps per model')
     parser.add_argument('--warmup', type=int, default=1, help='untimed steps per model first')
     parser.add_argument('--threads', type=int, default=torch.get_num_threads())
@@ -49,8 +50,8 @@ def build_pair(variant: str):
     from mmengine.config import Config
 
     mmdet_cfg = Config.fromfile(
-        str(Path(mmdet.__file__).parent / '.mim' / 'configs' / 'deformable_detr' /
-            CONFIGS[variant]))
+        str(Path(mmdet.__file__).parent / '.mim' / 'configs' / 'deformable_detr' / CONFIGS[variant])
+    )
     our_cfg = Config.fromfile(str(ROOT / 'configs' / 'deformable_detr' / CONFIGS[variant]))
     for cfg in (mmdet_cfg, our_cfg):
         cfg.model.backbone.init_cfg = None  # no download; the weights are random anyway
@@ -71,15 +72,23 @@ def make_batch(batch_size: int, seed: int = 0) -> dict:
     height, width = IMAGE_SHAPE
     inputs, samples = [], []
     for _ in range(batch_size):
-        inputs.append(torch.randint(0, 256, (3, height, width), generator=generator,
-                                    dtype=torch.uint8))
+        inputs.append(
+            torch.randint(0, 256, (3, height, width), generator=generator, dtype=torch.uint8)
+        )
         corners = torch.rand(5, 2, 2, generator=generator) * torch.tensor([width, height])
         boxes = torch.cat([corners.min(1).values, corners.max(1).values + 8], -1)
-        sample = DetDataSample(metainfo=dict(img_shape=IMAGE_SHAPE, ori_shape=IMAGE_SHAPE,
-                                             scale_factor=(1.0, 1.0), batch_input_shape=IMAGE_SHAPE,
-                                             pad_shape=IMAGE_SHAPE))
-        sample.gt_instances = InstanceData(bboxes=boxes,
-                                           labels=torch.randint(80, (5,), generator=generator))
+        sample = DetDataSample(
+            metainfo=dict(
+                img_shape=IMAGE_SHAPE,
+                ori_shape=IMAGE_SHAPE,
+                scale_factor=(1.0, 1.0),
+                batch_input_shape=IMAGE_SHAPE,
+                pad_shape=IMAGE_SHAPE,
+            )
+        )
+        sample.gt_instances = InstanceData(
+            bboxes=boxes, labels=torch.randint(80, (5,), generator=generator)
+        )
         samples.append(sample)
     return dict(inputs=inputs, data_samples=samples)
 
@@ -95,8 +104,9 @@ def step_function(model: torch.nn.Module, optim_cfg, mode: str) -> Callable[[dic
     return lambda batch: model.test_step(copy.deepcopy(batch))
 
 
-def alternate(functions: Dict[str, Callable[[dict], None]], batch: dict, repeat: int,
-              warmup: int) -> Dict[str, List[float]]:
+def alternate(
+    functions: Dict[str, Callable[[dict], None]], batch: dict, repeat: int, warmup: int
+) -> Dict[str, List[float]]:
     times: Dict[str, List[float]] = {name: [] for name in functions}
     for index in range(warmup + repeat):
         for name, function in functions.items():
@@ -120,20 +130,31 @@ def main() -> None:
     MMLogger.get_current_instance().setLevel('WARNING')  # no per-parameter optimiser report
     torch.set_num_threads(args.threads)
     batch = make_batch(args.batch_size)
-    print(f'R-50, {args.batch_size} x {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]}, float32, '
-          f'{args.threads} threads, median of {args.repeat} after {args.warmup} warm-up, '
-          f'steps alternating between the two models')
+    print(
+        f'R-50, {args.batch_size} x {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]}, float32, '
+        f'{args.threads} threads, median of {args.repeat} after {args.warmup} warm-up, '
+        f'steps alternating between the two models'
+    )
     print(f'{"variant":<10} {"mode":<6} {"mmdet (s)":>10} {"ours (s)":>9} {"speed-up":>9}')
     for variant in args.variants:
         theirs, their_optim, ours, our_optim = build_pair(variant)
         for mode in args.mode:
             with torch.set_grad_enabled(mode == 'train'):
-                times = alternate({'mmdet': step_function(theirs, their_optim, mode),
-                                   'ours': step_function(ours, our_optim, mode)},
-                                  batch, args.repeat, args.warmup)
+                times = alternate(
+                    {
+                        'mmdet': step_function(theirs, their_optim, mode),
+                        'ours': step_function(ours, our_optim, mode),
+                    },
+                    batch,
+                    args.repeat,
+                    args.warmup,
+                )
             mmdet_s, ours_s = (statistics.median(times[name]) for name in ('mmdet', 'ours'))
-            print(f'{variant:<10} {mode:<6} {mmdet_s:>10.2f} {ours_s:>9.2f} '
-                  f'{mmdet_s / ours_s:>8.2f}x', flush=True)
+            print(
+                f'{variant:<10} {mode:<6} {mmdet_s:>10.2f} {ours_s:>9.2f} '
+                f'{mmdet_s / ours_s:>8.2f}x',
+                flush=True,
+            )
 
 
 if __name__ == '__main__':

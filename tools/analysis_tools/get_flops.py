@@ -19,6 +19,7 @@ proposals), the detection head, the rest (padding-mask resizing); and what mmdet
 reports for the same model (its ``grid_sampler`` handle counts 4 of the 5 multiply-adds per
 sampled value; on CPU its trace takes the reference path).
 """
+
 import argparse
 import json
 import statistics
@@ -38,25 +39,43 @@ from mmdet_deformdetr.analysis.data import val_dataset
 from mmdet_deformdetr.analysis.flops import MACS_PER_SAMPLE, deform_attn_handles
 from mmdet_deformdetr.models.layers import MSDeformAttn
 
-TERMS = (('backbone', 'backbone'), ('input projection', 'neck'),
-         ('encoder', 'transformer.encoder'), ('decoder', 'transformer.decoder'))
-SAMPLING_OPS = ('PythonOp.MSDeformAttnCPUFunction', 'PythonOp.MultiScaleDeformableAttnFunction',
-                'grid_sampler')
+TERMS = (
+    ('backbone', 'backbone'),
+    ('input projection', 'neck'),
+    ('encoder', 'transformer.encoder'),
+    ('decoder', 'transformer.decoder'),
+)
+SAMPLING_OPS = (
+    'PythonOp.MSDeformAttnCPUFunction',
+    'PythonOp.MultiScaleDeformableAttnFunction',
+    'grid_sampler',
+)
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Params and GFLOPs (multiply-adds) of a config')
     parser.add_argument('config', help='config file')
-    parser.add_argument('--num-images', type=int, default=100,
-                        help='images of the val set to average over (the paper: the first 100)')
+    parser.add_argument(
+        '--num-images',
+        type=int,
+        default=100,
+        help='images of the val set to average over (the paper: the first 100)',
+    )
     parser.add_argument('--data-root', help='override val_dataloader.dataset.data_root')
-    parser.add_argument('--ann-file', help='override the val annotation file (relative to the '
-                        'data root, or absolute)')
+    parser.add_argument(
+        '--ann-file',
+        help='override the val annotation file (relative to the data root, or absolute)',
+    )
     parser.add_argument('--img-prefix', help='override data_prefix.img of the val set')
-    parser.add_argument('--impl', choices=('cpu', 'pytorch'), default='cpu',
-                        help='deformable attention path to trace (the counts agree)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, KEY=VALUE')
+    parser.add_argument(
+        '--impl',
+        choices=('cpu', 'pytorch'),
+        default='cpu',
+        help='deformable attention path to trace (the counts agree)',
+    )
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction, help='override config settings, KEY=VALUE'
+    )
     parser.add_argument('--out', help='also write the result as JSON here')
     return parser.parse_args()
 
@@ -85,14 +104,24 @@ def count_image(detector: nn.Module, data: dict) -> Dict[str, float]:
     for label, module in TERMS:
         counts[label] = by_module.get(f'detector.{module}', 0)
         counts[f'{label} sampling'] = sum(
-            by_module_op.get(f'detector.{module}', {}).get(op, 0) for op in SAMPLING_OPS)
-    counts['transformer, other'] = by_module['detector.transformer'] - counts['encoder'] - \
-        counts['decoder']
+            by_module_op.get(f'detector.{module}', {}).get(op, 0) for op in SAMPLING_OPS
+        )
+    counts['transformer, other'] = (
+        by_module['detector.transformer'] - counts['encoder'] - counts['decoder']
+    )
     counts['head'] = by_module.get('detector.bbox_head', 0)
     # what no sub-module owns: the padding masks' nearest resize (one per mask pixel)
     counts['detector, other'] = counts['total'] - sum(
-        counts[label] for label in ('backbone', 'input projection', 'encoder', 'decoder',
-                                    'transformer, other', 'head'))
+        counts[label]
+        for label in (
+            'backbone',
+            'input projection',
+            'encoder',
+            'decoder',
+            'transformer, other',
+            'head',
+        )
+    )
     return counts
 
 
@@ -126,26 +155,43 @@ def main() -> None:
 
     mean_h = statistics.fmean(h for h, _ in sizes)
     mean_w = statistics.fmean(w for _, w in sizes)
-    print(f'{args.config}: {num_images} images of {dataset.data_root} at the test '
-          f'pipeline\'s size (mean {mean_h:.0f} x {mean_w:.0f})')
+    print(
+        f'{args.config}: {num_images} images of {dataset.data_root} at the test '
+        f"pipeline's size (mean {mean_h:.0f} x {mean_w:.0f})"
+    )
     print(f'params: {params / 1e6:.2f} M')
     print(f'GFLOPs (multiply-adds): {mean["total"] / 1e9:.1f}')
     rows = [(label, mean[label], mean.get(f'{label} sampling')) for label, _ in TERMS]
-    rows += [('transformer, other', mean['transformer, other'], None),
-             ('head', mean['head'], None), ('detector, other', mean['detector, other'], None)]
+    rows += [
+        ('transformer, other', mean['transformer, other'], None),
+        ('head', mean['head'], None),
+        ('detector, other', mean['detector, other'], None),
+    ]
     print(f'  {"term":<20}{"GMACs":>9}{"share":>8}   attention sampling inside')
     for label, value, inside in rows:
         extra = '' if not inside else f'{inside / 1e9:.2f} GMACs'
         print(f'  {label:<20}{value / 1e9:>9.2f}{100 * value / mean["total"]:>7.1f}%   {extra}')
-    print(f'mmdet\'s get_flops.py on this model would report {mmdet_equivalent / 1e9:.1f} G '
-          f'(its grid_sampler handle counts 4 of the {MACS_PER_SAMPLE} multiply-adds per '
-          'sampled value)')
+    print(
+        f"mmdet's get_flops.py on this model would report {mmdet_equivalent / 1e9:.1f} G "
+        f'(its grid_sampler handle counts 4 of the {MACS_PER_SAMPLE} multiply-adds per '
+        'sampled value)'
+    )
     if args.out:
         with open(args.out, 'w') as handle:
-            json.dump(dict(config=args.config, num_images=num_images, mean_height=mean_h,
-                           mean_width=mean_w, params=params, gflops=mean['total'] / 1e9,
-                           terms={key: value / 1e9 for key, value in mean.items()},
-                           mmdet_get_flops_gflops=mmdet_equivalent / 1e9), handle, indent=1)
+            json.dump(
+                dict(
+                    config=args.config,
+                    num_images=num_images,
+                    mean_height=mean_h,
+                    mean_width=mean_w,
+                    params=params,
+                    gflops=mean['total'] / 1e9,
+                    terms={key: value / 1e9 for key, value in mean.items()},
+                    mmdet_get_flops_gflops=mmdet_equivalent / 1e9,
+                ),
+                handle,
+                indent=1,
+            )
 
 
 if __name__ == '__main__':

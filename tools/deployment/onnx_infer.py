@@ -8,6 +8,7 @@ unpadded images); drawing is mmdet's ``DetLocalVisualizer`` with the class names
 model file, on the original image, into ``DIR/vis/<image name>`` (``DIR/preds/<name>.json`` with
 ``--save-pred``), the layout of ``tools/infer.py`` / mmdet's ``DetInferencer``.
 """
+
 import argparse
 import json
 from datetime import datetime
@@ -31,13 +32,24 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('config', help='the config the model was exported from')
     parser.add_argument('model', help='.onnx file written by tools/deployment/export_onnx.py')
     parser.add_argument('--out-dir', default='outputs', help='where vis/ (and preds/) go')
-    parser.add_argument('--pred-score-thr', type=float, default=0.3,
-                        help='draw only detections scoring at least this')
-    parser.add_argument('--palette', default='none',
-                        help="box colours: 'coco', 'voc', 'citys', 'random', or 'none' (the "
-                        "config's, then the model file's, then random: as tools/infer.py)")
-    parser.add_argument('--threads', type=int, default=None,
-                        help='onnxruntime intra-op threads (default: one per core)')
+    parser.add_argument(
+        '--pred-score-thr',
+        type=float,
+        default=0.3,
+        help='draw only detections scoring at least this',
+    )
+    parser.add_argument(
+        '--palette',
+        default='none',
+        help="box colours: 'coco', 'voc', 'citys', 'random', or 'none' (the "
+        "config's, then the model file's, then random: as tools/infer.py)",
+    )
+    parser.add_argument(
+        '--threads',
+        type=int,
+        default=None,
+        help='onnxruntime intra-op threads (default: one per core)',
+    )
     parser.add_argument('--save-pred', action='store_true', help='also write predictions as JSON')
     return parser.parse_args()
 
@@ -78,15 +90,26 @@ def main() -> None:
     for image_path in list_images(args.inputs):
         sample = detector.predict(str(image_path))
         image = mmcv.imread(str(image_path), channel_order='rgb')
-        visualizer.add_datasample(image_path.name, image, sample, draw_gt=False,
-                                  pred_score_thr=args.pred_score_thr,
-                                  out_file=str(out_dir / 'vis' / image_path.name))
+        visualizer.add_datasample(
+            image_path.name,
+            image,
+            sample,
+            draw_gt=False,
+            pred_score_thr=args.pred_score_thr,
+            out_file=str(out_dir / 'vis' / image_path.name),
+        )
         if args.save_pred:
             pred = sample.pred_instances
             (out_dir / 'preds').mkdir(parents=True, exist_ok=True)
-            (out_dir / 'preds' / f'{image_path.stem}.json').write_text(json.dumps(dict(
-                labels=pred.labels.tolist(), scores=pred.scores.tolist(),
-                bboxes=pred.bboxes.tolist())))
+            (out_dir / 'preds' / f'{image_path.stem}.json').write_text(
+                json.dumps(
+                    dict(
+                        labels=pred.labels.tolist(),
+                        scores=pred.scores.tolist(),
+                        bboxes=pred.bboxes.tolist(),
+                    )
+                )
+            )
     print(f'results written to {out_dir}')
 
 

@@ -9,6 +9,7 @@ ann_file, data_prefix.img, metainfo.classes), wrappers such as RepeatDataset unw
 0 when nothing would stop training or skip an image, 1 otherwise (``--strict``: also when boxes
 would be dropped), 2 for bad arguments.
 """
+
 import argparse
 import os
 import sys
@@ -18,21 +19,32 @@ from typing import List, Optional, Tuple
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     from mmengine.config import DictAction
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument('config', nargs='?', help='a config whose dataloader dataset to check')
     parser.add_argument('--split', choices=('train', 'val', 'test'), default='train')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
-                        help='override config settings, as in tools/train.py')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        default={},
+        help='override config settings, as in tools/train.py',
+    )
     parser.add_argument('--ann-file', help='COCO JSON (instead of a config)')
     parser.add_argument('--img-dir', help='image folder of --ann-file')
     parser.add_argument('--classes', nargs='+', help='classes to train on (default: all)')
-    parser.add_argument('--decode', action='store_true',
-                        help='decode every image fully, as training does (slower than headers)')
+    parser.add_argument(
+        '--decode',
+        action='store_true',
+        help='decode every image fully, as training does (slower than headers)',
+    )
     parser.add_argument('--nproc', type=int, default=os.cpu_count() or 1)
     parser.add_argument('--examples', type=int, default=10, help='examples shown per problem')
-    parser.add_argument('--strict', action='store_true',
-                        help='exit 1 also when boxes would be dropped')
+    parser.add_argument(
+        '--strict', action='store_true', help='exit 1 also when boxes would be dropped'
+    )
     parser.add_argument('--no-progress', action='store_true')
     args = parser.parse_args(argv)
     if (args.config is None) == (args.ann_file is None):
@@ -42,12 +54,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
-def dataset_from_config(path: str, split: str, options: dict
-                        ) -> Tuple[str, str, Optional[tuple]]:
+def dataset_from_config(path: str, split: str, options: dict) -> Tuple[str, str, Optional[tuple]]:
     """``(ann_file, img_dir, classes)`` of ``{split}_dataloader.dataset`` in the config."""
     from mmdet.registry import DATASETS
     from mmdet.utils import register_all_modules
     from mmengine.config import Config
+
     cfg = Config.fromfile(path)  # its custom_imports register our modules
     cfg.merge_from_dict(options)
     register_all_modules(init_default_scope=False)
@@ -65,29 +77,42 @@ def dataset_from_config(path: str, split: str, options: dict
     if classes is None:  # the dataset class's default, e.g. COCO's 80
         dataset_class = DATASETS.get(dataset['type'])
         classes = getattr(dataset_class, 'METAINFO', {}).get('classes')
-    return (os.path.join(root, dataset['ann_file']), os.path.join(root, prefix),
-            tuple(classes) if classes is not None else None)
+    return (
+        os.path.join(root, dataset['ann_file']),
+        os.path.join(root, prefix),
+        tuple(classes) if classes is not None else None,
+    )
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     from mmdet_deformdetr.datasets.dataset_report import check_coco
+
     if args.config:
-        ann_file, img_dir, classes = dataset_from_config(args.config, args.split,
-                                                         args.cfg_options)
+        ann_file, img_dir, classes = dataset_from_config(args.config, args.split, args.cfg_options)
     else:
         ann_file, img_dir = args.ann_file, args.img_dir
         classes = tuple(args.classes) if args.classes else None
-    print(f'checking {ann_file} with images in {img_dir}'
-          + (f', classes {classes}' if classes else '') + ('' if args.decode else
-                                                           ' (headers; --decode for pixels)'))
+    print(
+        f'checking {ann_file} with images in {img_dir}'
+        + (f', classes {classes}' if classes else '')
+        + ('' if args.decode else ' (headers; --decode for pixels)')
+    )
     start = time.perf_counter()
-    report = check_coco(ann_file, img_dir, classes, decode=args.decode, nproc=args.nproc,
-                        progress=not args.no_progress)
+    report = check_coco(
+        ann_file,
+        img_dir,
+        classes,
+        decode=args.decode,
+        nproc=args.nproc,
+        progress=not args.no_progress,
+    )
     elapsed = time.perf_counter() - start
     print('\n' + report.summary(args.examples))
-    print(f'{report.num_images} images in {elapsed:.1f} s '
-          f'({report.num_images / max(elapsed, 1e-9):.0f} images/s, {args.nproc} processes)')
+    print(
+        f'{report.num_images} images in {elapsed:.1f} s '
+        f'({report.num_images / max(elapsed, 1e-9):.0f} images/s, {args.nproc} processes)'
+    )
     failing = report.count('error') + (report.count('dropped') if args.strict else 0)
     return 1 if failing else 0
 

@@ -44,14 +44,25 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('src', help='checkpoint file or Hugging Face model directory')
     parser.add_argument('dst', help='output .pth path')
-    parser.add_argument('--num-classes', type=int, default=80,
-                        help='classes of the target model: 91 COCO-id heads are remapped to '
-                        "mmdet's 80 when this is 80 (default); other counts are kept as is")
-    parser.add_argument('--config', help='our config file: check the converted keys against the '
-                        'model it builds (missing/unexpected keys, variant) before saving')
-    parser.add_argument('--trust-global', action='append', default=[], metavar='module.Name',
-                        help='allow this pickled global when reading src (only for files you '
-                        'trust); repeatable')
+    parser.add_argument(
+        '--num-classes',
+        type=int,
+        default=80,
+        help='classes of the target model: 91 COCO-id heads are remapped to '
+        "mmdet's 80 when this is 80 (default); other counts are kept as is",
+    )
+    parser.add_argument(
+        '--config',
+        help='our config file: check the converted keys against the '
+        'model it builds (missing/unexpected keys, variant) before saving',
+    )
+    parser.add_argument(
+        '--trust-global',
+        action='append',
+        default=[],
+        metavar='module.Name',
+        help='allow this pickled global when reading src (only for files you trust); repeatable',
+    )
     parser.add_argument('--max-keys', type=int, default=10, help='keys listed per report section')
     return parser.parse_args(argv)
 
@@ -74,17 +85,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     extra_globals = [trusted_global_by_name(name) for name in args.trust_global]
     checkpoint, hf_config = read_checkpoint(args.src, extra_globals=extra_globals)
     family, state_dict, meta = identify_checkpoint(checkpoint, source=args.src)
-    converted, report = convert_state_dict(state_dict, num_classes=args.num_classes,
-                                           family=family)
+    converted, report = convert_state_dict(state_dict, num_classes=args.num_classes, family=family)
     if hf_config is not None:
-        keep = ('with_box_refine', 'two_stage', 'num_feature_levels', 'encoder_n_points',
-                'decoder_n_points', 'num_queries', 'd_model')
+        keep = (
+            'with_box_refine',
+            'two_stage',
+            'num_feature_levels',
+            'encoder_n_points',
+            'decoder_n_points',
+            'num_queries',
+            'd_model',
+        )
         meta.update({f'hf_config.{k}': hf_config[k] for k in keep if k in hf_config})
     if args.config:
         check_fits(converted, _target_model(args.config), report)
     print(report.summary(max_keys=args.max_keys))
-    meta.update(converted_from=str(args.src), source_format=family.name,
-                variant=report.variant)
+    meta.update(converted_from=str(args.src), source_format=family.name, variant=report.variant)
     if family.name == OURS:
         meta.setdefault('note', 'already in mmdet_deformdetr keys; re-saved without training state')
     Path(args.dst).parent.mkdir(parents=True, exist_ok=True)

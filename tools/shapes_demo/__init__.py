@@ -4,8 +4,14 @@ artefacts written after training and the thread-count tuner. Tool code, kept out
 Imported by the tests as ``tools.shapes_demo`` (the repository root is on their path), so the
 modules import each other relatively.
 """
+
 from .artefacts import MetricsKeeper, draw_prediction_grid, plot_training_curves, write_coco_table
 from .threads import ThreadCountTuner
 
-__all__ = ['MetricsKeeper', 'ThreadCountTuner', 'draw_prediction_grid', 'plot_training_curves',
-           'write_coco_table']
+__all__ = [
+    'MetricsKeeper',
+    'ThreadCountTuner',
+    'draw_prediction_grid',
+    'plot_training_curves',
+    'write_coco_table',
+]

@@ -4,6 +4,7 @@ predictions drawn by mmdet's DetLocalVisualizer, and a plot of loss and bbox mAP
 Everything here uses mmengine / mmdet / pycocotools / matplotlib as libraries; nothing is registered
 (``MetricsKeeper`` is handed to ``Runner.register_hook`` as an instance).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,8 +36,13 @@ class MetricsKeeper(Hook):
         return self.history[-1][1] if self.history else {}
 
 
-def write_coco_table(metrics: dict, ann_file: str | Path, results_file: str | Path,
-                     out_txt: str | Path, out_json: str | Path) -> str:
+def write_coco_table(
+    metrics: dict,
+    ann_file: str | Path,
+    results_file: str | Path,
+    out_txt: str | Path,
+    out_json: str | Path,
+) -> str:
     """Write COCO's 12-line bbox summary plus the per-class table (text) and the metrics (json).
 
     CocoMetric logs the summary but does not return it; it is recomputed here from the detections
@@ -57,15 +63,26 @@ def write_coco_table(metrics: dict, ann_file: str | Path, results_file: str | Pa
     if dets:
         with contextlib.redirect_stdout(summary_buffer):
             evaluator.summarize()
-    lines = ['COCO bbox evaluation', summary_buffer.getvalue().rstrip() or '(no detections)', '',
-             f'{"category":<12} {"AP":>6} {"AP50":>6} {"AP75":>6} {"APs":>6} {"APm":>6} {"APl":>6}']
-    names = sorted({k[len('coco/'):-len('_precision')] for k in metrics
-                    if k.startswith('coco/') and k.endswith('_precision')})
+    lines = [
+        'COCO bbox evaluation',
+        summary_buffer.getvalue().rstrip() or '(no detections)',
+        '',
+        f'{"category":<12} {"AP":>6} {"AP50":>6} {"AP75":>6} {"APs":>6} {"APm":>6} {"APl":>6}',
+    ]
+    names = sorted(
+        {
+            k[len('coco/') : -len('_precision')]
+            for k in metrics
+            if k.startswith('coco/') and k.endswith('_precision')
+        }
+    )
     # CocoMetric's classwise values: only mAP per class comes back in the metrics dict
     for name in names:
         lines.append(f'{name:<12} {metrics[f"coco/{name}_precision"]:>6.3f}')
-    overall = [metrics.get(f'coco/bbox_{k}', float('nan'))
-               for k in ('mAP', 'mAP_50', 'mAP_75', 'mAP_s', 'mAP_m', 'mAP_l')]
+    overall = [
+        metrics.get(f'coco/bbox_{k}', float('nan'))
+        for k in ('mAP', 'mAP_50', 'mAP_75', 'mAP_s', 'mAP_m', 'mAP_l')
+    ]
     lines.append(f'{"all":<12} ' + ' '.join(f'{v:>6.3f}' for v in overall))
     text = '\n'.join(lines) + '\n'
     Path(out_txt).write_text(text)
@@ -83,9 +100,16 @@ def _scaled(sample, factor: float):
 
 
 @torch.no_grad()
-def draw_prediction_grid(model: torch.nn.Module, dataset, visualizer, out_png: str | Path,
-                         num_images: int = 6, columns: int = 2, score_thr: float = 0.3,
-                         upscale: float = 2.0) -> Path:
+def draw_prediction_grid(
+    model: torch.nn.Module,
+    dataset,
+    visualizer,
+    out_png: str | Path,
+    num_images: int = 6,
+    columns: int = 2,
+    score_thr: float = 0.3,
+    upscale: float = 2.0,
+) -> Path:
     """Predict on the first ``num_images`` of ``dataset`` and tile ``ground truth | prediction``
     pairs drawn by ``visualizer`` (mmdet's DetLocalVisualizer) into one PNG.
 
@@ -102,11 +126,17 @@ def draw_prediction_grid(model: torch.nn.Module, dataset, visualizer, out_png: s
         sample = model.test_step(data)[0]
         image = mmcv.imread(sample.img_path, channel_order='rgb')
         if upscale != 1:
-            image = cv2.resize(image, None, fx=upscale, fy=upscale,
-                               interpolation=cv2.INTER_NEAREST)
+            image = cv2.resize(image, None, fx=upscale, fy=upscale, interpolation=cv2.INTER_NEAREST)
             sample = _scaled(sample, upscale)
-        visualizer.add_datasample(f'val_{index}', image, data_sample=sample, draw_gt=True,
-                                  draw_pred=True, show=False, pred_score_thr=score_thr)
+        visualizer.add_datasample(
+            f'val_{index}',
+            image,
+            data_sample=sample,
+            draw_gt=True,
+            draw_pred=True,
+            show=False,
+            pred_score_thr=score_thr,
+        )
         tiles.append(visualizer.get_image())
     if not tiles:
         raise ValueError('the dataset is empty: nothing to draw')
@@ -116,7 +146,7 @@ def draw_prediction_grid(model: torch.nn.Module, dataset, visualizer, out_png: s
     grid = np.full((rows * height, columns * width, 3), 255, np.uint8)
     for i, tile in enumerate(tiles):
         r, c = divmod(i, columns)
-        grid[r * height:r * height + tile.shape[0], c * width:c * width + tile.shape[1]] = tile
+        grid[r * height : r * height + tile.shape[0], c * width : c * width + tile.shape[1]] = tile
     mmcv.imwrite(grid[..., ::-1], str(out_png))  # imwrite expects BGR
     return Path(out_png)
 
@@ -129,10 +159,13 @@ def _read_scalars(scalars_json: str | Path) -> list[dict]:
     return rows
 
 
-def plot_training_curves(scalars_json: str | Path, out_png: str | Path,
-                         loss_keys: Sequence[str] = ('loss', 'loss_cls', 'loss_bbox', 'loss_iou'),
-                         map_keys: Sequence[str] = ('coco/bbox_mAP', 'coco/bbox_mAP_50'),
-                         final: Optional[tuple[int, Optional[float]]] = None) -> Path:
+def plot_training_curves(
+    scalars_json: str | Path,
+    out_png: str | Path,
+    loss_keys: Sequence[str] = ('loss', 'loss_cls', 'loss_bbox', 'loss_iou'),
+    map_keys: Sequence[str] = ('coco/bbox_mAP', 'coco/bbox_mAP_50'),
+    final: Optional[tuple[int, Optional[float]]] = None,
+) -> Path:
     """Plot the training losses and the validation bbox mAP against the iteration.
 
     ``scalars_json`` is the file mmengine's LocalVisBackend writes (one json object per logging
@@ -140,6 +173,7 @@ def plot_training_curves(scalars_json: str | Path, out_png: str | Path,
     bbox mAP) of the evaluation on the whole val split, drawn as a separate marker.
     """
     import matplotlib
+
     matplotlib.use('Agg')  # no display on a server; must precede pyplot
     import matplotlib.pyplot as plt
 
@@ -150,19 +184,34 @@ def plot_training_curves(scalars_json: str | Path, out_png: str | Path,
         if points:
             steps, values = zip(*points)
             ax_loss.plot(steps, values, label=key, linewidth=2 if key == 'loss' else 1)
-    ax_loss.set(xlabel='iteration', ylabel='loss', title='training loss (last decoder layer '
-                'parts; "loss" is the total)', yscale='log')
+    ax_loss.set(
+        xlabel='iteration',
+        ylabel='loss',
+        title='training loss (last decoder layer parts; "loss" is the total)',
+        yscale='log',
+    )
     ax_loss.legend()
     for key in map_keys:
         points = [(r['step'], r[key]) for r in rows if key in r]
         if points:
             steps, values = zip(*points)
             ax_map.plot(steps, values, marker='o', label=key.split('/')[-1])
-            ax_map.annotate(f'{values[-1]:.3f}', (steps[-1], values[-1]),
-                            textcoords='offset points', xytext=(-10, 6))
+            ax_map.annotate(
+                f'{values[-1]:.3f}',
+                (steps[-1], values[-1]),
+                textcoords='offset points',
+                xytext=(-10, 6),
+            )
     if final is not None and final[1] is not None:
-        ax_map.plot([final[0]], [final[1]], marker='*', markersize=14, linestyle='none',
-                    color='black', label='bbox_mAP, whole val split')
+        ax_map.plot(
+            [final[0]],
+            [final[1]],
+            marker='*',
+            markersize=14,
+            linestyle='none',
+            color='black',
+            label='bbox_mAP, whole val split',
+        )
         ax_map.annotate(f'{final[1]:.3f}', final, textcoords='offset points', xytext=(-10, -16))
     ax_map.set(xlabel='iteration', ylabel='COCO bbox AP', title='validation', ylim=(0, 1))
     ax_map.grid(alpha=0.3)

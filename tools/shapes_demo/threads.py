@@ -5,6 +5,7 @@ core wait on each other at every parallel region; an iteration then took ~6 s ag
 two idle cores, and ~1.7 s with one thread. No fixed count is right for both situations, so the
 hook times a few iterations at the other count from time to time and keeps the faster one.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -23,8 +24,14 @@ class ThreadCountTuner(Hook):
 
     priority = 'VERY_LOW'
 
-    def __init__(self, max_threads: int, period: int = 100, trial: int = 8,
-                 margin: float = 0.1, max_period: int = 800) -> None:
+    def __init__(
+        self,
+        max_threads: int,
+        period: int = 100,
+        trial: int = 8,
+        margin: float = 0.1,
+        max_period: int = 800,
+    ) -> None:
         self.max_threads = max_threads
         self.period, self.trial, self.margin = period, trial, margin
         self.min_period, self.max_period = period, max_period
@@ -42,11 +49,11 @@ class ThreadCountTuner(Hook):
             return
         self._times.append(time.perf_counter() - self._start)
         if self._baseline is None:
-            self._times = self._times[-self.trial:]  # only the latest count as the baseline
+            self._times = self._times[-self.trial :]  # only the latest count as the baseline
         step = runner.iter + 1  # iterations done
         if self._baseline is None and step >= self._next_trial and len(self._times) >= self.trial:
             # start a trial at the other thread count
-            self._baseline = statistics.median(self._times[-self.trial:])
+            self._baseline = statistics.median(self._times[-self.trial :])
             self._previous = torch.get_num_threads()
             torch.set_num_threads(1 if self._previous > 1 else self.max_threads)
             self._times = []
@@ -60,6 +67,7 @@ class ThreadCountTuner(Hook):
             runner.logger.info(
                 f'threads: {self._previous} -> {1 if self._previous > 1 else self.max_threads} '
                 f'gave {self._baseline:.2f} -> {trial:.2f} s/iter; using '
-                f'{torch.get_num_threads()}')
+                f'{torch.get_num_threads()}'
+            )
             self._baseline = None
             self._times = []

@@ -12,4 +12,6 @@ model = dict(
         num_outs=4,
         num_repeats=3,
         norm_cfg=dict(type='GN', num_groups=32),
-        extra_downsample='conv'))
+        extra_downsample='conv',
+    )
+)

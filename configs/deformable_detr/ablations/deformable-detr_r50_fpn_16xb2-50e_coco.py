@@ -11,4 +11,6 @@ model = dict(
         out_channels=256,
         num_outs=4,
         add_extra_convs='on_input',
-        norm_cfg=dict(type='GN', num_groups=32)))
+        norm_cfg=dict(type='GN', num_groups=32),
+    )
+)

@@ -1,4 +1,5 @@
 """The FFN activation of the encoder and decoder layers, by the official code's names."""
+
 from torch import nn
 
 _ACTIVATIONS = {'relu': nn.ReLU, 'gelu': nn.GELU}

@@ -1,4 +1,5 @@
 """Deformable DETR decoder: self-attention among queries, deformable cross-attention, FFN."""
+
 import copy
 from typing import Optional, Sequence, Tuple
 
@@ -8,8 +9,7 @@ from torch import Tensor, nn
 from ...ops import SpatialShapes
 from ..geometry import apply_box_delta, scale_by_valid_ratios
 from .activation import build_activation
-from .msdeform_attn import MSDeformAttn
-from .single_scale_attn import SingleScaleDeformAttn
+from .single_scale_attn import build_deform_attn
 
 
 class DeformableDecoderLayer(nn.Module):
@@ -29,18 +29,32 @@ class DeformableDecoderLayer(nn.Module):
             and the levels are averaged (``SingleScaleDeformAttn``).
     """
 
-    def __init__(self, embed_dims: int = 256, num_heads: int = 8, num_levels: int = 4,
-                 num_points: int = 4, feedforward_channels: int = 1024, dropout: float = 0.1,
-                 activation: str = 'relu', multi_scale_attention: bool = True) -> None:
+    def __init__(
+        self,
+        embed_dims: int = 256,
+        num_heads: int = 8,
+        num_levels: int = 4,
+        num_points: int = 4,
+        feedforward_channels: int = 1024,
+        dropout: float = 0.1,
+        activation: str = 'relu',
+        multi_scale_attention: bool = True,
+    ) -> None:
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(embed_dims, num_heads, dropout=dropout,
-                                               batch_first=True)
+        self.self_attn = nn.MultiheadAttention(
+            embed_dims, num_heads, dropout=dropout, batch_first=True
+        )
         self.dropout2 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(embed_dims)
-        attention = dict(embed_dims=embed_dims, num_heads=num_heads, num_levels=num_levels,
-                         num_points=num_points, dropout=dropout)
-        self.cross_attn = (MSDeformAttn(**attention) if multi_scale_attention
-                           else SingleScaleDeformAttn(**attention, own_level=False))
+        self.cross_attn = build_deform_attn(
+            multi_scale_attention,
+            own_level=False,
+            embed_dims=embed_dims,
+            num_heads=num_heads,
+            num_levels=num_levels,
+            num_points=num_points,
+            dropout=dropout,
+        )
         self.norm1 = nn.LayerNorm(embed_dims)
         # FFN, official names
         self.linear1 = nn.Linear(embed_dims, feedforward_channels)
@@ -50,10 +64,16 @@ class DeformableDecoderLayer(nn.Module):
         self.dropout4 = nn.Dropout(dropout)
         self.norm3 = nn.LayerNorm(embed_dims)
 
-    def forward(self, query: Tensor, query_pos: Tensor, reference_points: Tensor,
-                memory: Tensor, memory_padding_mask: Optional[Tensor],
-                spatial_shapes: SpatialShapes,
-                level_start_index: Tensor) -> Tensor:
+    def forward(
+        self,
+        query: Tensor,
+        query_pos: Tensor,
+        reference_points: Tensor,
+        memory: Tensor,
+        memory_padding_mask: Optional[Tensor],
+        spatial_shapes: SpatialShapes,
+        level_start_index: Tensor,
+    ) -> Tensor:
         """Args:
             query: ``(bs, nq, C)`` content queries.
             query_pos: ``(bs, nq, C)`` positional queries.
@@ -71,10 +91,15 @@ class DeformableDecoderLayer(nn.Module):
         attended = self.self_attn(query_key, query_key, query, need_weights=False)[0]
         query = self.norm2(query + self.dropout2(attended))
         # cross-attention into the encoder memory (the attention applies its output dropout)
-        attended = self.cross_attn(query, reference_points, value=memory,
-                                   spatial_shapes=spatial_shapes,
-                                   level_start_index=level_start_index,
-                                   value_padding_mask=memory_padding_mask, query_pos=query_pos)
+        attended = self.cross_attn(
+            query,
+            reference_points,
+            value=memory,
+            spatial_shapes=spatial_shapes,
+            level_start_index=level_start_index,
+            value_padding_mask=memory_padding_mask,
+            query_pos=query_pos,
+        )
         query = self.norm1(query + attended)
         return self.forward_ffn(query)
 
@@ -97,11 +122,18 @@ class DeformableDecoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
 
-    def forward(self, query: Tensor, query_pos: Tensor, reference_points: Tensor,
-                memory: Tensor, memory_padding_mask: Optional[Tensor],
-                spatial_shapes: SpatialShapes,
-                level_start_index: Tensor, valid_ratios: Tensor,
-                reg_branches: Optional[Sequence[nn.Module]] = None) -> Tuple[Tensor, Tensor]:
+    def forward(
+        self,
+        query: Tensor,
+        query_pos: Tensor,
+        reference_points: Tensor,
+        memory: Tensor,
+        memory_padding_mask: Optional[Tensor],
+        spatial_shapes: SpatialShapes,
+        level_start_index: Tensor,
+        valid_ratios: Tensor,
+        reg_branches: Optional[Sequence[nn.Module]] = None,
+    ) -> Tuple[Tensor, Tensor]:
         """Run all layers.
 
         Args:
@@ -126,13 +158,21 @@ class DeformableDecoder(nn.Module):
         """
         hidden_states, inter_references = [], []
         for index, layer in enumerate(self.layers):
-            query = layer(query, query_pos, scale_by_valid_ratios(reference_points, valid_ratios),
-                          memory, memory_padding_mask, spatial_shapes, level_start_index)
+            query = layer(
+                query,
+                query_pos,
+                scale_by_valid_ratios(reference_points, valid_ratios),
+                memory,
+                memory_padding_mask,
+                spatial_shapes,
+                level_start_index,
+            )
             if reg_branches is not None:
                 # detached: the next layer learns to correct this one's boxes; gradients through
                 # the chain of references destabilise training (the paper, Sec. A.4)
-                reference_points = apply_box_delta(reg_branches[index](query),
-                                                   reference_points).detach()
+                reference_points = apply_box_delta(
+                    reg_branches[index](query), reference_points
+                ).detach()
             hidden_states.append(query)
             inter_references.append(reference_points)
         return torch.stack(hidden_states), torch.stack(inter_references)

@@ -1,4 +1,5 @@
 """Deformable DETR encoder: a stack of (deformable self-attention, FFN) layers over all levels."""
+
 import copy
 from typing import Optional
 
@@ -7,8 +8,7 @@ from torch import Tensor, nn
 from ...ops import SpatialShapes
 from ..geometry import encoder_reference_points
 from .activation import build_activation
-from .msdeform_attn import MSDeformAttn
-from .single_scale_attn import SingleScaleDeformAttn
+from .single_scale_attn import build_deform_attn
 
 
 class DeformableEncoderLayer(nn.Module):
@@ -26,14 +26,27 @@ class DeformableEncoderLayer(nn.Module):
             ablation): a query samples only its own level (``SingleScaleDeformAttn``).
     """
 
-    def __init__(self, embed_dims: int = 256, num_heads: int = 8, num_levels: int = 4,
-                 num_points: int = 4, feedforward_channels: int = 1024, dropout: float = 0.1,
-                 activation: str = 'relu', multi_scale_attention: bool = True) -> None:
+    def __init__(
+        self,
+        embed_dims: int = 256,
+        num_heads: int = 8,
+        num_levels: int = 4,
+        num_points: int = 4,
+        feedforward_channels: int = 1024,
+        dropout: float = 0.1,
+        activation: str = 'relu',
+        multi_scale_attention: bool = True,
+    ) -> None:
         super().__init__()
-        attention = dict(embed_dims=embed_dims, num_heads=num_heads, num_levels=num_levels,
-                         num_points=num_points, dropout=dropout)
-        self.self_attn = (MSDeformAttn(**attention) if multi_scale_attention
-                          else SingleScaleDeformAttn(**attention, own_level=True))
+        self.self_attn = build_deform_attn(
+            multi_scale_attention,
+            own_level=True,
+            embed_dims=embed_dims,
+            num_heads=num_heads,
+            num_levels=num_levels,
+            num_points=num_points,
+            dropout=dropout,
+        )
         self.norm1 = nn.LayerNorm(embed_dims)
         # FFN, official names
         self.linear1 = nn.Linear(embed_dims, feedforward_channels)
@@ -43,9 +56,15 @@ class DeformableEncoderLayer(nn.Module):
         self.dropout3 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(embed_dims)
 
-    def forward(self, query: Tensor, query_pos: Tensor, reference_points: Tensor,
-                spatial_shapes: SpatialShapes, level_start_index: Tensor,
-                padding_mask: Optional[Tensor]) -> Tensor:
+    def forward(
+        self,
+        query: Tensor,
+        query_pos: Tensor,
+        reference_points: Tensor,
+        spatial_shapes: SpatialShapes,
+        level_start_index: Tensor,
+        padding_mask: Optional[Tensor],
+    ) -> Tensor:
         """Args:
             query: ``(bs, N, C)`` flattened features of all levels, ``N = sum_l H_l * W_l``.
             query_pos: ``(bs, N, C)`` positional + level embedding.
@@ -58,10 +77,15 @@ class DeformableEncoderLayer(nn.Module):
         Returns:
             ``(bs, N, C)``.
         """
-        attended = self.self_attn(query, reference_points, value=query,
-                                  spatial_shapes=spatial_shapes,
-                                  level_start_index=level_start_index,
-                                  value_padding_mask=padding_mask, query_pos=query_pos)
+        attended = self.self_attn(
+            query,
+            reference_points,
+            value=query,
+            spatial_shapes=spatial_shapes,
+            level_start_index=level_start_index,
+            value_padding_mask=padding_mask,
+            query_pos=query_pos,
+        )
         query = self.norm1(query + attended)  # the attention applies its own output dropout
         return self.forward_ffn(query)
 
@@ -84,9 +108,15 @@ class DeformableEncoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
 
-    def forward(self, feat: Tensor, feat_pos: Tensor, padding_mask: Optional[Tensor],
-                spatial_shapes: SpatialShapes, level_start_index: Tensor,
-                valid_ratios: Tensor) -> Tensor:
+    def forward(
+        self,
+        feat: Tensor,
+        feat_pos: Tensor,
+        padding_mask: Optional[Tensor],
+        spatial_shapes: SpatialShapes,
+        level_start_index: Tensor,
+        valid_ratios: Tensor,
+    ) -> Tensor:
         """Args:
             feat: ``(bs, N, C)`` flattened features of all levels.
             feat_pos: ``(bs, N, C)`` positional + level embeddings.
@@ -100,6 +130,7 @@ class DeformableEncoder(nn.Module):
         """
         reference_points = encoder_reference_points(spatial_shapes, valid_ratios)
         for layer in self.layers:
-            feat = layer(feat, feat_pos, reference_points, spatial_shapes, level_start_index,
-                         padding_mask)
+            feat = layer(
+                feat, feat_pos, reference_points, spatial_shapes, level_start_index, padding_mask
+            )
         return feat

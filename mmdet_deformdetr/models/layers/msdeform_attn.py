@@ -11,6 +11,7 @@ Every query attends to a handful of points per head and level instead of all key
 Parameter names (``sampling_offsets``, ``attention_weights``, ``value_proj``, ``output_proj``) and
 their initialisation follow the official implementation so its checkpoints load unchanged.
 """
+
 import math
 from typing import Optional
 
@@ -37,17 +38,27 @@ class MSDeformAttn(BaseModule):
         init_cfg: mmengine init config; None means the official initialisation.
     """
 
-    def __init__(self, embed_dims: int = 256, num_heads: int = 8, num_levels: int = 4,
-                 num_points: int = 4, dropout: float = 0.1, batch_first: bool = True,
-                 im2col_step: int = 64, impl: str = 'auto',
-                 init_cfg: Optional[dict] = None) -> None:
+    def __init__(
+        self,
+        embed_dims: int = 256,
+        num_heads: int = 8,
+        num_levels: int = 4,
+        num_points: int = 4,
+        dropout: float = 0.1,
+        batch_first: bool = True,
+        im2col_step: int = 64,
+        impl: str = 'auto',
+        init_cfg: Optional[dict] = None,
+    ) -> None:
         super().__init__(init_cfg=init_cfg)
         if num_heads < 1 or embed_dims % num_heads != 0:
-            raise ValueError(f'embed_dims ({embed_dims}) must be divisible by num_heads '
-                             f'({num_heads})')
+            raise ValueError(
+                f'embed_dims ({embed_dims}) must be divisible by num_heads ({num_heads})'
+            )
         if num_levels < 1 or num_points < 1:
-            raise ValueError(f'num_levels ({num_levels}) and num_points ({num_points}) must be '
-                             '>= 1')
+            raise ValueError(
+                f'num_levels ({num_levels}) and num_points ({num_points}) must be >= 1'
+            )
         if impl not in IMPLS:
             raise ValueError(f'impl must be one of {IMPLS}, got {impl!r}')
         if im2col_step < 1:
@@ -79,7 +90,8 @@ class MSDeformAttn(BaseModule):
         nn.init.zeros_(self.sampling_offsets.weight)
         # float32 arithmetic in the official order, so the bias equals the official one bit for bit
         angles = torch.arange(self.num_heads, dtype=torch.float32) * (
-            2.0 * math.pi / self.num_heads)
+            2.0 * math.pi / self.num_heads
+        )
         directions = torch.stack([angles.cos(), angles.sin()], dim=-1)  # (M, 2) as (x, y)
         directions = directions / directions.abs().max(dim=-1, keepdim=True).values
         distances = torch.arange(1, self.num_points + 1, dtype=torch.float32)  # (K,)
@@ -101,11 +113,16 @@ class MSDeformAttn(BaseModule):
         else:
             super().init_weights()
 
-    def forward(self, query: Tensor, reference_points: Tensor, value: Optional[Tensor] = None,
-                spatial_shapes: Optional[SpatialShapes] = None,
-                level_start_index: Optional[Tensor] = None,
-                value_padding_mask: Optional[Tensor] = None,
-                query_pos: Optional[Tensor] = None) -> Tensor:
+    def forward(
+        self,
+        query: Tensor,
+        reference_points: Tensor,
+        value: Optional[Tensor] = None,
+        spatial_shapes: Optional[SpatialShapes] = None,
+        level_start_index: Optional[Tensor] = None,
+        value_padding_mask: Optional[Tensor] = None,
+        query_pos: Optional[Tensor] = None,
+    ) -> Tensor:
         """Args:
             query: ``(bs, nq, C)`` (``(nq, bs, C)`` if not batch_first).
             reference_points: ``(bs, nq, L, 2)`` normalised ``(x, y)`` points, or
@@ -149,23 +166,39 @@ class MSDeformAttn(BaseModule):
         # Locations and softmax in at least float32: under bf16 autocast the Linear outputs are
         # bf16, whose 8-bit mantissa would misplace points by up to half a pixel on a 152-wide map.
         precise = torch.promote_types(query.dtype, torch.float32)
-        offsets = self.sampling_offsets(query).to(precise).view(
-            bs, num_queries, self.num_heads, self.num_levels, self.num_points, 2)
-        weights = self._normalise_weights(self.attention_weights(query).to(precise).view(
-            bs, num_queries, self.num_heads, self.num_levels, self.num_points))
+        offsets = (
+            self.sampling_offsets(query)
+            .to(precise)
+            .view(bs, num_queries, self.num_heads, self.num_levels, self.num_points, 2)
+        )
+        weights = self._normalise_weights(
+            self.attention_weights(query)
+            .to(precise)
+            .view(bs, num_queries, self.num_heads, self.num_levels, self.num_points)
+        )
         reference_points = reference_points.to(precise)
         if reference_points.shape[-1] == 2:
             # Offsets are in pixels of each level: normalise by (W, H).
             normaliser = shapes.flip(-1).to(precise)  # (L, 2) as (W, H)
-            locations = reference_points[:, :, None, :, None, :] + \
-                offsets / normaliser[None, None, None, :, None, :]
+            locations = (
+                reference_points[:, :, None, :, None, :]
+                + offsets / normaliser[None, None, None, :, None, :]
+            )
         else:
-            locations = reference_points[:, :, None, :, None, :2] + \
-                offsets / self.num_points * reference_points[:, :, None, :, None, 2:] * 0.5
+            locations = (
+                reference_points[:, :, None, :, None, :2]
+                + offsets / self.num_points * reference_points[:, :, None, :, None, 2:] * 0.5
+            )
 
-        output = multi_scale_deformable_attn(value, spatial_shapes, level_start_index, locations,
-                                             weights, im2col_step=self.im2col_step,
-                                             impl=self.impl)
+        output = multi_scale_deformable_attn(
+            value,
+            spatial_shapes,
+            level_start_index,
+            locations,
+            weights,
+            im2col_step=self.im2col_step,
+            impl=self.impl,
+        )
         output = self.dropout(self.output_proj(output))
         return output if self.batch_first else output.transpose(0, 1)
 
@@ -181,27 +214,48 @@ class MSDeformAttn(BaseModule):
         """
         return logits.flatten(-2).softmax(-1).view_as(logits)
 
-    def _check_shapes(self, query: Tensor, value: Tensor, reference_points: Tensor,
-                      spatial_shapes: SpatialShapes,
-                      value_padding_mask: Optional[Tensor]) -> None:
+    def _check_shapes(
+        self,
+        query: Tensor,
+        value: Tensor,
+        reference_points: Tensor,
+        spatial_shapes: SpatialShapes,
+        value_padding_mask: Optional[Tensor],
+    ) -> None:
         """Raise ValueError with the offending shapes (query and value already batch-first)."""
         bs, num_queries, channels = query.shape
-        if channels != self.embed_dims or value.dim() != 3 or value.shape[0] != bs or \
-                value.shape[2] != self.embed_dims:
-            raise ValueError(f'query {tuple(query.shape)} and value {tuple(value.shape)} must be '
-                             f'(bs, n, {self.embed_dims}) with the same bs (after batch_first)')
-        given = tuple(spatial_shapes.shape) if isinstance(spatial_shapes, Tensor) \
+        if (
+            channels != self.embed_dims
+            or value.dim() != 3
+            or value.shape[0] != bs
+            or value.shape[2] != self.embed_dims
+        ):
+            raise ValueError(
+                f'query {tuple(query.shape)} and value {tuple(value.shape)} must be '
+                f'(bs, n, {self.embed_dims}) with the same bs (after batch_first)'
+            )
+        given = (
+            tuple(spatial_shapes.shape)
+            if isinstance(spatial_shapes, Tensor)
             else (len(spatial_shapes), 2)
+        )
         if given != (self.num_levels, 2):
             raise ValueError(f'spatial_shapes must be ({self.num_levels}, 2), got {given}')
         if reference_points.dim() != 4 or reference_points.shape[-1] not in (2, 4):
-            raise ValueError('reference_points must be (bs, nq, L, 2) points or (bs, nq, L, 4) '
-                             f'boxes; last dim must be 2 or 4, got {tuple(reference_points.shape)}')
+            raise ValueError(
+                'reference_points must be (bs, nq, L, 2) points or (bs, nq, L, 4) '
+                f'boxes; last dim must be 2 or 4, got {tuple(reference_points.shape)}'
+            )
         if tuple(reference_points.shape[:3]) != (bs, num_queries, self.num_levels):
-            raise ValueError(f'reference_points must be ({bs}, {num_queries}, {self.num_levels}, '
-                             f'2|4), got {tuple(reference_points.shape)}')
-        if value_padding_mask is not None and \
-                tuple(value_padding_mask.shape) != tuple(value.shape[:2]):
-            raise ValueError(f'value_padding_mask must be {tuple(value.shape[:2])}, got '
-                             f'{tuple(value_padding_mask.shape)}')
+            raise ValueError(
+                f'reference_points must be ({bs}, {num_queries}, {self.num_levels}, '
+                f'2|4), got {tuple(reference_points.shape)}'
+            )
+        if value_padding_mask is not None and tuple(value_padding_mask.shape) != tuple(
+            value.shape[:2]
+        ):
+            raise ValueError(
+                f'value_padding_mask must be {tuple(value.shape[:2])}, got '
+                f'{tuple(value_padding_mask.shape)}'
+            )
         # num_keys == sum(H * W) is checked by multi_scale_deformable_attn (one host sync, once).

@@ -19,6 +19,7 @@ ablation (``multi_scale_attention=False``) removes that exchange, with multi-sca
 Everything else (parameter names, initialisation, sampling locations, checks) is ``MSDeformAttn``'s,
 so the state-dict layout is the one the official code would have with the same number of levels.
 """
+
 from typing import Optional
 
 import torch
@@ -40,32 +41,61 @@ class SingleScaleDeformAttn(MSDeformAttn):
             separately, averaged).
     """
 
-    def __init__(self, embed_dims: int = 256, num_heads: int = 8, num_levels: int = 4,
-                 num_points: int = 4, dropout: float = 0.1, own_level: bool = True,
-                 im2col_step: int = 64, impl: str = 'auto',
-                 init_cfg: Optional[dict] = None) -> None:
-        super().__init__(embed_dims=embed_dims, num_heads=num_heads,
-                         num_levels=1 if own_level else num_levels, num_points=num_points,
-                         dropout=dropout, batch_first=True, im2col_step=im2col_step, impl=impl,
-                         init_cfg=init_cfg)
+    def __init__(
+        self,
+        embed_dims: int = 256,
+        num_heads: int = 8,
+        num_levels: int = 4,
+        num_points: int = 4,
+        dropout: float = 0.1,
+        own_level: bool = True,
+        im2col_step: int = 64,
+        impl: str = 'auto',
+        init_cfg: Optional[dict] = None,
+    ) -> None:
+        super().__init__(
+            embed_dims=embed_dims,
+            num_heads=num_heads,
+            num_levels=1 if own_level else num_levels,
+            num_points=num_points,
+            dropout=dropout,
+            batch_first=True,
+            im2col_step=im2col_step,
+            impl=impl,
+            init_cfg=init_cfg,
+        )
         self.own_level = own_level
 
-    def forward(self, query: Tensor, reference_points: Tensor, value: Optional[Tensor] = None,
-                spatial_shapes: Optional[SpatialShapes] = None,
-                level_start_index: Optional[Tensor] = None,
-                value_padding_mask: Optional[Tensor] = None,
-                query_pos: Optional[Tensor] = None) -> Tensor:
+    def forward(
+        self,
+        query: Tensor,
+        reference_points: Tensor,
+        value: Optional[Tensor] = None,
+        spatial_shapes: Optional[SpatialShapes] = None,
+        level_start_index: Optional[Tensor] = None,
+        value_padding_mask: Optional[Tensor] = None,
+        query_pos: Optional[Tensor] = None,
+    ) -> Tensor:
         """Arguments and result as :meth:`MSDeformAttn.forward` (batch first).
 
         With ``own_level``, ``query`` must be the flattened tokens of all levels (self-attention:
         ``value`` is ``query`` or None) and ``reference_points`` ``(bs, N, L, 2)``.
         """
         if not self.own_level:
-            return super().forward(query, reference_points, value, spatial_shapes,
-                                   level_start_index, value_padding_mask, query_pos)
+            return super().forward(
+                query,
+                reference_points,
+                value,
+                spatial_shapes,
+                level_start_index,
+                value_padding_mask,
+                query_pos,
+            )
         if value is not None and value is not query:
-            raise ValueError('own_level attention is self-attention over the flattened levels: '
-                             'value must be the query')
+            raise ValueError(
+                'own_level attention is self-attention over the flattened levels: '
+                'value must be the query'
+            )
         if spatial_shapes is None or level_start_index is None:
             raise ValueError('own_level attention needs spatial_shapes and level_start_index')
         single_level_start = level_start_index.new_zeros(1)
@@ -76,13 +106,19 @@ class SingleScaleDeformAttn(MSDeformAttn):
             span = slice(start, start + height * width)
             start += height * width
             level_query = query[:, span]
-            outputs.append(super().forward(
-                level_query, reference_points[:, span, level:level + 1], value=level_query,
-                spatial_shapes=spatial_shapes[level:level + 1],
-                level_start_index=single_level_start,
-                value_padding_mask=None if value_padding_mask is None
-                else value_padding_mask[:, span],
-                query_pos=None if query_pos is None else query_pos[:, span]))
+            outputs.append(
+                super().forward(
+                    level_query,
+                    reference_points[:, span, level : level + 1],
+                    value=level_query,
+                    spatial_shapes=spatial_shapes[level : level + 1],
+                    level_start_index=single_level_start,
+                    value_padding_mask=None
+                    if value_padding_mask is None
+                    else value_padding_mask[:, span],
+                    query_pos=None if query_pos is None else query_pos[:, span],
+                )
+            )
         return torch.cat(outputs, 1)
 
     def _normalise_weights(self, logits: Tensor) -> Tensor:
@@ -95,3 +131,12 @@ class SingleScaleDeformAttn(MSDeformAttn):
             ``(bs, nq, M, L, K)`` weights; each level's K weights sum to ``1 / L``.
         """
         return logits.softmax(-1) / self.num_levels
+
+
+def build_deform_attn(multi_scale_attention: bool, own_level: bool, **kwargs) -> MSDeformAttn:
+    """The layers' deformable attention: ``MSDeformAttn`` (the paper) or, with
+    ``multi_scale_attention=False``, the ablation (``own_level``: encoder True, decoder False).
+    ``kwargs`` go to the constructor (``embed_dims``, ``num_heads``, ``num_levels``, ...)."""
+    if multi_scale_attention:
+        return MSDeformAttn(**kwargs)
+    return SingleScaleDeformAttn(**kwargs, own_level=own_level)

@@ -28,6 +28,7 @@ EfficientDet's first layer feeds a second, separately projected copy of each inp
 bottom-up pass; here both passes read the same projection, which keeps the neck a clean stack of
 identical layers (a deliberate simplification).
 """
+
 from typing import List, Sequence, Tuple
 
 import torch
@@ -82,8 +83,9 @@ class _FusionNode(nn.Module):
         eps: keeps the normalisation finite when every weight is clipped to zero.
     """
 
-    def __init__(self, num_inputs: int, channels: int, norm_cfg: ConfigType, act_cfg: ConfigType,
-                 eps: float) -> None:
+    def __init__(
+        self, num_inputs: int, channels: int, norm_cfg: ConfigType, act_cfg: ConfigType, eps: float
+    ) -> None:
         super().__init__()
         # initialised to 1 so that training starts from a plain average of the inputs
         self.fusion_weights = nn.Parameter(torch.ones(num_inputs))
@@ -108,20 +110,23 @@ class _FusionNode(nn.Module):
 class BiFPNLayer(nn.Module):
     """One top-down + bottom-up BiFPN pass over ``num_levels`` levels of ``channels`` channels."""
 
-    def __init__(self, num_levels: int, channels: int, norm_cfg: ConfigType, act_cfg: ConfigType,
-                 eps: float) -> None:
+    def __init__(
+        self, num_levels: int, channels: int, norm_cfg: ConfigType, act_cfg: ConfigType, eps: float
+    ) -> None:
         super().__init__()
         if num_levels < 2:
             raise ValueError(f'a BiFPN layer needs at least 2 levels, got {num_levels}')
         self.num_levels = num_levels
         # top_down[i] makes level i from (input i, upsampled level i + 1), for i = L-2 .. 0
         self.top_down = nn.ModuleList(
-            _FusionNode(2, channels, norm_cfg, act_cfg, eps) for _ in range(num_levels - 1))
+            _FusionNode(2, channels, norm_cfg, act_cfg, eps) for _ in range(num_levels - 1)
+        )
         # bottom_up[i - 1] makes output level i, i = 1 .. L-1: (input, top-down, downsampled
         # output i - 1) for the middle levels, (input, downsampled output i - 1) for the coarsest
         self.bottom_up = nn.ModuleList(
             _FusionNode(3 if level < num_levels - 1 else 2, channels, norm_cfg, act_cfg, eps)
-            for level in range(1, num_levels))
+            for level in range(1, num_levels)
+        )
 
     def forward(self, features: Sequence[Tensor]) -> List[Tensor]:
         """features: L tensors (bs, C, H_l, W_l), finest first -> L tensors of the same shapes."""
@@ -163,50 +168,62 @@ class BiFPNNeck(BaseModule):
         init_cfg: mmengine init config.
     """
 
-    def __init__(self,
-                 in_channels: List[int],
-                 out_channels: int,
-                 num_outs: int,
-                 num_repeats: int = 3,
-                 norm_cfg: ConfigType = dict(type='BN', momentum=0.01, eps=1e-3),
-                 act_cfg: ConfigType = dict(type='Swish'),
-                 extra_downsample: str = 'conv',
-                 eps: float = 1e-4,
-                 init_cfg: OptMultiConfig = dict(type='Xavier', layer='Conv2d',
-                                                 distribution='uniform')) -> None:
+    def __init__(
+        self,
+        in_channels: List[int],
+        out_channels: int,
+        num_outs: int,
+        num_repeats: int = 3,
+        norm_cfg: ConfigType = dict(type='BN', momentum=0.01, eps=1e-3),
+        act_cfg: ConfigType = dict(type='Swish'),
+        extra_downsample: str = 'conv',
+        eps: float = 1e-4,
+        init_cfg: OptMultiConfig = dict(type='Xavier', layer='Conv2d', distribution='uniform'),
+    ) -> None:
         super().__init__(init_cfg=init_cfg)
         if not isinstance(in_channels, (list, tuple)) or len(in_channels) == 0:
             raise TypeError(f'in_channels must be a non-empty list, got {in_channels!r}')
         if num_outs < len(in_channels):
-            raise ValueError(f'num_outs ({num_outs}) must be >= len(in_channels) '
-                             f'({len(in_channels)})')
+            raise ValueError(
+                f'num_outs ({num_outs}) must be >= len(in_channels) ({len(in_channels)})'
+            )
         if num_outs < 2:
             raise ValueError(f'BiFPN fuses at least 2 levels, got num_outs={num_outs}')
         if num_repeats < 1:
             raise ValueError(f'num_repeats must be >= 1, got {num_repeats}')
         if extra_downsample not in _EXTRA_DOWNSAMPLE:
-            raise ValueError(f'extra_downsample must be one of {_EXTRA_DOWNSAMPLE}, '
-                             f'got {extra_downsample!r}')
+            raise ValueError(
+                f'extra_downsample must be one of {_EXTRA_DOWNSAMPLE}, got {extra_downsample!r}'
+            )
         self.in_channels = list(in_channels)
         self.out_channels = out_channels
         self.num_outs = num_outs
         self.extra_downsample = extra_downsample
 
         self.input_convs = nn.ModuleList(
-            self._conv_norm(channels, out_channels, 1, 1, norm_cfg) for channels in in_channels)
+            self._conv_norm(channels, out_channels, 1, 1, norm_cfg) for channels in in_channels
+        )
         self.extra_convs = nn.ModuleList()
         if extra_downsample == 'conv':
             for index in range(num_outs - len(in_channels)):
                 channels = in_channels[-1] if index == 0 else out_channels
                 self.extra_convs.append(self._conv_norm(channels, out_channels, 3, 2, norm_cfg))
         self.layers = nn.ModuleList(
-            BiFPNLayer(num_outs, out_channels, norm_cfg, act_cfg, eps) for _ in range(num_repeats))
+            BiFPNLayer(num_outs, out_channels, norm_cfg, act_cfg, eps) for _ in range(num_repeats)
+        )
 
     @staticmethod
-    def _conv_norm(in_channels: int, out_channels: int, kernel_size: int, stride: int,
-                   norm_cfg: ConfigType) -> nn.Sequential:
-        conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
-                         padding=kernel_size // 2, bias=False)
+    def _conv_norm(
+        in_channels: int, out_channels: int, kernel_size: int, stride: int, norm_cfg: ConfigType
+    ) -> nn.Sequential:
+        conv = nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=kernel_size // 2,
+            bias=False,
+        )
         _, norm = build_norm_layer(norm_cfg, out_channels)
         return nn.Sequential(conv, norm)
 
@@ -224,8 +241,10 @@ class BiFPNNeck(BaseModule):
             raise ValueError(f'expected {len(self.in_channels)} input levels, got {len(inputs)}')
         for level, (feature, channels) in enumerate(zip(inputs, self.in_channels)):
             if feature.dim() != 4 or feature.shape[1] != channels:
-                raise ValueError(f'input level {level} must be (bs, {channels}, H, W), '
-                                 f'got {tuple(feature.shape)}')
+                raise ValueError(
+                    f'input level {level} must be (bs, {channels}, H, W), '
+                    f'got {tuple(feature.shape)}'
+                )
         features = [conv(feature) for conv, feature in zip(self.input_convs, inputs)]
         for index in range(self.num_outs - len(self.in_channels)):
             if self.extra_downsample == 'conv':

@@ -18,7 +18,8 @@ val_img_prefix = 'val/'
 # categories of the file that are not listed are left out (their boxes are dropped, and counted)
 metainfo = dict(
     classes=('circle', 'square', 'triangle', 'star', 'hexagon'),
-    palette=[(220, 20, 60), (119, 11, 32), (0, 0, 142), (0, 160, 0), (250, 170, 30)])
+    palette=[(220, 20, 60), (119, 11, 32), (0, 0, 142), (0, 160, 0), (250, 170, 30)],
+)
 # --------------------------------------------------------------------------------------------------
 
 # The classification branches (decoder and two-stage proposal branches) get one channel per class;
@@ -28,9 +29,11 @@ model = dict(bbox_head=dict(num_classes=len(metainfo['classes'])))
 
 # mmdet model zoo, COCO box AP 47.0; any format our loader detects works (official repository,
 # mmdet zoo, Hugging Face, our own checkpoints)
-load_from = ('https://download.openmmlab.com/mmdetection/v3.0/deformable_detr/'
-             'deformable-detr-refine-twostage_r50_16xb2-50e_coco/'
-             'deformable-detr-refine-twostage_r50_16xb2-50e_coco_20221021_184714-acc8a5ff.pth')
+load_from = (
+    'https://download.openmmlab.com/mmdetection/v3.0/deformable_detr/'
+    'deformable-detr-refine-twostage_r50_16xb2-50e_coco/'
+    'deformable-detr-refine-twostage_r50_16xb2-50e_coco_20221021_184714-acc8a5ff.pth'
+)
 
 train_dataloader = dict(
     batch_size=4,
@@ -39,13 +42,17 @@ train_dataloader = dict(
         data_root=data_root,
         metainfo=metainfo,
         ann_file=train_ann_file,
-        data_prefix=dict(img=train_img_prefix)))
+        data_prefix=dict(img=train_img_prefix),
+    ),
+)
 val_dataloader = dict(
     dataset=dict(
         data_root=data_root,
         metainfo=metainfo,
         ann_file=val_ann_file,
-        data_prefix=dict(img=val_img_prefix)))
+        data_prefix=dict(img=val_img_prefix),
+    )
+)
 test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + val_ann_file)
 test_evaluator = val_evaluator
@@ -61,4 +68,5 @@ param_scheduler = [
 ]
 auto_scale_lr = dict(base_batch_size=4)
 default_hooks = dict(
-    checkpoint=dict(interval=2, max_keep_ckpts=3, save_best='coco/bbox_mAP', rule='greater'))
+    checkpoint=dict(interval=2, max_keep_ckpts=3, save_best='coco/bbox_mAP', rule='greater')
+)

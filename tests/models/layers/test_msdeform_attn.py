@@ -1,5 +1,6 @@
 """MSDeformAttn: official initialisation, parity with a from-the-paper float64 reference, masks,
 layouts, mixed precision and input errors."""
+
 import math
 from typing import Dict, Sequence, Tuple
 
@@ -16,13 +17,23 @@ SHAPES = [(6, 5), (3, 4), (2, 2)]  # non-square levels; 46 keys
 EMBED_DIMS, NUM_HEADS, NUM_POINTS = 32, 4, 3
 
 
-def make_layer(num_levels: int = len(SHAPES), num_points: int = NUM_POINTS, impl: str = 'cpu',
-               seed: int = 0, **kwargs) -> MSDeformAttn:
+def make_layer(
+    num_levels: int = len(SHAPES),
+    num_points: int = NUM_POINTS,
+    impl: str = 'cpu',
+    seed: int = 0,
+    **kwargs,
+) -> MSDeformAttn:
     """A layer in eval mode whose offset / weight predictors are randomised (the official init
     makes them constant, which would hide query-dependence in a parity test)."""
     torch.manual_seed(seed)
-    layer = MSDeformAttn(EMBED_DIMS, NUM_HEADS, num_levels, num_points, dropout=0.1, impl=impl,
-                         **kwargs).double().eval()
+    layer = (
+        MSDeformAttn(
+            EMBED_DIMS, NUM_HEADS, num_levels, num_points, dropout=0.1, impl=impl, **kwargs
+        )
+        .double()
+        .eval()
+    )
     with torch.no_grad():
         layer.sampling_offsets.weight.normal_(0, 0.3)
         layer.attention_weights.weight.normal_(0, 0.3)
@@ -30,8 +41,13 @@ def make_layer(num_levels: int = len(SHAPES), num_points: int = NUM_POINTS, impl
     return layer
 
 
-def make_inputs(bs: int = 2, num_queries: int = 5, shapes: Sequence[Tuple[int, int]] = SHAPES,
-                ref_dims: int = 2, seed: int = 1) -> Dict[str, Tensor]:
+def make_inputs(
+    bs: int = 2,
+    num_queries: int = 5,
+    shapes: Sequence[Tuple[int, int]] = SHAPES,
+    ref_dims: int = 2,
+    seed: int = 1,
+) -> Dict[str, Tensor]:
     generator = torch.Generator().manual_seed(seed)
     spatial_shapes = torch.tensor(shapes)
     sizes = spatial_shapes.prod(1)
@@ -40,19 +56,31 @@ def make_inputs(bs: int = 2, num_queries: int = 5, shapes: Sequence[Tuple[int, i
     def randn(*size: int) -> Tensor:
         return torch.randn(*size, generator=generator, dtype=torch.float64)
 
-    reference_points = torch.rand(bs, num_queries, len(shapes), ref_dims, generator=generator,
-                                  dtype=torch.float64)
+    reference_points = torch.rand(
+        bs, num_queries, len(shapes), ref_dims, generator=generator, dtype=torch.float64
+    )
     if ref_dims == 4:
         reference_points[..., 2:] = reference_points[..., 2:] * 0.5 + 0.05  # box sizes
-    return dict(query=randn(bs, num_queries, EMBED_DIMS), reference_points=reference_points,
-                value=randn(bs, num_keys, EMBED_DIMS), spatial_shapes=spatial_shapes,
-                level_start_index=torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]]),
-                query_pos=randn(bs, num_queries, EMBED_DIMS))
+    return dict(
+        query=randn(bs, num_queries, EMBED_DIMS),
+        reference_points=reference_points,
+        value=randn(bs, num_keys, EMBED_DIMS),
+        spatial_shapes=spatial_shapes,
+        level_start_index=torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]]),
+        query_pos=randn(bs, num_queries, EMBED_DIMS),
+    )
 
 
-def paper_reference(layer: MSDeformAttn, query: Tensor, reference_points: Tensor, value: Tensor,
-                    spatial_shapes: Tensor, query_pos: Tensor,
-                    value_padding_mask: Tensor = None, **unused: Tensor) -> Tensor:
+def paper_reference(
+    layer: MSDeformAttn,
+    query: Tensor,
+    reference_points: Tensor,
+    value: Tensor,
+    spatial_shapes: Tensor,
+    query_pos: Tensor,
+    value_padding_mask: Tensor = None,
+    **unused: Tensor,
+) -> Tensor:
     """Eq. 3 of the paper written out with mmcv's sampling function (eval mode, no dropout)."""
     bs, num_queries, _ = query.shape
     heads, levels, points = layer.num_heads, layer.num_levels, layer.num_points
@@ -62,9 +90,11 @@ def paper_reference(layer: MSDeformAttn, query: Tensor, reference_points: Tensor
     projected = projected.view(bs, value.shape[1], heads, -1)
     query = query + query_pos
     offsets = (query @ layer.sampling_offsets.weight.T + layer.sampling_offsets.bias).view(
-        bs, num_queries, heads, levels, points, 2)
+        bs, num_queries, heads, levels, points, 2
+    )
     logits = (query @ layer.attention_weights.weight.T + layer.attention_weights.bias).view(
-        bs, num_queries, heads, levels * points)
+        bs, num_queries, heads, levels * points
+    )
     weights = logits.softmax(-1).view(bs, num_queries, heads, levels, points)
     ref = reference_points[:, :, None, :, None, :]
     if reference_points.shape[-1] == 2:
@@ -94,8 +124,9 @@ def test_official_init(num_levels: int, num_points: int, offset_bias_zero: bool)
         for point in range(num_points):
             xy = bias[head, :, point]  # (L, 2): the same on every level
             # Distance k+1 in the max-norm, along the head's direction.
-            assert torch.allclose(xy.abs().max(-1).values, torch.full((num_levels,), point + 1.0,
-                                                                    dtype=torch.float64))
+            assert torch.allclose(
+                xy.abs().max(-1).values, torch.full((num_levels,), point + 1.0, dtype=torch.float64)
+            )
             direction = torch.tensor([math.cos(angle), math.sin(angle)], dtype=torch.float64)
             direction = direction / direction.abs().max()
             assert torch.allclose(xy, direction * (point + 1), atol=1e-6)
@@ -114,8 +145,9 @@ def test_projections_are_xavier_uniform() -> None:
 def test_float64_parity_with_paper_reference(ref_dims: int, impl: str) -> None:
     layer = make_layer(impl=impl)
     inputs = make_inputs(ref_dims=ref_dims)
-    torch.testing.assert_close(layer(**inputs), paper_reference(layer, **inputs), rtol=1e-10,
-                               atol=1e-10)
+    torch.testing.assert_close(
+        layer(**inputs), paper_reference(layer, **inputs), rtol=1e-10, atol=1e-10
+    )
 
 
 def test_single_level_single_point() -> None:
@@ -143,10 +175,12 @@ def test_batch_first_false_and_default_value() -> None:
     inputs['value'] = None  # self-attention: value defaults to the query (without query_pos)
     expected = layer(**inputs)
     torch.testing.assert_close(
-        expected, paper_reference(layer, **{**inputs, 'value': inputs['query']}))
+        expected, paper_reference(layer, **{**inputs, 'value': inputs['query']})
+    )
     layer.batch_first = False
-    seq_first = {k: v.transpose(0, 1) if k in ('query', 'query_pos') else v
-                 for k, v in inputs.items()}
+    seq_first = {
+        k: v.transpose(0, 1) if k in ('query', 'query_pos') else v for k, v in inputs.items()
+    }
     torch.testing.assert_close(layer(**seq_first).transpose(0, 1), expected)
 
 
@@ -162,8 +196,10 @@ def test_bf16_autocast_matches_float32(scale: float) -> None:
     torch.manual_seed(0)
     layer = MSDeformAttn(256, 8, 4, 4, dropout=0.0).eval()
     shapes = [(25, 38), (13, 19), (7, 10), (4, 5)]  # the value of a ~200x300 image
-    inputs = {k: v.float() if v.is_floating_point() else v
-              for k, v in make_inputs(bs=1, num_queries=100, shapes=shapes).items()}
+    inputs = {
+        k: v.float() if v.is_floating_point() else v
+        for k, v in make_inputs(bs=1, num_queries=100, shapes=shapes).items()
+    }
     inputs['query'] = torch.randn(1, 100, 256) * scale
     inputs['query_pos'] = torch.randn(1, 100, 256)
     inputs['value'] = torch.randn(1, inputs['value'].shape[1], 256) * scale
@@ -177,31 +213,46 @@ def test_bf16_autocast_matches_float32(scale: float) -> None:
 
 
 def test_built_from_registry() -> None:
-    layer = MODELS.build(dict(type='MSDeformAttn', embed_dims=64, num_heads=4, num_levels=2,
-                              num_points=2, dropout=0.0))
+    layer = MODELS.build(
+        dict(
+            type='MSDeformAttn', embed_dims=64, num_heads=4, num_levels=2, num_points=2, dropout=0.0
+        )
+    )
     assert isinstance(layer, MSDeformAttn)
     assert {n.split('.')[0] for n, _ in layer.named_parameters()} == {
-        'sampling_offsets', 'attention_weights', 'value_proj', 'output_proj'}
+        'sampling_offsets',
+        'attention_weights',
+        'value_proj',
+        'output_proj',
+    }
 
 
-@pytest.mark.parametrize('kwargs,match', [
-    (dict(embed_dims=30, num_heads=8), 'divisible by num_heads'),
-    (dict(num_points=0), 'must be >= 1'),
-    (dict(impl='cuda_fast'), 'impl must be one of'),
-])
+@pytest.mark.parametrize(
+    'kwargs,match',
+    [
+        (dict(embed_dims=30, num_heads=8), 'divisible by num_heads'),
+        (dict(num_points=0), 'must be >= 1'),
+        (dict(impl='cuda_fast'), 'impl must be one of'),
+    ],
+)
 def test_bad_construction_raises(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         MSDeformAttn(**kwargs)
 
 
-@pytest.mark.parametrize('change,match', [
-    (lambda x: x.update(reference_points=x['reference_points'][..., :1].repeat(1, 1, 1, 3)),
-     'last dim must be 2 or 4'),
-    (lambda x: x.update(value=x['value'][:, :-1]), r'need sum\(H \* W\) = 46'),
-    (lambda x: x.update(spatial_shapes=None), 'spatial_shapes'),
-    (lambda x: x.update(reference_points=x['reference_points'][:, :, :2]), 'reference_points'),
-    (lambda x: x.update(query=x['query'][..., :16], query_pos=None), 'query'),
-])
+@pytest.mark.parametrize(
+    'change,match',
+    [
+        (
+            lambda x: x.update(reference_points=x['reference_points'][..., :1].repeat(1, 1, 1, 3)),
+            'last dim must be 2 or 4',
+        ),
+        (lambda x: x.update(value=x['value'][:, :-1]), r'need sum\(H \* W\) = 46'),
+        (lambda x: x.update(spatial_shapes=None), 'spatial_shapes'),
+        (lambda x: x.update(reference_points=x['reference_points'][:, :, :2]), 'reference_points'),
+        (lambda x: x.update(query=x['query'][..., :16], query_pos=None), 'query'),
+    ],
+)
 def test_bad_forward_inputs_raise(change, match: str) -> None:
     layer = make_layer()
     inputs = make_inputs()

@@ -1,5 +1,6 @@
 """BiFPNNeck: output shapes (odd sizes too), gradients to every parameter, non-negative fusion
 weights, clear errors, registry build."""
+
 import math
 from typing import List, Sequence, Tuple
 
@@ -19,13 +20,18 @@ def _ceil_halves(size: int, times: int) -> int:
     return size
 
 
-def _backbone_like(batch: int, channels: Sequence[int], image_hw: Tuple[int, int],
-                   first_stride_log2: int = 3) -> List[torch.Tensor]:
+def _backbone_like(
+    batch: int, channels: Sequence[int], image_hw: Tuple[int, int], first_stride_log2: int = 3
+) -> List[torch.Tensor]:
     """Features shaped like ResNet's C3.. of an image (H, W): each stride-2 op halves with ceil."""
     height, width = image_hw
     return [
-        torch.randn(batch, c, _ceil_halves(height, first_stride_log2 + level),
-                    _ceil_halves(width, first_stride_log2 + level))
+        torch.randn(
+            batch,
+            c,
+            _ceil_halves(height, first_stride_log2 + level),
+            _ceil_halves(width, first_stride_log2 + level),
+        )
         for level, c in enumerate(channels)
     ]
 
@@ -35,8 +41,14 @@ def _backbone_like(batch: int, channels: Sequence[int], image_hw: Tuple[int, int
 @pytest.mark.parametrize('num_outs', [3, 4, 5])
 def test_output_shapes(image_hw, num_outs, extra_downsample):
     in_channels = [8, 16, 32]
-    neck = BiFPNNeck(in_channels, out_channels=16, num_outs=num_outs, num_repeats=2,
-                     norm_cfg=GN, extra_downsample=extra_downsample)
+    neck = BiFPNNeck(
+        in_channels,
+        out_channels=16,
+        num_outs=num_outs,
+        num_repeats=2,
+        norm_cfg=GN,
+        extra_downsample=extra_downsample,
+    )
     inputs = _backbone_like(2, in_channels, image_hw)
     outputs = neck(inputs)
 
@@ -60,8 +72,14 @@ def test_sizes_that_are_not_ceil_halves():
 @pytest.mark.parametrize('extra_downsample', ['conv', 'maxpool'])
 def test_every_parameter_gets_a_gradient(extra_downsample):
     torch.manual_seed(0)
-    neck = BiFPNNeck([8, 16, 32], out_channels=16, num_outs=4, num_repeats=2, norm_cfg=GN,
-                     extra_downsample=extra_downsample)
+    neck = BiFPNNeck(
+        [8, 16, 32],
+        out_channels=16,
+        num_outs=4,
+        num_repeats=2,
+        norm_cfg=GN,
+        extra_downsample=extra_downsample,
+    )
     outputs = neck(_backbone_like(2, [8, 16, 32], (61, 83)))
     # a random projection of every output, so no gradient cancels by symmetry
     loss = sum((o * torch.randn_like(o)).sum() for o in outputs)
@@ -106,8 +124,9 @@ def test_fusion_weights_stay_non_negative_during_training():
 def test_structure_and_parameter_count():
     """Fusion nodes: 2 inputs top-down, 3 inputs bottom-up except the coarsest (2)."""
     channels, levels = 16, 4
-    neck = BiFPNNeck([8, 16, 32], out_channels=channels, num_outs=levels, num_repeats=3,
-                     norm_cfg=GN)
+    neck = BiFPNNeck(
+        [8, 16, 32], out_channels=channels, num_outs=levels, num_repeats=3, norm_cfg=GN
+    )
     assert len(neck.layers) == 3
     layer = neck.layers[0]
     assert [n.fusion_weights.numel() for n in layer.top_down] == [2] * (levels - 1)
@@ -122,8 +141,9 @@ def test_structure_and_parameter_count():
 
 
 def test_builds_from_registry():
-    neck = MODELS.build(dict(type='BiFPNNeck', in_channels=[8, 16], out_channels=8, num_outs=3,
-                             norm_cfg=GN))
+    neck = MODELS.build(
+        dict(type='BiFPNNeck', in_channels=[8, 16], out_channels=8, num_outs=3, norm_cfg=GN)
+    )
     assert isinstance(neck, BiFPNNeck)
     outputs = neck(_backbone_like(1, [8, 16], (40, 40)))
     assert [o.shape[1] for o in outputs] == [8, 8, 8]
