@@ -54,6 +54,7 @@ from .loaders import (
     load_from_local_safely,
     read_checkpoint,
 )
+from .mismatch import suggest_config, variant_mismatch
 from .report import ConversionReport
 from .safe_load import (
     CheckpointError,
@@ -65,7 +66,7 @@ from .safe_load import (
     trust_globals,
     trusted_global_by_name,
 )
-from .variant import ModelVariant, infer_variant, suggest_config, variant_mismatch, variant_of_model
+from .variant import ModelVariant, infer_variant, variant_of_model
 
 __all__ = [
     'FAMILIES',

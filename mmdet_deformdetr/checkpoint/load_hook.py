@@ -34,9 +34,10 @@ import torch
 from torch import nn
 
 from .families import OURS, Identified, convert_state_dict, identify, identify_checkpoint
+from .mismatch import variant_mismatch
 from .report import ConversionReport
 from .safe_load import CheckpointError
-from .variant import infer_variant, is_full_detector, variant_mismatch, variant_of_model
+from .variant import infer_variant, is_full_detector, variant_of_model
 
 _CLASSES_KEY = 'bbox_head.cls_branches.0.weight'
 _CLASSES_SETTING = 'model.bbox_head.num_classes'
