@@ -34,8 +34,8 @@ DEFAULT_CONFIG = ROOT / 'configs/demo/deformable-detr-refine-twostage_r18_shapes
 # name -> (iterations, evaluations during training incl. the last one, train images, val images)
 PRESETS = {
     'quick': (100, 1, 1000, 200),
-    'default': (900, 5, 1000, 200),
-    'long': (1800, 8, 1000, 200),
+    'default': (1100, 5, 1000, 200),
+    'long': (2200, 8, 1000, 200),
 }
 
 
