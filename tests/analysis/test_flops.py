@@ -2,7 +2,6 @@
 get_flops.py on the tiny config over the photographs."""
 
 import json
-import sys
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ from torch import nn
 
 from mmdet_deformdetr.analysis import MACS_PER_SAMPLE, deform_attn_handles
 from mmdet_deformdetr.models.layers import MSDeformAttn
-from tests.helpers.tools import COCO_PHOTOS, TINY_CONFIG, run_tool
+from tests.helpers.tools import COCO_PHOTOS, TINY_CONFIG
 
 SAMPLING_OPS = ('PythonOp.MSDeformAttnCPUFunction', 'grid_sampler')
 LEVELS = [(4, 5), (2, 3)]  # 26 keys
@@ -65,22 +64,8 @@ def test_attention_handle_equals_hand_count(impl):
 
 
 @pytest.mark.slow
-def test_get_flops_tool_terms_add_up_and_count_the_sampling(tmp_path):
-    out = tmp_path / 'flops.json'
-    result = run_tool(
-        [
-            sys.executable,
-            'tools/analysis_tools/get_flops.py',
-            str(TINY_CONFIG),
-            '--num-images',
-            '2',
-            '--data-root',
-            f'{COCO_PHOTOS}/',
-            '--out',
-            str(out),
-        ]
-    )
-    report = json.loads(out.read_text())
+def test_get_flops_tool_terms_add_up_and_count_the_sampling(our_get_flops):
+    output, report = our_get_flops
     terms = report['terms']
     parts = ('backbone', 'input projection', 'encoder', 'decoder', 'transformer, other', 'head')
     assert sum(terms[part] for part in parts) == pytest.approx(terms['total'], rel=1e-5)
@@ -107,4 +92,4 @@ def test_get_flops_tool_terms_add_up_and_count_the_sampling(tmp_path):
         terms['total'] - (terms['encoder sampling'] + terms['decoder sampling']) / 5, rel=1e-9
     )
     assert report['params'] > 1e7  # ResNet-18 and the tiny transformer: 11.4 M
-    assert f'params: {report["params"] / 1e6:.2f} M' in result.output
+    assert f'params: {report["params"] / 1e6:.2f} M' in output

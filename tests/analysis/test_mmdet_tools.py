@@ -2,7 +2,6 @@
 config and the photographs (the `analysis` extra brings what they import: seaborn, psutil);
 and our benchmark_fps.py, which measures where mmdet's benchmark.py cannot (CPU)."""
 
-import json
 import re
 import sys
 from pathlib import Path
@@ -34,28 +33,14 @@ def checkpoint(tmp_path_factory) -> Path:
     return save_tiny_checkpoint(tmp_path_factory.mktemp('tiny') / 'tiny.pth')
 
 
-def test_get_flops_agrees_with_ours(tmp_path):
+def test_get_flops_agrees_with_ours(our_get_flops):
     """mmdet's get_flops.py runs, and reports what ours says mmdet's would (ours adds the
     fifth multiply-add per sampled value that mmdet's grid_sampler handle leaves out)."""
     theirs = mmdet_tool(
         'get_flops.py', str(TINY_CONFIG), '--num-images', '2', '--cfg-options', *data_options()
     )
     flops = float(re.search(r'Flops: ([\d.]+)G', theirs).group(1))
-    out = tmp_path / 'ours.json'
-    ours = run_tool(
-        [
-            sys.executable,
-            'tools/analysis_tools/get_flops.py',
-            str(TINY_CONFIG),
-            '--num-images',
-            '2',
-            '--data-root',
-            f'{COCO_PHOTOS}/',
-            '--out',
-            str(out),
-        ]
-    ).output
-    report = json.loads(out.read_text())
+    ours, report = our_get_flops
     params = float(re.search(r'Params: ([\d.]+)M', theirs).group(1))
     # the same two images; mmdet prints 3 decimals
     assert flops == pytest.approx(report['mmdet_get_flops_gflops'], abs=5e-4)
