@@ -158,9 +158,38 @@ def test_demo_end_to_end_tiny(tmp_path):
     assert summary['checkpoint'].endswith('iter_4.pth')
     assert [row['iter'] for row in summary['val_subset_history']] == [4]
     assert set(summary['seconds']) == {'data', 'train', 'final_eval', 'total'}
+    assert '[demo] precision: ' in result.stdout and summary['precision'] in ('bf16', 'fp32')
     table = (work_dir / 'coco_bbox.txt').read_text()
     assert 'Average Precision' in table or '(no detections)' in table
     metrics = json.loads((work_dir / 'metrics.json').read_text())
     assert 0.0 <= metrics['coco/bbox_mAP'] <= 1.0
     for png in ('predictions.png', 'training_curves.png'):
         assert (work_dir / png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n', png
+
+
+def test_precision_follows_native_bf16_and_the_flag():
+    from mmengine.config import Config
+
+    from tools.shapes_demo import choose_precision
+
+    def cfg():
+        return Config(dict(optim_wrapper=dict(type='OptimWrapper', optimizer=dict(type='AdamW'))))
+
+    native = (True, '/proc/cpuinfo lists amx_bf16')
+    emulated = (False, '/proc/cpuinfo lists none of ...')
+    c = cfg()
+    assert choose_precision(c, 'auto', native)[0] == 'bf16'
+    assert c.optim_wrapper.type == 'CPUAutocastOptimWrapper'
+    c = cfg()
+    choice, reason = choose_precision(c, 'auto', emulated)
+    assert choice == 'fp32' and 'no native bfloat16' in reason
+    assert c.optim_wrapper.type == 'OptimWrapper'
+    c = cfg()
+    assert choose_precision(c, 'auto', (None, 'no /proc/cpuinfo'))[0] == 'fp32'
+    c = cfg()
+    assert choose_precision(c, 'bf16', emulated)[0] == 'bf16'
+    assert c.optim_wrapper.type == 'CPUAutocastOptimWrapper'
+    assert choose_precision(c, 'fp32', native)[0] == 'fp32'
+    assert c.optim_wrapper.type == 'OptimWrapper'
+    with pytest.raises(ValueError, match='precision must be one of'):
+        choose_precision(cfg(), 'fp16')

@@ -88,7 +88,15 @@ class DeformableDecoderLayer(nn.Module):
         """
         # self-attention: positions go into queries and keys only, values stay content (DETR)
         query_key = query + query_pos
-        attended = self.self_attn(query_key, query_key, query, need_weights=False)[0]
+        if query.device.type == 'cpu' and torch.is_autocast_enabled('cpu'):
+            # float32 here: under CPU bf16 autocast nn.MultiheadAttention took 3.4x float32's
+            # time (15 vs 4.5 ms forward + backward, (4, 100, 128) with 8 heads, 2 threads)
+            with torch.autocast('cpu', enabled=False):
+                attended = self.self_attn(
+                    query_key.float(), query_key.float(), query.float(), need_weights=False
+                )[0]
+        else:
+            attended = self.self_attn(query_key, query_key, query, need_weights=False)[0]
         query = self.norm2(query + self.dropout2(attended))
         # cross-attention into the encoder memory (the attention applies its output dropout)
         attended = self.cross_attn(

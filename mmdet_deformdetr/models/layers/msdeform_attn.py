@@ -20,6 +20,7 @@ from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from ...ops import IMPLS, SpatialShapes, multi_scale_deformable_attn, shapes_tensor
+from ...ops.pointwise import box_locations, padding_is_empty, point_locations, softmax_last_dim
 
 
 class MSDeformAttn(BaseModule):
@@ -159,7 +160,7 @@ class MSDeformAttn(BaseModule):
             level_start_index = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
 
         value = self.value_proj(value)
-        if value_padding_mask is not None:
+        if value_padding_mask is not None and not padding_is_empty(value_padding_mask):
             value = value.masked_fill(value_padding_mask[..., None].to(torch.bool), 0.0)
         value = value.view(bs, num_keys, self.num_heads, self.embed_dims // self.num_heads)
 
@@ -179,16 +180,9 @@ class MSDeformAttn(BaseModule):
         reference_points = reference_points.to(precise)
         if reference_points.shape[-1] == 2:
             # Offsets are in pixels of each level: normalise by (W, H).
-            normaliser = shapes.flip(-1).to(precise)  # (L, 2) as (W, H)
-            locations = (
-                reference_points[:, :, None, :, None, :]
-                + offsets / normaliser[None, None, None, :, None, :]
-            )
+            locations = point_locations(reference_points, offsets, shapes.flip(-1).to(precise))
         else:
-            locations = (
-                reference_points[:, :, None, :, None, :2]
-                + offsets / self.num_points * reference_points[:, :, None, :, None, 2:] * 0.5
-            )
+            locations = box_locations(reference_points, offsets)
 
         output = multi_scale_deformable_attn(
             value,
@@ -212,7 +206,7 @@ class MSDeformAttn(BaseModule):
         Returns:
             ``(bs, nq, M, L, K)`` weights summing to 1 per query and head.
         """
-        return logits.flatten(-2).softmax(-1).view_as(logits)
+        return softmax_last_dim(logits.flatten(-2)).view_as(logits)
 
     def _check_shapes(
         self,

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ...ops import SpatialShapes, level_shapes
+from ...ops.pointwise import softmax_last_dim
 from .msdeform_attn import MSDeformAttn
 
 
@@ -130,7 +131,7 @@ class SingleScaleDeformAttn(MSDeformAttn):
         Returns:
             ``(bs, nq, M, L, K)`` weights; each level's K weights sum to ``1 / L``.
         """
-        return logits.softmax(-1) / self.num_levels
+        return softmax_last_dim(logits) / self.num_levels
 
 
 def build_deform_attn(multi_scale_attention: bool, own_level: bool, **kwargs) -> MSDeformAttn:
