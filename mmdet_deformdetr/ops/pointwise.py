@@ -10,8 +10,8 @@ size 2) falls off the vectorised path. Measured on the demo encoder, ``(4, 1344,
 0.8 ms; the two together were a tenth of a demo training step. The results are the same
 operations in the same order up to the softmax's summation (float64: 4e-16).
 
-Used on the CPU only, and never while tracing or exporting (ONNX keeps ``Softmax``, graphs keep
-the plain broadcast): elsewhere the library kernels are already fast.
+Used on the CPU only, and never while tracing, exporting or compiling (ONNX keeps ``Softmax``,
+graphs keep the plain broadcast and the masking): elsewhere the library kernels are already fast.
 """
 
 import torch
@@ -19,12 +19,16 @@ from torch import Tensor
 
 
 def _plain_path(x: Tensor) -> bool:
-    """Library kernels: not on the CPU, or while tracing / scripting / exporting to ONNX."""
+    """Library kernels: not on the CPU, or while tracing / scripting / exporting (``torch.jit``,
+    ``torch.onnx``, ``torch.export``, which the ONNX exporter of torch >= 2.9 runs) or compiling
+    (``torch.compile`` fuses these steps itself)."""
     return (
         x.device.type != 'cpu'
         or torch.jit.is_scripting()
         or torch.jit.is_tracing()
         or torch.onnx.is_in_onnx_export()
+        or torch.compiler.is_exporting()
+        or torch.compiler.is_compiling()
     )
 
 

@@ -88,3 +88,23 @@ def test_padding_check_sees_any_padded_key_and_stays_out_of_traces():
     # traced with nothing padded, the graph still masks: the check stays out of traces
     traced = torch.jit.trace(mask_value, (torch.ones(2, 9, 4), torch.zeros(2, 9, dtype=torch.bool)))
     assert traced(torch.ones(2, 9, 4), mask)[1, 8].eq(0).all()
+
+
+def test_torch_export_keeps_the_masking_and_the_softmax():
+    """torch.export (the ONNX exporter's first step) must not evaluate the mask's data."""
+    from mmdet_deformdetr.ops.pointwise import padding_is_empty
+
+    class Masked(torch.nn.Module):
+        def forward(self, value, mask, logits):
+            if not padding_is_empty(mask):
+                value = value.masked_fill(mask[..., None], 0.0)
+            return value, softmax_last_dim(logits)
+
+    args = (torch.ones(2, 9, 4), torch.zeros(2, 9, dtype=torch.bool), torch.randn(2, 9, 12))
+    exported = torch.export.export(Masked(), args, strict=False)
+    targets = {str(node.target) for node in exported.graph.nodes}
+    assert any('masked_fill' in t for t in targets) and any('softmax' in t for t in targets)
+    mask = args[1].clone()
+    mask[1, 8] = True
+    value, _ = exported.module()(args[0], mask, args[2])
+    assert value[1, 8].eq(0).all() and value[0].eq(1).all()
