@@ -144,19 +144,24 @@ def _check_inputs(
         )
 
 
-def _select_impl(value: Tensor, impl: str) -> str:
-    """Resolve ``impl`` for ``value``'s device; raise for impossible requests."""
-    if impl not in IMPLS:
-        raise ValueError(f'impl must be one of {IMPLS}, got {impl!r}')
-    # torch.compiler.is_exporting(): torch.export, which the ONNX exporter of torch >= 2.9 runs
-    exporting = (
+def capturing_graph() -> bool:
+    """True while a graph is being traced, scripted or exported (``torch.jit``, ``torch.onnx``,
+    ``torch.export``, which the ONNX exporter of torch >= 2.9 runs): then only library ops and
+    no data-dependent Python may run."""
+    return (
         torch.jit.is_tracing()
         or torch.jit.is_scripting()
         or torch.onnx.is_in_onnx_export()
         or torch.compiler.is_exporting()
     )
+
+
+def _select_impl(value: Tensor, impl: str) -> str:
+    """Resolve ``impl`` for ``value``'s device; raise for impossible requests."""
+    if impl not in IMPLS:
+        raise ValueError(f'impl must be one of {IMPLS}, got {impl!r}')
     if impl == 'auto':
-        if exporting:
+        if capturing_graph():
             return 'pytorch'
         if value.is_cuda:
             return 'cuda' if mmcv_cuda_available() else 'pytorch'

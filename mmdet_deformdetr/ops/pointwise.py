@@ -17,19 +17,13 @@ graphs keep the plain broadcast and the masking): elsewhere the library kernels 
 import torch
 from torch import Tensor
 
+from .ms_deform_attn import capturing_graph
+
 
 def _plain_path(x: Tensor) -> bool:
-    """Library kernels: not on the CPU, or while tracing / scripting / exporting (``torch.jit``,
-    ``torch.onnx``, ``torch.export``, which the ONNX exporter of torch >= 2.9 runs) or compiling
-    (``torch.compile`` fuses these steps itself)."""
-    return (
-        x.device.type != 'cpu'
-        or torch.jit.is_scripting()
-        or torch.jit.is_tracing()
-        or torch.onnx.is_in_onnx_export()
-        or torch.compiler.is_exporting()
-        or torch.compiler.is_compiling()
-    )
+    """Library kernels: not on the CPU, while a graph is captured (``capturing_graph``) or while
+    compiling (``torch.compile`` fuses these steps itself)."""
+    return x.device.type != 'cpu' or capturing_graph() or torch.compiler.is_compiling()
 
 
 def _softmax(x: Tensor) -> Tensor:

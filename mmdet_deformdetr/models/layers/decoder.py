@@ -92,9 +92,10 @@ class DeformableDecoderLayer(nn.Module):
             # float32 here: under CPU bf16 autocast nn.MultiheadAttention took 3.4x float32's
             # time (15 vs 4.5 ms forward + backward, (4, 100, 128) with 8 heads, 2 threads)
             with torch.autocast('cpu', enabled=False):
-                attended = self.self_attn(
-                    query_key.float(), query_key.float(), query.float(), need_weights=False
-                )[0]
+                query_key = query_key.float()
+                attended = self.self_attn(query_key, query_key, query.float(), need_weights=False)[
+                    0
+                ]
         else:
             attended = self.self_attn(query_key, query_key, query, need_weights=False)[0]
         query = self.norm2(query + self.dropout2(attended))
