@@ -5,7 +5,7 @@ here and nowhere else.
 """
 
 from mmdet.registry import DATASETS, HOOKS, MODELS
-from mmengine.registry import MODEL_WRAPPERS, OPTIM_WRAPPERS
+from mmengine.registry import MODEL_WRAPPERS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS
 from mmengine.runner import CheckpointLoader
 
 from .checkpoint import (
@@ -19,6 +19,7 @@ from .engine import (
     AtomicCheckpointHook,
     CPUAutocastOptimWrapper,
     CPUDistributedDataParallel,
+    GroupedOptimWrapperConstructor,
     StopOnNonFiniteHook,
 )
 from .models.detector import DeformDETR
@@ -56,6 +57,8 @@ CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_safely, for
 # accepts mmengine's device_ids for CPU modules, and bf16 autocast for --amp without CUDA.
 MODEL_WRAPPERS.register_module(module=CPUDistributedDataParallel)
 OPTIM_WRAPPERS.register_module(module=CPUAutocastOptimWrapper)
+# One param group per distinct setting instead of per parameter (engine/grouped_optim.py).
+OPTIM_WRAPPER_CONSTRUCTORS.register_module(module=GroupedOptimWrapperConstructor)
 
 # Bad data (issue #11; mmdet_deformdetr/datasets/ documents each case): mmdet's CocoDataset with
 # checks that name the file and the fix, and a start-of-run check of num_classes against the data.

@@ -137,6 +137,8 @@ custom_hooks = [dict(type='CheckNumClassesHook')]
 
 optim_wrapper = dict(
     type='OptimWrapper',
+    # mmengine's param groups merged by equal settings (the same update; a cheaper step)
+    constructor='GroupedOptimWrapperConstructor',
     optimizer=dict(type='AdamW', lr=2e-4, weight_decay=1e-4),
     clip_grad=dict(max_norm=0.1, norm_type=2),
     # the official code trains the backbone and the linear layers that predict sampling locations

@@ -55,6 +55,7 @@ warmup_iters = 100
 model = dict(
     num_queries=100,
     num_feature_levels=3,
+    channels_last=True,  # oneDNN's faster CPU convolutions and max-pool (0.89x the step)
     backbone=dict(
         depth=18,
         base_channels=32,  # half-width ResNet-18: ~4x fewer backbone FLOPs, the CPU budget's key

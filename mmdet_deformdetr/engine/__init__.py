@@ -6,6 +6,8 @@
   any checkpoint of it is written.
 - ``CPUDistributedDataParallel``: DDP wrapper accepting mmengine's ``device_ids`` for CPU modules.
 - ``CPUAutocastOptimWrapper``: ``--amp`` on the CPU (bfloat16 autocast, no loss scaling).
+- ``GroupedOptimWrapperConstructor``: mmengine's constructor with parameters of equal settings in
+  one param group (one per parameter made the optimizer step a fixed cost that small models feel).
 - ``configure_cpu_distributed``: what the tools apply for CPU multi-process runs (gloo, the wrapper,
   process-group initialisation without ``torch.cuda.set_device``).
 
@@ -18,14 +20,17 @@ from .cpu_amp import CPUAutocastOptimWrapper, cpu_bf16_support, select_amp_optim
 from .cpu_ddp import CPUDistributedDataParallel
 from .cpu_dist import configure_cpu_distributed
 from .finite_check import NonFiniteTrainingError, StopOnNonFiniteHook
+from .grouped_optim import GroupedOptimWrapperConstructor, merge_param_groups
 
 __all__ = [
     'AtomicCheckpointHook',
     'CPUAutocastOptimWrapper',
     'CPUDistributedDataParallel',
+    'GroupedOptimWrapperConstructor',
     'NonFiniteTrainingError',
     'StopOnNonFiniteHook',
     'configure_cpu_distributed',
+    'merge_param_groups',
     'cpu_bf16_support',
     'select_amp_optim_wrapper',
 ]

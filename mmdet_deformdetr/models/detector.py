@@ -47,6 +47,12 @@ class DeformDETR(BaseDetector):
             which owns the branches).
         train_cfg: ``dict(assigner=...)``.
         test_cfg: ``dict(max_per_img=...)``.
+        channels_last: run the backbone and neck in channels-last memory format: their
+            convolution weights and the images (``(bs, 3, H, W)`` with the strides of
+            ``(bs, H, W, 3)``; every convolution keeps it). On the CPU oneDNN's channels-last
+            convolutions and max-pooling are faster (the demo's bf16 training step: 0.89x), and
+            the transformer's flattening to ``(bs, H*W, C)`` needs no copy. Same weights and
+            state-dict keys; the numbers agree to float rounding.
         data_preprocessor: mmdet data preprocessor config.
         init_cfg: mmengine initialisation config.
     """
@@ -64,6 +70,7 @@ class DeformDETR(BaseDetector):
         as_two_stage: bool = False,
         train_cfg: Optional[dict] = None,
         test_cfg: Optional[dict] = None,
+        channels_last: bool = False,
         data_preprocessor: Optional[dict] = None,
         init_cfg: Optional[dict] = None,
     ) -> None:
@@ -76,6 +83,7 @@ class DeformDETR(BaseDetector):
         self.num_feature_levels = num_feature_levels
         self.with_box_refine = with_box_refine
         self.as_two_stage = as_two_stage
+        self.channels_last = channels_last
 
         # the transformer first: it validates embed_dims / num_heads and defines C for the rest
         self.transformer = MODELS.build(
@@ -91,6 +99,9 @@ class DeformDETR(BaseDetector):
         _check_neck(neck, self.embed_dims, num_feature_levels)
         self.backbone = MODELS.build(backbone)
         self.neck = MODELS.build(neck)
+        if channels_last:  # the convolution weights too: no per-call reorder (0.89x vs 0.92x)
+            self.backbone.to(memory_format=torch.channels_last)
+            self.neck.to(memory_format=torch.channels_last)
         num_pred_layer = self.transformer.num_decoder_layers + int(as_two_stage)
         self.bbox_head = MODELS.build(
             dict(
@@ -113,7 +124,10 @@ class DeformDETR(BaseDetector):
         self.register_load_state_dict_pre_hook(convert_checkpoint_pre_hook)
 
     def extract_feat(self, batch_inputs: Tensor) -> Tuple[Tensor, ...]:
-        """Args: batch_inputs ``(bs, 3, H, W)``. Returns L maps ``(bs, C, H_l, W_l)``."""
+        """Args: batch_inputs ``(bs, 3, H, W)``. Returns L maps ``(bs, C, H_l, W_l)`` (in
+        channels-last memory format with ``channels_last``)."""
+        if self.channels_last:
+            batch_inputs = batch_inputs.contiguous(memory_format=torch.channels_last)
         return tuple(self.neck(self.backbone(batch_inputs)))
 
     def forward_transformer(

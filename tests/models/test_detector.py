@@ -150,6 +150,35 @@ def test_padding_masks_follow_image_shapes() -> None:
     assert not any(m.any() for m in no_samples)
 
 
+@pytest.mark.parametrize('variant', ['plain', 'two_stage'])
+def test_channels_last_computes_the_same(variant: str) -> None:
+    """``channels_last=True``: feature maps in channels-last format, losses and every gradient
+    equal to the default layout's (float64, so only summation order can differ)."""
+    results = {}
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        cfg = dict(tiny_model_cfg(variant), channels_last=channels_last)
+        model = MODELS.build(cfg).double().train()
+        model.load_state_dict(build_tiny_model(variant).double().state_dict())
+        data = make_batch(model, num_gt=[3, 2])
+        inputs = data['inputs'].double()
+        feats = model.extract_feat(inputs)
+        format_ = torch.channels_last if channels_last else torch.contiguous_format
+        assert all(feat.is_contiguous(memory_format=format_) for feat in feats)
+        conv_weights = [p for n, p in model.named_parameters() if p.dim() == 4]
+        assert conv_weights and all(p.is_contiguous(memory_format=format_) for p in conv_weights)
+        losses = model.loss(inputs, data['data_samples'])
+        sum(losses.values()).backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        results[channels_last] = (losses, grads)
+    (losses, grads), (losses_cl, grads_cl) = results[False], results[True]
+    for name in losses:
+        torch.testing.assert_close(losses_cl[name], losses[name], rtol=1e-10, atol=1e-12)
+    assert grads_cl.keys() == grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads_cl[name], grads[name], rtol=1e-8, atol=1e-10, msg=name)
+
+
 def count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())  # shared parameters count once
 
