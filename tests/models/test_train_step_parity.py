@@ -84,7 +84,10 @@ def build_models(case: str) -> Tuple[torch.nn.Module, Config, torch.nn.Module, C
         mmdet_cfg = Config(
             dict(
                 model=mmdet_cfg_like(our_cfg.model.to_dict()),
-                optim_wrapper=our_cfg.optim_wrapper.to_dict(),
+                # mmengine's one group per parameter (ours merges them: the same update)
+                optim_wrapper=dict(
+                    our_cfg.optim_wrapper.to_dict(), constructor='DefaultOptimWrapperConstructor'
+                ),
             )
         )
     else:
