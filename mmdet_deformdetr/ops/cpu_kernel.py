@@ -3,9 +3,15 @@
 The extension is compiled once per machine and kernel version by ``torch.utils.cpp_extension.load``
 into torch's extension cache (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``):
 
-- the name carries a hash of the sources and of the compiler flags, so an edited kernel or a
-  different CPU never picks up a stale library, and nothing else: two checkouts (or a checkout and
-  an installed copy) with the same kernel share one build;
+- the name carries a hash of the sources, the compiler flags and the torch / Python versions (the
+  library's ABI), so an edited kernel, a different CPU or another torch never picks up a stale
+  library, and nothing else: two checkouts (or a checkout and an installed copy), each with its own
+  virtual environment, share one build;
+- a library already built under that name is imported directly, not through
+  ``torch.utils.cpp_extension.load``: torch writes the build's include paths (those of the torch
+  installation, i.e. of the virtual environment) into its ninja file and recompiles when they
+  change, so every fresh clone with its own ``.venv`` silently rebuilt the kernel for ~40 s in its
+  first training iterations, and two environments rebuilt each other's library in turn;
 - the sources are staged into the build directory first, because torch's cached build records the
   paths it compiled and rebuilds when they change: compiled from each checkout's own path, two
   checkouts would rebuild each other's library every time they alternate;
@@ -16,8 +22,10 @@ into torch's extension cache (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch
 """
 
 import hashlib
+import importlib.util
 import os
 import shutil
+import sys
 import threading
 import time
 import warnings
@@ -56,6 +64,8 @@ def _extension_name(flags: List[str]) -> str:
     # torch rebuilds when a listed source changes, but not when an included header does: hash both
     # (contents and names, never the folder they are in).
     digest = hashlib.sha1(' '.join(flags).encode())
+    # the ABI the library is built against: it is imported by name in any environment (see above)
+    digest.update(f'torch {torch.__version__} python {sys.version_info[:2]}'.encode())
     for path in _source_files():
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
@@ -121,13 +131,14 @@ def load_cpu_extension() -> Optional[ModuleType]:
                 flags = _compiler_flags()
                 name = _extension_name(flags)
                 build_directory = _build_directory(name)
-                fresh = not (build_directory / f'{name}.so').is_file()
-                if fresh:
-                    _log(
-                        f'compiling the C++ CPU kernel of multi-scale deformable attention '
-                        f'(once per machine and kernel version, about a minute on 2 cores) '
-                        f'into {build_directory}'
-                    )
+                _extension = _import_built(name, build_directory)
+                if _extension is not None:
+                    return _extension
+                _log(
+                    f'compiling the C++ CPU kernel of multi-scale deformable attention (once per '
+                    f'machine, kernel version and torch version, about a minute on 2 cores; or '
+                    f'waiting for another process that is compiling it) into {build_directory}'
+                )
                 start = time.perf_counter()
                 source = _stage_sources(build_directory)
                 _ensure_ninja_on_path()
@@ -139,8 +150,7 @@ def load_cpu_extension() -> Optional[ModuleType]:
                     build_directory=str(build_directory),
                     verbose=False,
                 )
-                if fresh:
-                    _log(f'C++ CPU kernel ready ({time.perf_counter() - start:.0f} s)')
+                _log(f'C++ CPU kernel ready ({time.perf_counter() - start:.0f} s)')
             except Exception as error:  # noqa: BLE001 - any build failure means "fall back"
                 _build_error = error
                 warnings.warn(
@@ -151,6 +161,23 @@ def load_cpu_extension() -> Optional[ModuleType]:
                     stacklevel=3,
                 )
     return _extension
+
+
+def _import_built(name: str, build_directory: Path) -> Optional[ModuleType]:
+    """The library built earlier under ``name``, imported as it is; None when there is none, a
+    build holds the directory's lock (torch's ``load`` then waits for it), or it does not import
+    (then rebuilt by ``load``)."""
+    library = build_directory / f'{name}.so'
+    if not library.is_file() or (build_directory / 'lock').exists():
+        return None
+    try:
+        spec = importlib.util.spec_from_file_location(name, library)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except ImportError as error:
+        _log(f'the built C++ CPU kernel {library} does not import ({error}); rebuilding it')
+        return None
+    return module
 
 
 def cpu_extension_error() -> Optional[BaseException]:

@@ -1,5 +1,5 @@
-"""The JIT build of the C++ kernel: safe when two processes start it at once, logged, and shared by
-every checkout with the same kernel sources."""
+"""The JIT build of the C++ kernel: safe when two processes start it at once, logged, shared by
+every checkout with the same kernel sources, and imported as built by later processes."""
 
 import os
 import shutil
@@ -50,6 +50,29 @@ def test_two_processes_build_at_once(tmp_path: Path) -> None:
     # the minute-long first build is announced, not silent
     assert any('compiling the C++ CPU kernel' in stdout for stdout, _ in results)
 
+    # A later process imports that library as it is: torch's `load` (which recompiles when the
+    # include paths of the torch installation differ, i.e. in every other virtual environment)
+    # is not called, nothing is compiled, and the numbers are the same.
+    library = built[0]
+    before = library.stat().st_mtime_ns
+    no_load = (
+        'import torch.utils.cpp_extension as cpp\n'
+        'def refuse(*args, **kwargs):\n'
+        '    raise AssertionError("torch.utils.cpp_extension.load was called")\n'
+        'cpp.load = refuse\n'
+    )
+    later = subprocess.run(
+        [sys.executable, '-c', no_load + CHILD],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert later.returncode == 0, later.stderr
+    assert later.stdout.strip().splitlines()[-1] == sums[0]
+    assert 'compiling' not in later.stdout
+    assert library.stat().st_mtime_ns == before
+
 
 def test_build_is_shared_by_checkouts_with_the_same_kernel(tmp_path: Path, monkeypatch) -> None:
     """The library's name and build folder depend on the kernel sources and flags, not on the
@@ -69,6 +92,10 @@ def test_build_is_shared_by_checkouts_with_the_same_kernel(tmp_path: Path, monke
     assert sorted(p.name for p in staged.parent.iterdir()) == sorted(
         p.name for p in other_checkout.glob('*.[ch]*')
     )
+    # another torch (or Python) is another library: it is imported without torch's checks
+    with monkeypatch.context() as patch:
+        patch.setattr(cpu_kernel.torch, '__version__', '0.0.0-other')
+        assert cpu_kernel._extension_name(flags) != here
     # an edited kernel is another library
     (other_checkout / 'bilinear.h').write_text(
         '// edited\n' + (other_checkout / 'bilinear.h').read_text()

@@ -1,6 +1,7 @@
 """multi_scale_deformable_attn: parity with mmcv's reference, gradients, dispatch, precision."""
 
 import types
+from pathlib import Path
 from typing import List, Sequence, Tuple
 
 import pytest
@@ -240,8 +241,13 @@ def test_cuda_path_calls_mmcv_function(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.testing.assert_close(output, msda(value, shapes, starts, locations, weights))
 
 
-def test_failed_build_falls_back_with_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_build_falls_back_with_one_warning(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     import torch.utils.cpp_extension
+
+    # a machine without the library built (an existing one is imported without compiling)
+    monkeypatch.setenv('TORCH_EXTENSIONS_DIR', str(tmp_path))
 
     def no_compiler(*args, **kwargs):
         raise RuntimeError('no C++ compiler found')
