@@ -115,7 +115,8 @@ def test_loads_through_mmdet_coco_dataset_pipeline(tmp_path):
         assert dataset.metainfo['classes'] == CLASSES
         sample = dataset[0]
         inputs, data_sample = sample['inputs'], sample['data_samples']
-        assert inputs.shape[0] == 3 and max(inputs.shape[1:]) == 256
+        # the generated 256 px images, resized by the pipeline to the config's scale (224 px)
+        assert inputs.shape[0] == 3 and max(inputs.shape[1:]) == max(cfg.img_scale) == 224
         labels = data_sample.gt_instances.labels
         assert len(labels) >= 1 and labels.max() < len(CLASSES)
         assert data_sample.gt_instances.bboxes.shape == (len(labels), 4)
