@@ -166,7 +166,7 @@ def load_cpu_extension() -> Optional[ModuleType]:
 def _import_built(name: str, build_directory: Path) -> Optional[ModuleType]:
     """The library built earlier under ``name``, imported as it is; None when there is none, a
     build holds the directory's lock (torch's ``load`` then waits for it), or it does not import
-    (then rebuilt by ``load``)."""
+    (then removed, and built again by ``load``)."""
     library = build_directory / f'{name}.so'
     if not library.is_file() or (build_directory / 'lock').exists():
         return None
@@ -175,7 +175,10 @@ def _import_built(name: str, build_directory: Path) -> Optional[ModuleType]:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     except ImportError as error:
-        _log(f'the built C++ CPU kernel {library} does not import ({error}); rebuilding it')
+        # e.g. cut off by a killed build: removed, so that torch's ninja build (which only
+        # compares file times) builds it again instead of loading the same file
+        _log(f'the built C++ CPU kernel {library} does not import ({error}); building it again')
+        library.unlink(missing_ok=True)
         return None
     return module
 
