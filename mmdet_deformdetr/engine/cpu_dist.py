@@ -26,7 +26,7 @@ spends alone (a checkpoint save, the COCO evaluation on rank 0).
 
 Exit: the group initialised here is destroyed by an ``atexit`` handler. A process that ends with a
 gloo group still alive can abort in interpreter finalisation ("terminate called without an active
-exception", exit -6, measured 2 in 20 two-rank runs of a few collectives; pytorch issue 190489):
+exception", exit -6, measured in 10 of 50 two-rank runs of a few collectives; pytorch issue 190489):
 gloo's worker threads still hold work objects then. Neither mmengine's Runner nor mmdet's tools
 destroy the group.
 """
