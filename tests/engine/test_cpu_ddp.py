@@ -103,13 +103,12 @@ def test_missing_torchrun_environment_fails_clearly(monkeypatch):
 
 
 _EXIT_CHECK = """
-import atexit, os, sys
+import atexit, sys
 import torch.distributed as dist
-from tests.helpers.dist_workers import load_cpu_dist
+from tests.helpers.dist_workers import join_gloo_group
 # registered first, so it runs after the handlers _init_process_group registers (LIFO)
 atexit.register(lambda: print('initialised at exit:', dist.is_initialized(), flush=True))
-os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=sys.argv[1], RANK='0', WORLD_SIZE='1')
-load_cpu_dist()._init_process_group(dict(backend='gloo', timeout=60))
+join_gloo_group(0, int(sys.argv[1]), 1, 60)
 dist.barrier()
 print('initialised:', dist.is_initialized(), flush=True)
 """

@@ -1,5 +1,6 @@
-"""Functions run in processes started by ``torch.multiprocessing`` (spawn) in the tests: importable
-from the repository root and light to import (torch and the engine's process-group helper)."""
+"""Functions run in processes the tests start (``torch.multiprocessing`` spawn, ``python -c``):
+importable from the repository root and light to import (torch and the engine's process-group
+helper, loaded without the package)."""
 
 import os
 import time
@@ -14,12 +15,7 @@ def all_reduce_with_a_stuck_peer(rank: int, port: int, timeout_s: float, results
     import torch
     import torch.distributed as dist
 
-    from mmdet_deformdetr.engine.cpu_dist import _init_process_group
-
-    os.environ.update(
-        MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE='2'
-    )
-    _init_process_group(dict(backend='gloo', timeout=timeout_s))
+    join_gloo_group(rank, port, 2, timeout_s)
     if rank == 1:
         time.sleep(timeout_s * 3)
         return
@@ -43,6 +39,15 @@ def load_cpu_dist() -> Any:
     return module
 
 
+def join_gloo_group(rank: int, port: int, world_size: int, timeout_s: float) -> None:
+    """Set the variables torchrun would set (on 127.0.0.1:``port``) and join the group through
+    ``cpu_dist._init_process_group``, as the tools do."""
+    os.environ.update(
+        MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size)
+    )
+    load_cpu_dist()._init_process_group(dict(backend='gloo', timeout=timeout_s))
+
+
 def collectives_then_exit(rank: int, port: int, world_size: int) -> None:
     """Join a gloo group through ``_init_process_group``, run a few collectives (tensors and a
     pickled object, as a test loop's result collection does) and return without destroying the
@@ -50,11 +55,7 @@ def collectives_then_exit(rank: int, port: int, world_size: int) -> None:
     import torch
     import torch.distributed as dist
 
-    cpu_dist = load_cpu_dist()
-    os.environ.update(
-        MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size)
-    )
-    cpu_dist._init_process_group(dict(backend='gloo', timeout=60))
+    join_gloo_group(rank, port, world_size, 60)
     for _ in range(5):
         gathered = [torch.zeros(1000) for _ in range(world_size)]
         dist.all_gather(gathered, torch.full((1000,), float(rank)))
