@@ -28,8 +28,10 @@ def test_set_schedule_rewrites_every_iteration_count():
     demo.set_schedule(cfg, iters=300, num_evals=3)
     assert cfg.train_cfg.max_iters == 300 and cfg.train_cfg.val_interval == 100
     warmup, cosine = cfg.param_scheduler
-    assert warmup.end == cosine.begin == 30  # warm-up capped at a tenth of a short run
-    assert cosine.end == 300 and cosine.T_max == 270
+    assert warmup.end == cosine.begin == 60  # warm-up capped at a fifth of a short run
+    assert cosine.end == 300 and cosine.T_max == 240
+    demo.set_schedule(cfg, iters=1650, num_evals=5)
+    assert cfg.param_scheduler[0].end == cfg.warmup_iters == 300  # the config's, uncapped
     # a checkpoint at every evaluation, not only at the end
     assert cfg.default_hooks.checkpoint.interval == 100
     assert cfg.default_hooks.checkpoint.save_last

@@ -6,7 +6,8 @@ ours), on the same batch of random 800x1216 images with a few boxes, float32 on 
 what mmengine's ``train_step`` does: data preprocessing, forward, losses (Hungarian matching
 included), backward, gradient clipping and the optimiser step, each model with its own config's
 ``optim_wrapper``. Steps alternate between the two models (ABAB...) so that machine load affects
-both alike; the medians after ``--warmup`` steps are reported with their ratio.
+both alike; the medians after ``--warmup`` steps are reported with their ratio, and for our
+training step the median share of the losses and, within them, of the Hungarian matching.
 
     python tools/analysis_tools/benchmark_train_step.py [--variants plain two_stage]
         [--repeat 5] [--warmup 1] [--threads N] [--batch-size 1] [--mode train infer]
@@ -104,6 +105,42 @@ def step_function(model: torch.nn.Module, optim_cfg, mode: str) -> Callable[[dic
     return lambda batch: model.test_step(copy.deepcopy(batch))
 
 
+class LossTimer:
+    """Seconds spent in our head's losses and, within them, in the Hungarian matching, per step
+    (wraps the methods on the instance)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.current = {'losses': 0.0, 'matching': 0.0}
+        self.steps: List[Dict[str, float]] = []
+        head = model.bbox_head
+        head.loss_by_feat = self._timed('losses', head.loss_by_feat)
+        head.criterion.targets = self._timed('matching', head.criterion.targets)
+
+    def _timed(self, name: str, function: Callable) -> Callable:
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.current[name] += time.perf_counter() - start
+
+        return timed
+
+    def end_step(self) -> None:
+        self.steps.append(self.current)
+        self.current = {'losses': 0.0, 'matching': 0.0}
+
+
+def ending_steps(step: Callable[[dict], None], timer: LossTimer) -> Callable[[dict], None]:
+    """``step``, then ``timer.end_step()``."""
+
+    def run(batch: dict) -> None:
+        step(batch)
+        timer.end_step()
+
+    return run
+
+
 def alternate(
     functions: Dict[str, Callable[[dict], None]], batch: dict, repeat: int, warmup: int
 ) -> Dict[str, List[float]]:
@@ -138,23 +175,31 @@ def main() -> None:
     print(f'{"variant":<10} {"mode":<6} {"mmdet (s)":>10} {"ours (s)":>9} {"speed-up":>9}')
     for variant in args.variants:
         theirs, their_optim, ours, our_optim = build_pair(variant)
+        loss_timer = LossTimer(ours)
         for mode in args.mode:
             with torch.set_grad_enabled(mode == 'train'):
                 times = alternate(
                     {
                         'mmdet': step_function(theirs, their_optim, mode),
-                        'ours': step_function(ours, our_optim, mode),
+                        'ours': ending_steps(step_function(ours, our_optim, mode), loss_timer),
                     },
                     batch,
                     args.repeat,
                     args.warmup,
                 )
             mmdet_s, ours_s = (statistics.median(times[name]) for name in ('mmdet', 'ours'))
-            print(
-                f'{variant:<10} {mode:<6} {mmdet_s:>10.2f} {ours_s:>9.2f} '
-                f'{mmdet_s / ours_s:>8.2f}x',
-                flush=True,
+            line = (
+                f'{variant:<10} {mode:<6} {mmdet_s:>10.2f} {ours_s:>9.2f} {mmdet_s / ours_s:>8.2f}x'
             )
+            if mode == 'train':
+                timed = loss_timer.steps[-args.repeat :]
+                losses = statistics.median(step['losses'] for step in timed)
+                matching = statistics.median(step['matching'] for step in timed)
+                line += (
+                    f'   (ours: losses {losses:.3f} s = {100 * losses / ours_s:.1f} % of the '
+                    f'step, of which matching {matching:.3f} s)'
+                )
+            print(line, flush=True)
 
 
 if __name__ == '__main__':
