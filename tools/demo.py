@@ -45,7 +45,7 @@ def parse_args() -> argparse.Namespace:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument('--quick', action='store_true', help='smoke run, about 2 minutes')
     mode.add_argument(
-        '--long', action='store_true', help='2000 iterations (a higher mAP, ~1.3x the time)'
+        '--long', action='store_true', help='2000 iterations (a higher mAP, ~1.2x the time)'
     )
     parser.add_argument('--iters', type=int, help='training iterations (overrides the preset)')
     parser.add_argument(
