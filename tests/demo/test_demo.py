@@ -30,11 +30,11 @@ def test_set_schedule_rewrites_every_iteration_count():
     warmup, cosine = cfg.param_scheduler
     assert warmup.end == cosine.begin == 60  # warm-up capped at a fifth of a short run
     assert cosine.end == 300 and cosine.T_max == 240
-    demo.set_schedule(cfg, iters=1650, num_evals=5)
-    assert cfg.param_scheduler[0].end == cfg.warmup_iters == 300  # the config's, uncapped
     # a checkpoint at every evaluation, not only at the end
     assert cfg.default_hooks.checkpoint.interval == 100
     assert cfg.default_hooks.checkpoint.save_last
+    demo.set_schedule(cfg, iters=1650, num_evals=5)
+    assert cfg.param_scheduler[0].end == cfg.warmup_iters == 300  # the config's, uncapped
 
 
 def test_evaluations_during_training_use_a_val_subset(tmp_path):
