@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Dict, List
 
 import torch
+from phase_timer import PhaseTimer
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = {
@@ -105,38 +106,22 @@ def step_function(model: torch.nn.Module, optim_cfg, mode: str) -> Callable[[dic
     return lambda batch: model.test_step(copy.deepcopy(batch))
 
 
-class LossTimer:
-    """Seconds spent in our head's losses and, within them, in the Hungarian matching, per step
-    (wraps the methods on the instance)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.current = {'losses': 0.0, 'matching': 0.0}
-        self.steps: List[Dict[str, float]] = []
-        head = model.bbox_head
-        head.loss_by_feat = self._timed('losses', head.loss_by_feat)
-        head.criterion.targets = self._timed('matching', head.criterion.targets)
-
-    def _timed(self, name: str, function: Callable) -> Callable:
-        def timed(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                self.current[name] += time.perf_counter() - start
-
-        return timed
-
-    def end_step(self) -> None:
-        self.steps.append(self.current)
-        self.current = {'losses': 0.0, 'matching': 0.0}
+def timing_losses(model: torch.nn.Module, timer: PhaseTimer) -> None:
+    """Time our head's losses and, within them, the Hungarian matching (wraps the methods on
+    the instance)."""
+    head = model.bbox_head
+    head.loss_by_feat = timer.wrap('losses', head.loss_by_feat)
+    head.criterion.targets = timer.wrap('matching', head.criterion.targets)
 
 
-def ending_steps(step: Callable[[dict], None], timer: LossTimer) -> Callable[[dict], None]:
-    """``step``, then ``timer.end_step()``."""
+def ending_steps(
+    step: Callable[[dict], None], timer: PhaseTimer, steps: List[Dict[str, float]]
+) -> Callable[[dict], None]:
+    """``step``, then its phases appended to ``steps``."""
 
     def run(batch: dict) -> None:
         step(batch)
-        timer.end_step()
+        steps.append(timer.pop())
 
     return run
 
@@ -175,13 +160,16 @@ def main() -> None:
     print(f'{"variant":<10} {"mode":<6} {"mmdet (s)":>10} {"ours (s)":>9} {"speed-up":>9}')
     for variant in args.variants:
         theirs, their_optim, ours, our_optim = build_pair(variant)
-        loss_timer = LossTimer(ours)
+        loss_timer, loss_steps = PhaseTimer(), []
+        timing_losses(ours, loss_timer)
         for mode in args.mode:
             with torch.set_grad_enabled(mode == 'train'):
                 times = alternate(
                     {
                         'mmdet': step_function(theirs, their_optim, mode),
-                        'ours': ending_steps(step_function(ours, our_optim, mode), loss_timer),
+                        'ours': ending_steps(
+                            step_function(ours, our_optim, mode), loss_timer, loss_steps
+                        ),
                     },
                     batch,
                     args.repeat,
@@ -192,9 +180,9 @@ def main() -> None:
                 f'{variant:<10} {mode:<6} {mmdet_s:>10.2f} {ours_s:>9.2f} {mmdet_s / ours_s:>8.2f}x'
             )
             if mode == 'train':
-                timed = loss_timer.steps[-args.repeat :]
-                losses = statistics.median(step['losses'] for step in timed)
-                matching = statistics.median(step['matching'] for step in timed)
+                timed = loss_steps[-args.repeat :]
+                losses = statistics.median(step.get('losses', 0.0) for step in timed)
+                matching = statistics.median(step.get('matching', 0.0) for step in timed)
                 line += (
                     f'   (ours: losses {losses:.3f} s = {100 * losses / ours_s:.1f} % of the '
                     f'step, of which matching {matching:.3f} s)'

@@ -16,16 +16,16 @@ their share of the whole; ``--torch-profile N`` also prints torch's op table of 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List
+from typing import Dict, List
 
 import torch
 from mmengine.config import Config, DictAction
+from phase_timer import PhaseTimer
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = ROOT / 'configs' / 'demo' / 'deformable-detr-refine-twostage_r18_shapes.py'
@@ -53,32 +53,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--torch-profile', type=int, default=0, metavar='N')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={})
     return parser.parse_args()
-
-
-class PhaseTimer:
-    """Wall-clock seconds per named phase of the current iteration (CPU: no sync needed)."""
-
-    def __init__(self) -> None:
-        self.current: Dict[str, float] = defaultdict(float)
-
-    @contextlib.contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.current[name] += time.perf_counter() - start
-
-    def wrap(self, name: str, function: Callable) -> Callable:
-        def timed(*args, **kwargs):
-            with self(name):
-                return function(*args, **kwargs)
-
-        return timed
-
-    def pop(self) -> Dict[str, float]:
-        phases, self.current = dict(self.current), defaultdict(float)
-        return phases
 
 
 def build(args: argparse.Namespace):
