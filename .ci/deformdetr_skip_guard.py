@@ -1,4 +1,4 @@
-"""pytest plugin for CI: only tests marked ``cuda`` may skip (issue #11: a suite must not shrink
+"""pytest plugin for CI: only tests marked ``cuda`` may skip (a suite must not shrink
 silently). ``.ci/run`` loads it with ``-p deformdetr_skip_guard``; without it nothing changes.
 
 At the end of the session it prints how many tests skipped, grouped by reason, and turns a

@@ -37,7 +37,7 @@ MODELS.register_module(module=DeformableDetrTransformer)
 MODELS.register_module(module=DeformDETRHead)
 MODELS.register_module(module=DeformDETR)
 
-# Checkpoints (issues #5, #11): torch >= 2.6 loads with weights_only=True, which refuses mmengine's
+# Checkpoints: torch >= 2.6 loads with weights_only=True, which refuses mmengine's
 # own training checkpoints and the official ones; allow-list exactly the inert types they need
 # (mmdet_deformdetr/checkpoint/safe_load.py explains why this is the narrowest fix).
 install_safe_globals()
@@ -53,14 +53,14 @@ CheckpointLoader.register_scheme(prefixes=SCHEME, loader=load_from_deformdetr_ur
 # Tested in tests/checkpoint/test_ckpt_load_paths.py.
 CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_safely, force=True)
 
-# Engine fixes for CPU runs (issue #6; mmdet_deformdetr/engine/ documents each): a DDP wrapper that
+# Engine fixes for CPU runs (mmdet_deformdetr/engine/ documents each): a DDP wrapper that
 # accepts mmengine's device_ids for CPU modules, and bf16 autocast for --amp without CUDA.
 MODEL_WRAPPERS.register_module(module=CPUDistributedDataParallel)
 OPTIM_WRAPPERS.register_module(module=CPUAutocastOptimWrapper)
 # One param group per distinct setting instead of per parameter (engine/grouped_optim.py).
 OPTIM_WRAPPER_CONSTRUCTORS.register_module(module=GroupedOptimWrapperConstructor)
 
-# Bad data (issue #11; mmdet_deformdetr/datasets/ documents each case): mmdet's CocoDataset with
+# Bad data (mmdet_deformdetr/datasets/ documents each case): mmdet's CocoDataset with
 # checks that name the file and the fix, and a start-of-run check of num_classes against the data.
 DATASETS.register_module(module=CheckedCocoDataset)
 HOOKS.register_module(module=CheckNumClassesHook)

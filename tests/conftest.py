@@ -26,10 +26,10 @@ def mmdet_scope() -> None:
 
 @pytest.fixture(autouse=True)
 def single_torch_thread() -> Iterator[None]:
-    """One intra-op thread per test, restored afterwards. On the 2-core machine, shared with other
-    jobs, torch's default of one thread per core made a tiny model's loss take 2-60 s instead of
-    0.4 s (OpenMP workers waiting for cores held by other processes). Results do not depend on the
-    thread count; a test that measures threading sets its own count."""
+    """One intra-op thread per test, restored afterwards. On a small CPU shared with other jobs,
+    torch's default of one thread per core can make a tiny model's loss many times slower (OpenMP
+    workers waiting for cores held by other processes). Results do not depend on the thread
+    count; a test that measures threading sets its own count."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

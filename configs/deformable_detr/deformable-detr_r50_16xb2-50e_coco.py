@@ -120,7 +120,7 @@ train_pipeline = [
     ),
     dict(type='PackDetInputs'),
 ]
-# Bad data (issue #11): mmdet's CocoDataset plus checks that name the file and the fix (missing,
+# Bad data: mmdet's CocoDataset plus checks that name the file and the fix (missing,
 # empty or corrupt images, invalid boxes, unknown categories, classes out of the file's order;
 # mmdet_deformdetr/datasets/checked_coco.py, README "What happens with bad data"), and a check of
 # model.bbox_head.num_classes against the data's classes when the run starts.

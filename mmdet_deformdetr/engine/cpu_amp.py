@@ -9,10 +9,8 @@ multi-scale deformable attention op computes in float32 under autocast (see
 ``mmdet_deformdetr/ops/ms_deform_attn.py``).
 
 bf16 is fast only on CPUs with bfloat16 arithmetic: x86 with AVX512-BF16 or AMX-BF16, Arm with the
-BF16 extension. Elsewhere (e.g. AVX2-only x86) it is emulated and training got ~13x slower than
-float32 (18 s vs 1.3 s per iteration of the demo model on a 2-core AVX2 EPYC; 9.8x on an AMX Xeon
-with torch and oneDNN limited to AVX2, where unlimited bf16 took 0.91x float32's time). So the
-wrapper logs a WARNING when it is built where bf16 is not native, decided from ``/proc/cpuinfo``'s
+BF16 extension. Elsewhere (e.g. AVX2-only x86) it is emulated and training is many times slower
+than float32 (``docs/performance.md``). So the wrapper logs a WARNING when it is built where bf16 is not native, decided from ``/proc/cpuinfo``'s
 flags and the instruction sets torch actually uses (``cpu_bf16_support``).
 
 Decision: ``--amp`` still selects bf16 there (a loud warning, not a silent switch to float32):
@@ -50,13 +48,12 @@ def cpu_bf16_support(
     Native means: the CPU has them (``/proc/cpuinfo``: x86 ``avx512_bf16`` / ``amx_bf16``, Arm
     ``bf16``) and torch uses them: on x86 its kernels are dispatched above AVX2
     (``torch.backends.cpu.get_cpu_capability()``; ``ATEN_CPU_CAPABILITY=avx2`` lowers it) and
-    oneDNN (matmul, convolution) is not limited below BF16 by ``ONEDNN_MAX_CPU_ISA``. Measured:
-    limiting both to AVX2 on an AMX Xeon made the demo model's bf16 iteration 9.8x slower than
-    float32, as on the AVX2 EPYC the warning was written for.
+    oneDNN (matmul, convolution) is not limited below BF16 by ``ONEDNN_MAX_CPU_ISA``: limited to
+    AVX2, an AMX CPU emulates bfloat16 as slowly as an AVX2-only one.
 
     Args:
         cpuinfo, capability, environ: ``/proc/cpuinfo``'s text, torch's CPU capability and the
-            environment; read from this machine when None (parameters for tests).
+            environment; read from the running machine when None (parameters for tests).
 
     Returns:
         ``(True | False | None, evidence)``; None when the CPU flags cannot be read (no

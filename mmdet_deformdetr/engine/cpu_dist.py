@@ -16,8 +16,8 @@ assumptions in mmdet / mmengine, each fixed here as narrowly as possible:
 
 Nothing happens when CUDA is available or the launcher is ``none``.
 
-Faults: when a rank dies, torchrun stops the others and exits non-zero (measured: ~2 s after a
-SIGKILL of one of 2 CPU ranks; tests/tools/test_dist_faults.py). A rank that hangs instead (or a
+Faults: when a rank dies, torchrun stops the others and exits non-zero
+(tests/tools/test_dist_faults.py). A rank that hangs instead (or a
 peer on another machine that vanishes) leaves the others blocked in a gloo collective until
 ``env_cfg.dist_cfg.timeout`` (seconds, mmengine's convention): written into the config as 1800
 (torch's gloo default) when unset, so that the dumped config shows it and

@@ -6,9 +6,8 @@ backbone, ``sampling_offsets`` and ``reference_points``), mmengine's
 ``DefaultOptimWrapperConstructor`` gives every parameter a param group of its own: 211 groups for
 the demo model, 351 for the R-50 two-stage model (2 distinct settings). ``torch.optim.AdamW.step``
 then runs its per-group Python and one kernel launch per group, a fixed cost per iteration that a
-small model feels: on the demo model (2 CPU cores, 1 thread, fused AdamW with gradient clipping)
-the step took 27.1 ms with 211 groups and 15.8 ms with its 3 (0.58x;
-``tools/analysis_tools/benchmark_optim_groups.py``, alternating, medians of 30).
+small model feels (``tools/analysis_tools/benchmark_optim_groups.py`` measures it; figures in
+``docs/performance.md``).
 
 What changes: only how parameters are grouped. Each group keeps the settings mmengine computed
 for its parameters (``lr``, ``weight_decay``, ``lr_mult`` etc.; torch's optimizers apply them per

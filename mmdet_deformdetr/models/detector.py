@@ -50,7 +50,7 @@ class DeformDETR(BaseDetector):
         channels_last: run the backbone and neck in channels-last memory format: their
             convolution weights and the images (``(bs, 3, H, W)`` with the strides of
             ``(bs, H, W, 3)``; every convolution keeps it). On the CPU oneDNN's channels-last
-            convolutions and max-pooling are faster (the demo's bf16 training step: 0.89x), and
+            convolutions and max-pooling are faster (``docs/performance.md``), and
             the transformer's flattening to ``(bs, H*W, C)`` needs no copy. Same weights and
             state-dict keys; the numbers agree to float rounding.
         data_preprocessor: mmdet data preprocessor config.
@@ -99,7 +99,7 @@ class DeformDETR(BaseDetector):
         _check_neck(neck, self.embed_dims, num_feature_levels)
         self.backbone = MODELS.build(backbone)
         self.neck = MODELS.build(neck)
-        if channels_last:  # the convolution weights too: no per-call reorder (0.89x vs 0.92x)
+        if channels_last:  # the convolution weights too, so no convolution reorders them per call
             self.backbone.to(memory_format=torch.channels_last)
             self.neck.to(memory_format=torch.channels_last)
         num_pred_layer = self.transformer.num_decoder_layers + int(as_two_stage)

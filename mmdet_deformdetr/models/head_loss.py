@@ -6,7 +6,8 @@ matching and normalisation read on their own, as DETR's ``SetCriterion``.
 Matching uses the configured assigner's own cost terms (mmdet's ``HungarianAssigner.match_costs``:
 focal, L1, GIoU) and scipy's ``linear_sum_assignment``, as ``HungarianAssigner.assign`` does, but
 computes the costs of all decoder layers of one image in one call of each term instead of one call
-per layer: the same numbers, with a quarter (demo) to a sixth (paper) of the small-tensor work.
+per layer: the same numbers, with far fewer small-tensor operations (one per term instead of one
+per term and layer).
 """
 
 from typing import Dict, List, Optional, Tuple

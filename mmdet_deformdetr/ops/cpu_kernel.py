@@ -10,15 +10,15 @@ into torch's extension cache (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch
 - a library already built under that name is imported directly, not through
   ``torch.utils.cpp_extension.load``: torch writes the build's include paths (those of the torch
   installation, i.e. of the virtual environment) into its ninja file and recompiles when they
-  change, so every fresh clone with its own ``.venv`` silently rebuilt the kernel for ~40 s in its
-  first training iterations, and two environments rebuilt each other's library in turn;
+  change, so every fresh clone with its own ``.venv`` would silently rebuild the kernel in its first
+  training iterations, and two environments would rebuild each other's library in turn;
 - the sources are staged into the build directory first, because torch's cached build records the
   paths it compiled and rebuilds when they change: compiled from each checkout's own path, two
   checkouts would rebuild each other's library every time they alternate;
 - torch guards the build directory with a file lock, so two processes that start at once build it
   once and both load it;
-- the first build takes about a minute on 2 cores, so it is logged before it starts and when it
-  ends.
+- the first build takes a while (``docs/installation.md``), so it is logged before it starts and
+  when it ends.
 """
 
 import hashlib

@@ -5,9 +5,7 @@ mask when nothing is padded.
 Why: PyTorch's CPU kernels are slow for exactly these shapes. ``softmax(-1)`` over the ``L * K``
 (12 or 16) attention logits of every query and head runs no faster than ~0.06 G elements/s, and the
 broadcast ``offsets / normaliser[None, None, None, :, None, :]`` (an innermost broadcast axis of
-size 2) falls off the vectorised path. Measured on the demo encoder, ``(4, 1344, 8, 12)`` logits,
-2 threads of this 2-core Xeon: softmax 8.5 ms against 2.0 ms here; the locations 8.6 ms against
-0.8 ms; the two together were a tenth of a demo training step. The results are the same
+size 2) falls off the vectorised path (timings: ``docs/performance.md``). The results are the same
 operations in the same order up to the softmax's summation (float64: 4e-16).
 
 Used on the CPU only, and never while tracing, exporting or compiling (ONNX keeps ``Softmax``,

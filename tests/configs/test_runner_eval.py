@@ -49,7 +49,7 @@ def test_runner_test_loop_with_coco_metric(load_config, shrink_backbone, coco_ph
     from mmengine.runner import Runner
 
     cfg = shrink_backbone(load_config('deformable-detr_r50_16xb2-50e_coco.py'))
-    # 4 of the 6 images keep this short on a busy 2-core CPU; CocoMetric still evaluates
+    # 4 of the 6 images keep this short on a small CPU; CocoMetric still evaluates
     # against every image of the annotation file (the other 2 count as missed detections)
     _point_at_photos(cfg, coco_photos, tmp_path, num_images=4)
     _set_resize_scales(cfg.test_dataloader.dataset.pipeline, [SMALL_SCALE])

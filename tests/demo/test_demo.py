@@ -123,8 +123,7 @@ def test_thread_count_tuner_keeps_the_faster_count(monkeypatch):
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_demo_end_to_end_tiny(tmp_path):
-    """A few iterations on a few generated images: every artefact is written (well under 90 s on an
-    idle 2-core CPU)."""
+    """A few iterations on a few generated images: every artefact is written."""
     work_dir = tmp_path / 'work'
     cmd = [
         sys.executable,

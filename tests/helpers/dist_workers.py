@@ -29,7 +29,7 @@ def all_reduce_with_a_stuck_peer(rank: int, port: int, timeout_s: float, results
 
 def load_cpu_dist() -> Any:
     """``mmdet_deformdetr/engine/cpu_dist.py`` loaded alone, not through the package (whose import
-    of mmdet takes ~10 s per process here)."""
+    of mmdet takes seconds per process)."""
     import importlib.util
 
     path = Path(__file__).resolve().parents[2] / 'mmdet_deformdetr' / 'engine' / 'cpu_dist.py'

@@ -28,8 +28,8 @@ def free_port() -> int:
 
 
 def tool_env(env: Dict[str, str] = None) -> Dict[str, str]:
-    """The environment tools run in: one intra-op thread per process (the machine is a shared
-    2-core CPU), unbuffered output (a killed process's log is complete up to the kill)."""
+    """The environment tools run in: one intra-op thread per process (CI machines are small
+    shared CPUs), unbuffered output (a killed process's log is complete up to the kill)."""
     return dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1', **(env or {}))
 
 

@@ -332,7 +332,7 @@ def test_float_level_start_index_is_refused() -> None:
         msda(value, shapes, starts.double(), locations, weights)
 
 
-# Non-finite inputs (issue #11): both paths follow grid_sample (zero padding times the weight):
+# Non-finite inputs: both paths follow grid_sample (zero padding times the weight):
 # a NaN/inf location makes its (query, head) output NaN, and so does a NaN/inf weight, inside the
 # map (arithmetic) or outside it (0 * weight). One point of (b=0, q=1, m=0, l=1, k=0) is corrupted;
 # `inside`/`outside` first moves it to the map's centre / past its right edge.

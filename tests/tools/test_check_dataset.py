@@ -61,7 +61,7 @@ def bare_args(root, *extra):
 
 @pytest.mark.slow
 def test_reports_every_defect_with_its_file_and_fails(broken):
-    """The tool as a user runs it (a process; ~20 s of imports on the 2-core machine)."""
+    """The tool as a user runs it (a process, so slow: mmdet's imports)."""
     result = run_check(*bare_args(broken, '--nproc', '2'))
     assert result.returncode == 1, result.output
     output = result.output

@@ -1,11 +1,9 @@
 """The demo's training precision: bf16 autocast where the CPU computes bfloat16 natively, else
 float32, with the reason logged.
 
-Why: on a CPU with AMX-BF16 / AVX512-BF16 a demo iteration under bf16 autocast took 0.54x
-float32's time on a 2-core AMX Xeon (316 vs 588 ms, alternated in one process) and 0.55-0.64x on
-a 2-core AMD EPYC with AVX512-BF16 and no AMX (``tools/analysis_tools/benchmark_cpu_amp.py``,
-two runs), with the same mAP on the val split at equal iterations (0.251 vs 0.259 at 640);
-without them bf16 is emulated and ~13x slower. ``--precision fp32 | bf16`` overrides the choice.
+Why: on a CPU with AMX-BF16 / AVX512-BF16 a demo iteration under bf16 autocast takes little more
+than half of float32's time, with the same mAP at equal iterations; without them bf16 is emulated
+and many times slower (``docs/performance.md``, ``tools/analysis_tools/benchmark_cpu_amp.py``). ``--precision fp32 | bf16`` overrides the choice.
 """
 
 from __future__ import annotations
@@ -41,15 +39,14 @@ def choose_precision(
         if supported:
             choice = 'bf16'
             reason = (
-                f'bf16 autocast: this CPU computes bfloat16 natively ({evidence}); measured '
-                "0.54-0.64x float32's iteration time on 2-core AMX and AVX512-BF16 CPUs "
-                '(--precision fp32 to train in float32)'
+                f'bf16 autocast: this CPU computes bfloat16 natively ({evidence}), about half '
+                "of float32's iteration time (--precision fp32 to train in float32)"
             )
         else:
             choice = 'fp32'
             reason = (
-                f'float32: no native bfloat16 here ({evidence}), where bf16 autocast was ~13x '
-                'slower'
+                f'float32: no native bfloat16 here ({evidence}), where bf16 autocast is many '
+                'times slower'
             )
     else:
         reason = f'{choice}: --precision {choice}'

@@ -1,8 +1,8 @@
 """Pick torch's CPU thread count while training, from measured iteration times.
 
 Why: on a small CPU shared with other jobs, two intra-op threads on what is effectively one free
-core wait on each other at every parallel region; an iteration then took ~6 s against ~0.9 s on
-two idle cores, and ~1.7 s with one thread. No fixed count is right for both situations, so the
+core wait on each other at every parallel region, and an iteration can take several times longer
+than with one thread; on idle cores two threads are faster. No fixed count is right for both, so the
 hook times a few iterations at the other count from time to time and keeps the faster one.
 """
 

@@ -89,8 +89,8 @@ class DeformableDecoderLayer(nn.Module):
         # self-attention: positions go into queries and keys only, values stay content (DETR)
         query_key = query + query_pos
         if query.device.type == 'cpu' and torch.is_autocast_enabled('cpu'):
-            # float32 here: under CPU bf16 autocast nn.MultiheadAttention took 3.4x float32's
-            # time (15 vs 4.5 ms forward + backward, (4, 100, 128) with 8 heads, 2 threads)
+            # float32 here: under CPU bf16 autocast nn.MultiheadAttention is several times slower
+            # than in float32 at these small shapes (docs/performance.md)
             with torch.autocast('cpu', enabled=False):
                 query_key = query_key.float()
                 attended, _ = self.self_attn(

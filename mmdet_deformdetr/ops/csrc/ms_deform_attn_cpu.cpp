@@ -48,7 +48,7 @@ using mmdet_deformdetr::Footprint;
 using mmdet_deformdetr::Level;
 using mmdet_deformdetr::make_footprint;
 
-// Non-finite inputs (issue #11) follow F.grid_sample's zero padding times the attention weight, so
+// Non-finite inputs follow F.grid_sample's zero padding times the attention weight, so
 // that this kernel and the reference agree: a NaN/inf location samples NaN, and a point outside
 // the map adds 0 * weight, which is NaN for a NaN/inf weight. Points inside the map need nothing
 // special (the arithmetic propagates a non-finite weight). The checks run only for points that
