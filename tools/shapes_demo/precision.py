@@ -3,7 +3,8 @@ float32, with the reason logged.
 
 Why: on a CPU with AMX-BF16 / AVX512-BF16 a demo iteration under bf16 autocast takes little more
 than half of float32's time, with the same mAP at equal iterations; without them bf16 is emulated
-and many times slower (``docs/performance.md``, ``tools/analysis_tools/benchmark_cpu_amp.py``). ``--precision fp32 | bf16`` overrides the choice.
+and many times slower (``docs/performance.md``, ``tools/analysis_tools/benchmark_cpu_amp.py``).
+``--precision fp32 | bf16`` overrides the choice.
 """
 
 from __future__ import annotations
