@@ -11,7 +11,8 @@ multi-scale deformable attention op computes in float32 under autocast (see
 bf16 is fast only on CPUs with bfloat16 arithmetic: x86 with AVX512-BF16 or AMX-BF16, Arm with the
 BF16 extension. Elsewhere (e.g. AVX2-only x86) it is emulated and training is many times slower
 than float32 (``docs/performance.md``). So the wrapper logs a WARNING when it is built where bf16
-is not native, decided from ``/proc/cpuinfo``'s flags and the instruction sets torch actually uses (``cpu_bf16_support``).
+is not native, decided from ``/proc/cpuinfo``'s flags and the instruction sets torch actually
+uses (``cpu_bf16_support``).
 
 Decision: ``--amp`` still selects bf16 there (a loud warning, not a silent switch to float32):
 ``--amp`` must mean the same numerics on every machine, so that a run resumed or repeated
