@@ -74,10 +74,14 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         '--data-cache',
-        default='data',
-        help='folder of the generated datasets (one sub-folder per seed)',
+        help='folder of the generated datasets, one sub-folder per seed (default: data/ in the '
+        'repository)',
     )
-    parser.add_argument('--work-dir', default='work_dirs/demo')
+    parser.add_argument(
+        '--work-dir',
+        help='where the checkpoints, logs and artefacts go (default: work_dirs/demo/ in the '
+        'repository)',
+    )
     parser.add_argument(
         '--threads',
         type=int,
@@ -110,7 +114,23 @@ def parse_args() -> argparse.Namespace:
         default={},
         help='override config keys, e.g. model.num_queries=100',
     )
-    return parser.parse_args()
+    from mmdet_deformdetr.console import add_verbose_argument
+
+    add_verbose_argument(parser)
+    return resolve_paths(parser.parse_args())
+
+
+def resolve_paths(args: argparse.Namespace) -> argparse.Namespace:
+    """Paths given on the command line are relative to where the demo is started; the defaults
+    are the repository's ``data/`` and ``work_dirs/demo/`` (the demo runs from the repository
+    root)."""
+    for name in ('config', 'data_root', 'data_cache', 'work_dir'):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(args, name, osp.abspath(value) + ('/' if value.endswith('/') else ''))
+    args.data_cache = args.data_cache or str(ROOT / 'data')
+    args.work_dir = args.work_dir or str(ROOT / 'work_dirs' / 'demo')
+    return args
 
 
 def set_schedule(cfg: Config, iters: int, num_evals: int) -> None:
@@ -184,13 +204,22 @@ def use_tensorboard(cfg: Config, disabled: bool) -> bool:
 
 def main() -> None:
     args = parse_args()
+    from mmdet_deformdetr import console
+
+    console.start_tool(args.verbose)
+    with console.explained_errors('tools/demo.py') as errors:
+        prepare_and_run(args, errors)
+
+
+def prepare_and_run(args: argparse.Namespace, errors) -> None:
+    """Generate (or find) the data, rewrite the config for it and the schedule, then :func:`run`."""
     start = time.time()
     torch.set_num_threads(args.threads)
     preset = 'quick' if args.quick else 'long' if args.long else 'default'
     iters, num_evals, num_train, num_val = PRESETS[preset]
     iters = args.iters or iters
     num_evals = args.num_evals or num_evals
-    os.chdir(ROOT)  # data/ and work_dirs/ are relative to the repository root
+    os.chdir(ROOT)  # the relative paths of the config are the repository's
 
     cfg = Config.fromfile(args.config)
     if args.data_root:
@@ -227,7 +256,7 @@ def main() -> None:
     cfg.merge_from_dict(args.cfg_options)
     sync_dependent_keys(cfg, args.val_subset)
     cfg.work_dir = args.work_dir
-    cfg.test_evaluator.outfile_prefix = osp.join(args.work_dir, 'val_detections')
+    errors.cfg = cfg
     tensorboard = use_tensorboard(cfg, args.no_tensorboard)
     from shapes_demo import choose_precision
 
@@ -239,7 +268,6 @@ def main() -> None:
 def run(
     cfg: Config, args: argparse.Namespace, start: float, data_time: float, tensorboard: bool
 ) -> None:
-    from mmengine.runner import Runner
     from shapes_demo import (
         MetricsKeeper,
         ThreadCountTuner,
@@ -248,8 +276,10 @@ def run(
         write_coco_table,
     )
 
+    from mmdet_deformdetr.console import ConsoleRunner
+
     work_dir = Path(cfg.work_dir)
-    runner = Runner.from_cfg(cfg)
+    runner = ConsoleRunner.from_cfg(cfg)
     keeper = MetricsKeeper()
     runner.register_hook(keeper)
     if not args.fixed_threads:
@@ -260,17 +290,27 @@ def run(
     runner.train()
     train_time = time.time() - train_start
     test_start = time.time()
+    # CocoMetric dumps the final detections here (for the COCO table below). Set on the built
+    # metric, not in the config: the config saved in the work dir must not send the detections
+    # of another run (tools/test.py with another --work-dir) into this folder.
+    detections = str(work_dir / 'val_detections')
+    for metric in runner.test_evaluator.metrics:
+        if hasattr(metric, 'outfile_prefix'):
+            metric.outfile_prefix = detections
     metrics = runner.test()  # the whole val split
     test_time = time.time() - test_start
 
     table = write_coco_table(
         metrics,
         cfg.test_evaluator.ann_file,
-        cfg.test_evaluator.outfile_prefix + '.bbox.json',
+        detections + '.bbox.json',
         work_dir / 'coco_bbox.txt',
         work_dir / 'metrics.json',
     )
-    print(table, flush=True)
+    # the COCO summary was just logged by the evaluation; the per-class table is the demo's own
+    per_class = table.split('\n\n', 1)[-1]
+    print(f'[demo] COCO bbox AP per class (whole table: {work_dir / "coco_bbox.txt"}):', flush=True)
+    print(per_class, flush=True)
     model = runner.model.module if hasattr(runner.model, 'module') else runner.model
     draw_prediction_grid(
         model,

@@ -15,7 +15,8 @@ import torch
 from mmdet.apis import DetInferencer
 
 import mmdet_deformdetr  # noqa: F401  (registers our modules, safe checkpoint loading)
-from mmdet_deformdetr.checkpoint import CheckpointError, check_checkpoint_for_testing
+from mmdet_deformdetr import console
+from mmdet_deformdetr.checkpoint import check_checkpoint_for_testing
 
 
 def parse_args() -> argparse.Namespace:
@@ -42,30 +43,32 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument('--save-pred', action='store_true', help='also write predictions as JSON')
     parser.add_argument('--show', action='store_true', help='show each image in a window')
+    console.add_verbose_argument(parser)
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
+    console.start_tool(args.verbose)
     device = args.device or ('cuda:0' if torch.cuda.is_available() else 'cpu')
-    inferencer = DetInferencer(
-        model=args.config, weights=args.checkpoint, device=device, palette=args.palette
-    )
-    # heads of another class count would draw random detections: refuse, naming num_classes
-    check_checkpoint_for_testing(inferencer.model, args.checkpoint)
-    inferencer(
-        args.inputs,
-        batch_size=args.batch_size,
-        out_dir=args.out_dir,
-        pred_score_thr=args.pred_score_thr,
-        no_save_pred=not args.save_pred,
-        show=args.show,
-    )
+    # errors the package explains (config, checkpoint, downloads): a message, no traceback
+    with console.explained_errors('tools/infer.py', checkpoint_argument=args.checkpoint):
+        with console.config_errors(args.config):
+            inferencer = DetInferencer(
+                model=args.config, weights=args.checkpoint, device=device, palette=args.palette
+            )
+        # heads of another class count would draw random detections: refuse, naming num_classes
+        check_checkpoint_for_testing(inferencer.model, args.checkpoint)
+        inferencer(
+            args.inputs,
+            batch_size=args.batch_size,
+            out_dir=args.out_dir,
+            pred_score_thr=args.pred_score_thr,
+            no_save_pred=not args.save_pred,
+            show=args.show,
+        )
     print(f'results written to {args.out_dir}')
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except CheckpointError as error:
-        raise SystemExit(f'tools/infer.py: error: {error}') from None
+    main()

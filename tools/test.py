@@ -2,7 +2,7 @@
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out RESULTS.pkl] [--show]
                          [--show-dir DIR] [--wait-time S] [--tta] [--cfg-options KEY=VALUE ...]
-                         [--launcher {none,pytorch,slurm,mpi}]
+                         [--launcher {none,pytorch,slurm,mpi}] [--verbose]
 
 The command line is mmdet's ``tools/test.py``. ``--tta`` needs ``tta_model`` and ``tta_pipeline`` in
 the config (see ``configs/deformable_detr/*-tta_coco.py``). On CPU-only machines, multi-process
@@ -25,7 +25,8 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mmdet_deformdetr  # noqa: E402,F401  (registers our modules, safe checkpoint loading)
-from mmdet_deformdetr.checkpoint import CheckpointError, check_checkpoint_for_testing  # noqa: E402
+from mmdet_deformdetr import console  # noqa: E402
+from mmdet_deformdetr.checkpoint import check_checkpoint_for_testing  # noqa: E402
 from tools import tool_common  # noqa: E402
 
 
@@ -65,20 +66,23 @@ def build_cfg(args: argparse.Namespace) -> Config:
 
 def main() -> None:
     args = parse_args()
+    console.start_tool(args.verbose)
     setup_cache_size_limit_of_dynamo()
-    cfg = build_cfg(args)
-    runner = tool_common.build_runner(cfg)
-    # every weight must come from the checkpoint: mmengine only logs heads of another class count
-    # ("size mismatch") and would test them at their random initialisation
-    check_checkpoint_for_testing(runner.model, args.checkpoint)
-    if args.out is not None:
-        # a metric that only writes the predictions, as mmdet's tools/test.py
-        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
-    runner.test()
+    # errors the package explains (config, checkpoint, data, downloads): a message, no traceback
+    with console.explained_errors('tools/test.py', checkpoint_argument=args.checkpoint) as errors:
+        with console.config_errors(args.config):
+            cfg = build_cfg(args)
+        errors.cfg = cfg
+        with console.config_errors(args.config):
+            runner = tool_common.build_runner(cfg)
+        # every weight must come from the checkpoint: mmengine only logs heads of another class
+        # count ("size mismatch") and would test them at their random initialisation
+        check_checkpoint_for_testing(runner.model, args.checkpoint)
+        if args.out is not None:
+            # a metric that only writes the predictions, as mmdet's tools/test.py
+            runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+        runner.test()
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except CheckpointError as error:  # our messages say what to do; torch's traceback would not
-        sys.exit(f'tools/test.py: error: {error}')
+    main()

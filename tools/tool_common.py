@@ -18,13 +18,14 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from mmdet_deformdetr.checkpoint import find_resume_checkpoint
+from mmdet_deformdetr.console import ConsoleRunner, add_verbose_argument
 from mmdet_deformdetr.engine import configure_cpu_distributed
 from mmdet_deformdetr.engine.atomic_checkpoint import last_checkpoint_of
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, work_dir_help: str) -> None:
     """``--work-dir``, ``--cfg-options``, ``--launcher`` and ``--local_rank`` as mmdet's tools
-    define them."""
+    define them, and ``--verbose`` (``mmdet_deformdetr.console``)."""
     parser.add_argument('--work-dir', help=work_dir_help)
     parser.add_argument(
         '--cfg-options',
@@ -41,6 +42,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, work_dir_help: str) ->
     )
     # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    add_verbose_argument(parser)
 
 
 def parse_with_local_rank(parser: argparse.ArgumentParser) -> argparse.Namespace:
@@ -109,6 +111,7 @@ def check_resume(cfg: Config) -> None:
 
 
 def build_runner(cfg: Config) -> Runner:
-    """The runner of ``cfg`` (``runner_type`` when set), after the CPU multi-process fixes."""
+    """The runner of ``cfg`` (``runner_type`` when set, else mmengine's Runner with our terminal
+    output, ``ConsoleRunner``), after the CPU multi-process fixes."""
     configure_cpu_distributed(cfg)
-    return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    return ConsoleRunner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)

@@ -2,11 +2,15 @@
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp] [--auto-scale-lr]
                                  [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
+                                 [--verbose]
 
 The command line is mmdet's ``tools/train.py``. Differences, all for CPU-only machines (see
 ``mmdet_deformdetr/engine/``): ``--amp`` selects bf16 autocast instead of fp16 + loss scaling, and
 multi-process runs (``tools/dist_train.sh``) use gloo and a DDP wrapper that accepts CPU modules.
 ``--resume`` without a checkpoint to resume from is an error (mmengine would start at iteration 0).
+The terminal shows a short header and the progress (the log file in the work dir keeps the whole
+config, environment and hook table); errors with an explanation (config, checkpoint, data, a
+failed download) end the run with it instead of a traceback. ``--verbose`` shows everything.
 Importing ``mmdet_deformdetr`` also installs the safe checkpoint loading that ``--resume`` and
 ``load_from`` need on torch >= 2.6.
 """
@@ -23,6 +27,7 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mmdet_deformdetr  # noqa: E402,F401  (registers our modules, safe checkpoint loading)
+from mmdet_deformdetr import console  # noqa: E402
 from mmdet_deformdetr.engine import select_amp_optim_wrapper  # noqa: E402
 from tools import tool_common  # noqa: E402
 
@@ -74,13 +79,20 @@ def build_cfg(args: argparse.Namespace) -> Config:
 
 def main() -> None:
     args = parse_args()
+    console.start_tool(args.verbose)
     setup_cache_size_limit_of_dynamo()
-    cfg = build_cfg(args)
-    try:
-        tool_common.check_resume(cfg)
-    except FileNotFoundError as error:  # a usage error: the message, no traceback
-        sys.exit(f'tools/train.py: error: {error}')
-    tool_common.build_runner(cfg).train()
+    # errors the package explains (config, checkpoint, data, downloads): a message, no traceback
+    with console.explained_errors('tools/train.py') as errors:
+        with console.config_errors(args.config):
+            cfg = build_cfg(args)
+        errors.cfg = cfg
+        try:
+            tool_common.check_resume(cfg)
+        except FileNotFoundError as error:  # a usage error: the message, no traceback
+            sys.exit(f'tools/train.py: error: {error}')
+        with console.config_errors(args.config):
+            runner = tool_common.build_runner(cfg)
+        runner.train()
 
 
 if __name__ == '__main__':

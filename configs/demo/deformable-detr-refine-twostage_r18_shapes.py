@@ -4,7 +4,8 @@
 #   bash tools/run_demo.sh [--quick | --long | --iters N] [--cfg-options KEY=VALUE ...]
 #
 # which generates the data under data/shapes_seed0/, trains with MMEngine's Runner, evaluates with
-# CocoMetric and draws predictions and curves into work_dirs/demo/ (see tools/demo.py).
+# CocoMetric and draws predictions and curves into work_dirs/demo/ (tools/demo.py --work-dir
+# changes it; see tools/demo.py).
 #
 # What is small, and why (no pretrained weights offline; the budget is 600 s on 2 CPU cores). How
 # each choice was measured, and what was tried and not kept: docs/demo_recipe.md.
@@ -172,5 +173,6 @@ env_cfg = dict(
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
     dist_cfg=dict(backend='gloo'),
 )
-work_dir = 'work_dirs/demo'
+# no work_dir here: tools/demo.py passes its own (work_dirs/demo/), and tools/train.py with this
+# config uses mmdet's default, work_dirs/<config name>/, so that it never resumes the demo's run
 randomness = dict(seed=0)

@@ -106,7 +106,7 @@ def check_fits(
         if isinstance(target, nn.Module)
         else infer_variant(target_state, by_identity=True)
     )
-    message = variant_mismatch(infer_variant(converted), model_variant, converted)
+    message = variant_mismatch(infer_variant(converted), model_variant, converted, target_state)
     if message is not None:
         raise CheckpointMismatchError(
             message + '\n' + '\n'.join(key_differences(converted, target_state))

@@ -1,6 +1,8 @@
 """What to change when a checkpoint and a model describe different Deformable DETRs: the facts
-that differ with the setting of each, the ``model = dict(...)`` override that fits the checkpoint,
-and the shipped configs whose built model has the checkpoint's keys and shapes."""
+that differ with the setting of each, the ``model = dict(...)`` override that fits the checkpoint
+(backbone and neck included, :mod:`.override`; offered only when it states every difference, so
+that it works as written), and the shipped configs whose built model has the checkpoint's keys
+and shapes."""
 
 import copy
 import functools
@@ -9,6 +11,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 
+from .override import structure_override
 from .variant import ModelVariant, variant_of_config
 
 # shipped configs, when the package runs from a checkout (an installed wheel has none)
@@ -107,8 +110,22 @@ def _points(rows: int, heads: Optional[int], levels: int) -> Optional[int]:
     return rows // (heads * levels)
 
 
-def suggest_config(checkpoint: ModelVariant, model: ModelVariant) -> str:
-    """The ``model = dict(...)`` override that turns ``model`` into the checkpoint's variant."""
+def _dict_text(settings: Mapping[str, Any]) -> str:
+    return f'dict({", ".join(f"{key}={value!r}" for key, value in settings.items())})'
+
+
+def suggest_config(
+    checkpoint: ModelVariant,
+    model: ModelVariant,
+    checkpoint_state: Optional[Mapping[str, torch.Tensor]] = None,
+    model_state: Optional[Mapping[str, torch.Tensor]] = None,
+) -> str:
+    """The ``model = dict(...)`` override that turns ``model`` into the checkpoint's variant.
+
+    With both state dicts (our keys), the backbone, neck and feed-forward width are compared too
+    and stated when they differ (:func:`~.override.structure_override`); when a part differs in
+    a way no setting states, no override is offered (the text says why).
+    """
     top, transformer, notes = [], [], []
     if None not in (checkpoint.with_box_refine, model.with_box_refine) and (
         checkpoint.with_box_refine != model.with_box_refine
@@ -117,9 +134,18 @@ def suggest_config(checkpoint: ModelVariant, model: ModelVariant) -> str:
     if checkpoint.as_two_stage != model.as_two_stage:
         top.append(f'as_two_stage={checkpoint.as_two_stage}')
     levels = checkpoint.num_feature_levels
+    parts, problems = {}, []
+    if checkpoint_state is not None and model_state is not None:
+        parts, problems = structure_override(checkpoint_state, model_state)
     if levels != model.num_feature_levels:
         top.append(f'num_feature_levels={levels}')
-        notes.append('with the backbone out_indices and the neck in_channels / num_outs to match')
+        if checkpoint_state is None or model_state is None:
+            notes.append(
+                'with the backbone out_indices and the neck in_channels / num_outs to match'
+            )
+    for part in ('backbone', 'neck'):
+        if parts.get(part):
+            top.append(f'{part}={_dict_text(parts[part])}')
     if None not in (checkpoint.num_queries, model.num_queries) and (
         checkpoint.num_queries != model.num_queries
     ):
@@ -127,6 +153,8 @@ def suggest_config(checkpoint: ModelVariant, model: ModelVariant) -> str:
     for name in ('embed_dims', 'num_encoder_layers', 'num_decoder_layers'):
         if getattr(checkpoint, name) != getattr(model, name):
             transformer.append(f'{name}={getattr(checkpoint, name)}')
+    for name, value in parts.get('transformer', {}).items():
+        transformer.append(f'{name}={value}')
     single_scale_encoder = model.enc_sampled_levels == 1 and model.num_feature_levels > 1
     for part, sampled in (('enc', 1 if single_scale_encoder else levels), ('dec', levels)):
         rows = getattr(checkpoint, f'{part}_attention_rows')
@@ -134,7 +162,7 @@ def suggest_config(checkpoint: ModelVariant, model: ModelVariant) -> str:
             continue
         points = _points(rows, model.num_heads, sampled)
         if points is None:
-            notes.append(
+            problems.append(
                 f'{part} attention rows {rows} are not num_heads ({model.num_heads}) x '
                 f'{sampled} level(s) x a whole K: the checkpoint has another '
                 'model.transformer.num_heads (the weights cannot tell heads from K)'
@@ -147,6 +175,11 @@ def suggest_config(checkpoint: ModelVariant, model: ModelVariant) -> str:
             f'num_heads={model.num_heads}; if the checkpoint has other heads, change '
             'model.transformer.num_heads instead'
         )
+    if problems:  # an override without them would not load: none rather than half of one
+        return (
+            f'no model = dict(...) override states every difference ({"; ".join(problems)}); '
+            'use a config that fits'
+        )
     if transformer:
         top.append(f'transformer=dict({", ".join(transformer)})')
     override = f'model = dict({", ".join(top)})' if top else 'no model = dict(...) override'
@@ -157,11 +190,13 @@ def variant_mismatch(
     checkpoint: ModelVariant,
     model: ModelVariant,
     checkpoint_state: Optional[Mapping[str, torch.Tensor]] = None,
+    model_state: Optional[Mapping[str, torch.Tensor]] = None,
 ) -> Optional[str]:
     """A message explaining why ``checkpoint`` cannot load into ``model``, or None if it can.
 
     ``checkpoint_state`` (our keys) makes the list of shipped configs that fit exact (keys and
-    shapes of the built models, see :func:`shipped_configs_that_fit`).
+    shapes of the built models, see :func:`shipped_configs_that_fit`); with ``model_state`` too,
+    the suggested override includes the backbone and neck (:func:`suggest_config`).
 
     Different ``num_classes`` or ``num_queries`` are not structural (fine-tuning on another dataset
     swaps the classification head); they are size mismatches that the load hook and
@@ -182,6 +217,7 @@ def variant_mismatch(
         'checkpoint and model are different Deformable DETR variants:\n  '
         + '\n  '.join(differences)
         + f'\ncheckpoint: {checkpoint.describe()}\nmodel:      {model.describe()}'
-        + f'\nsettings that fit the checkpoint: {suggest_config(checkpoint, model)}'
+        + '\nsettings that fit the checkpoint: '
+        + suggest_config(checkpoint, model, checkpoint_state, model_state)
         + f'\nshipped configs that fit the checkpoint: {shipped}'
     )

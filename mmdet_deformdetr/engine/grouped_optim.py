@@ -21,10 +21,20 @@ What to know: an optimizer ``state_dict`` saved with one layout does not load in
 constructor it was started with; ``load_from`` (weights only) is not affected.
 """
 
-from typing import Any, Dict, List
+import contextlib
+import logging
+import re
+from typing import Any, Dict, Iterator, List, Sequence
 
 import torch.nn as nn
+from mmengine.logging import MMLogger, print_log
 from mmengine.optim import DefaultOptimWrapperConstructor
+
+from mmdet_deformdetr.console.quiet import screen_handlers
+from mmdet_deformdetr.console.verbosity import verbose
+
+# mmengine's add_params logs a line per parameter and setting, and one per frozen parameter
+_PER_PARAMETER = re.compile(r'paramwise_options -- |\S+ is skipped since its requires_grad=False$')
 
 
 def merge_param_groups(groups: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -49,7 +59,77 @@ class GroupedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
 
     def add_params(self, params: List[dict], module: nn.Module, prefix: str = '', **kwargs) -> None:
         """mmengine's recursive per-parameter groups; at the top level (``prefix == ''``)
-        they are then merged in place."""
-        super().add_params(params, module, prefix=prefix, **kwargs)
-        if prefix == '':
-            params[:] = merge_param_groups(params)
+        they are then merged in place, and one line per merged group (and one for the frozen
+        parameters) replaces mmengine's line per parameter on the screen (the log file keeps
+        those; ``--verbose`` shows them)."""
+        if prefix != '':
+            super().add_params(params, module, prefix=prefix, **kwargs)
+            return
+        with _per_parameter_lines_off_screen():
+            super().add_params(params, module, prefix=prefix, **kwargs)
+        params[:] = merge_param_groups(params)
+        custom_keys = self.paramwise_cfg.get('custom_keys', {})
+        for line in describe_param_groups(params, module, custom_keys):
+            print_log(line, logger='current')
+
+
+class _PerParameterLines(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _PER_PARAMETER.match(str(record.getMessage()))
+
+
+@contextlib.contextmanager
+def _per_parameter_lines_off_screen() -> Iterator[None]:
+    """mmengine's per-parameter lines kept off the screen handlers of the current logger."""
+    handlers = [] if verbose() else screen_handlers(MMLogger.get_current_instance())
+    line_filter = _PerParameterLines()
+    for handler in handlers:
+        handler.addFilter(line_filter)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(line_filter)
+
+
+def _where(name: str, keys: Sequence[str]) -> str:
+    """The custom key that matched ``name`` (mmengine's rule: longest first), else its top-level
+    module."""
+    return next((key for key in keys if key in name), name.split('.')[0])
+
+
+def _counts(names: Sequence[str], keys: Sequence[str]) -> str:
+    counts: Dict[str, int] = {}
+    for name in names:
+        counts[_where(name, keys)] = counts.get(_where(name, keys), 0) + 1
+    return ', '.join(f'{where} ({count})' for where, count in counts.items())
+
+
+def describe_param_groups(
+    groups: Sequence[Dict[str, Any]], module: nn.Module, custom_keys: Dict[str, Any]
+) -> List[str]:
+    """One line per param group (its settings, its tensors by custom key or top-level module)
+    and one for the parameters left out because ``requires_grad=False``."""
+    keys = sorted(sorted(custom_keys), key=len, reverse=True)
+    names = {id(param): name for name, param in module.named_parameters()}
+    lines = []
+    for index, group in enumerate(groups):
+        settings = ', '.join(
+            f'{k}={v:.3g}' if isinstance(v, float) else f'{k}={v}'
+            for k, v in group.items()
+            if k != 'params'
+        )
+        values = sum(param.numel() for param in group['params'])
+        lines.append(
+            f'param group {index}: {settings or "the optimizer defaults"}: '
+            f'{len(group["params"])} tensors, {values / 1e6:.2f} M values: '
+            + _counts([names.get(id(p), '?') for p in group['params']], keys)
+        )
+    frozen = [(name, p) for name, p in module.named_parameters() if not p.requires_grad]
+    if frozen:
+        values = sum(param.numel() for _, param in frozen)
+        lines.append(
+            f'not optimised (requires_grad=False): {len(frozen)} tensors, '
+            f'{values / 1e6:.2f} M values: ' + _counts([name for name, _ in frozen], keys)
+        )
+    return lines

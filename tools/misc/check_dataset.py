@@ -54,15 +54,53 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
+SPLIT_USE = dict(
+    train='training reads',
+    val='validation during training reads',
+    test='tools/test.py reads',
+)
+
+
 def dataset_from_config(path: str, split: str, options: dict) -> Tuple[str, str, Optional[tuple]]:
     """``(ann_file, img_dir, classes)`` of ``{split}_dataloader.dataset`` in the config."""
-    from mmdet.registry import DATASETS
+    return dataset_of(load_config(path, options), split)
+
+
+def load_config(path: str, options: dict):
+    """The config with ``--cfg-options`` merged (its custom_imports register our modules)."""
     from mmdet.utils import register_all_modules
     from mmengine.config import Config
 
-    cfg = Config.fromfile(path)  # its custom_imports register our modules
+    cfg = Config.fromfile(path)
     cfg.merge_from_dict(options)
     register_all_modules(init_default_scope=False)
+    return cfg
+
+
+def split_note(cfg, split: str) -> str:
+    """Which dataloader ``--split`` reads, and the splits whose dataloader reads another file
+    (the demo validates on a subset of the file its test reads, for instance)."""
+    ann_file = dataset_of(cfg, split)[0]
+    others = []
+    for other in SPLIT_USE:
+        if other != split and cfg.get(f'{other}_dataloader') is not None:
+            try:
+                other_file = dataset_of(cfg, other)[0]
+            except SystemExit:  # not a COCO-format dataset: nothing to compare
+                continue
+            if other_file != ann_file and split != 'train' and other != 'train':
+                others.append(f'{other}_dataloader reads {other_file} (--split {other})')
+    return (
+        f'--split {split}: the annotation file of {split}_dataloader.dataset (what '
+        f'{SPLIT_USE[split]})' + ''.join(f'; {note}' for note in others)
+    )
+
+
+def dataset_of(cfg, split: str) -> Tuple[str, str, Optional[tuple]]:
+    """``(ann_file, img_dir, classes)`` of ``{split}_dataloader.dataset`` in ``cfg``."""
+    from mmdet.registry import DATASETS
+
+    path = cfg.filename
     key = f'{split}_dataloader'
     if cfg.get(key) is None:
         raise SystemExit(f'{path} has no {key}')
@@ -89,7 +127,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     from mmdet_deformdetr.datasets.dataset_report import check_coco
 
     if args.config:
-        ann_file, img_dir, classes = dataset_from_config(args.config, args.split, args.cfg_options)
+        cfg = load_config(args.config, args.cfg_options)
+        ann_file, img_dir, classes = dataset_of(cfg, args.split)
+        print(split_note(cfg, args.split))
     else:
         ann_file, img_dir = args.ann_file, args.img_dir
         classes = tuple(args.classes) if args.classes else None

@@ -4,7 +4,9 @@ Families (detected from the file's contents; the table is
 ``mmdet_deformdetr.checkpoint.FAMILIES``): the official repository's ``.pth``
 (``{'model', 'optimizer', 'lr_scheduler', 'epoch', 'args'}``), mmdet 3.x zoo files, Hugging Face
 ``DeformableDetrForObjectDetection`` (a directory with ``config.json`` and ``model.safetensors`` or
-``pytorch_model.bin``, or one of those files), and our own files (re-saved unchanged).
+``pytorch_model.bin``, or one of those files), and our own files (a weights-only copy: the
+training state of a training checkpoint, optimizer and schedulers, is not copied, and the tool
+says so).
 
 Examples::
 
@@ -19,7 +21,9 @@ one run). A refused, truncated or unreadable file ends the run with one message 
 The output is
 ``{'meta': {...}, 'state_dict': {...}}`` in our keys, loadable with ``load_from=`` or
 ``mmengine.runner.load_checkpoint``. A report of matched, remapped, dropped, filled (and, with
-``--config``, missing and unexpected) keys is printed.
+``--config``, missing and unexpected) keys is printed. The classification branches keep their
+channels unless ``--num-classes`` (or the ``--config`` model) asks for 80 where the file has 91
+COCO-id channels (the official and Hugging Face files: remapped to mmdet's 80 by default).
 """
 
 import argparse
@@ -47,9 +51,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         '--num-classes',
         type=int,
-        default=80,
-        help='classes of the target model: 91 COCO-id heads are remapped to '
-        "mmdet's 80 when this is 80 (default); other counts are kept as is",
+        help="classes of the target model: 91 COCO-id heads are remapped to mmdet's 80 when "
+        "this is 80; other counts are kept as is (default: the --config model's count; without "
+        "--config, 80 for files of another family and the file's own count for ours)",
     )
     parser.add_argument(
         '--config',
@@ -85,7 +89,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     extra_globals = [trusted_global_by_name(name) for name in args.trust_global]
     checkpoint, hf_config = read_checkpoint(args.src, extra_globals=extra_globals)
     family, state_dict, meta = identify_checkpoint(checkpoint, source=args.src)
-    converted, report = convert_state_dict(state_dict, num_classes=args.num_classes, family=family)
+    target = _target_model(args.config) if args.config else None
+    num_classes = args.num_classes
+    if num_classes is None and target is not None:
+        num_classes = _num_classes(target)
+    elif num_classes is None and family.name != OURS:
+        num_classes = 80  # COCO in mmdet's 80 classes, the checkpoints of the other families
+    converted, report = convert_state_dict(state_dict, num_classes=num_classes, family=family)
     if hf_config is not None:
         keep = (
             'with_box_refine',
@@ -97,16 +107,34 @@ def main(argv: Optional[List[str]] = None) -> int:
             'd_model',
         )
         meta.update({f'hf_config.{k}': hf_config[k] for k in keep if k in hf_config})
-    if args.config:
-        check_fits(converted, _target_model(args.config), report)
+    if target is not None:
+        check_fits(converted, target, report)
     print(report.summary(max_keys=args.max_keys))
     meta.update(converted_from=str(args.src), source_format=family.name, variant=report.variant)
+    dropped = sorted(key for key in checkpoint if key not in ('meta', 'state_dict'))
     if family.name == OURS:
         meta.setdefault('note', 'already in mmdet_deformdetr keys; re-saved without training state')
     Path(args.dst).parent.mkdir(parents=True, exist_ok=True)
     torch.save({'meta': meta, 'state_dict': converted}, args.dst)
-    print(f'saved {len(converted)} tensors to {args.dst}')
+    if family.name == OURS:
+        print(
+            f'{args.src} is already in mmdet_deformdetr format: saved a weights-only copy '
+            f'({len(converted)} tensors, meta) to {args.dst}'
+            + (
+                f'; the training state ({", ".join(dropped)}) is not copied (resume from the '
+                'original file)'
+                if dropped
+                else ''
+            )
+        )
+    else:
+        print(f'saved {len(converted)} tensors to {args.dst}')
     return 0
+
+
+def _num_classes(model: torch.nn.Module) -> Optional[int]:
+    weight = model.state_dict().get('bbox_head.cls_branches.0.weight')
+    return None if weight is None else int(weight.shape[0])
 
 
 if __name__ == '__main__':
