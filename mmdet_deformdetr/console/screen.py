@@ -142,6 +142,4 @@ class ConsoleRunner(Runner):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.logger.info(describe_model(self.model))
-        self.logger.info(
-            f'Work dir: {self.work_dir} (checkpoints, the config); log: {self.log_file}'
-        )
+        self.logger.info(f'Work dir: {self.work_dir}; log: {self.log_file}')

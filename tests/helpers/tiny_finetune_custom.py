@@ -11,7 +11,7 @@ _base_ = (
 embed_dims = 32
 model = dict(
     num_queries=10,
-    backbone=dict(depth=18, init_cfg=None),
+    backbone=dict(depth=18),  # the project's init_cfg=None: nothing downloaded but load_from
     neck=dict(
         in_channels=[128, 256, 512], out_channels=embed_dims, norm_cfg=dict(type='GN', num_groups=8)
     ),

@@ -3,11 +3,14 @@ iterations with tools/train.py (tiny model, a small synthetic shapes dataset gen
 project README says, from a tiny 80-class COCO checkpoint). Nothing outside the repository is
 read."""
 
+import sys
+
 import pytest
 import torch
+from mmengine.config import Config
 
 from mmdet_deformdetr.datasets import CLASSES
-from tests.helpers.tools import REPO_ROOT, TINY_FINETUNE_CONFIG
+from tests.helpers.tools import REPO_ROOT, TINY_FINETUNE_CONFIG, run_tool
 
 PROJECT_CONFIGS = sorted((REPO_ROOT / 'projects').glob('*/configs/**/*.py'))
 
@@ -41,6 +44,17 @@ def test_project_configs_read_nothing_outside_the_repository():
         assert 'shared/' not in text and '/work/' not in text, config
 
 
+def offline_env(tmp_path) -> dict:
+    """An environment where every download fails at once (a closed local port as the proxy) and
+    torch.hub's cache is empty."""
+    env = {
+        name: 'http://127.0.0.1:9'
+        for name in ('http_proxy', 'https_proxy', 'HTTP_PROXY', 'HTTPS_PROXY')
+    }
+    env.update(no_proxy='', NO_PROXY='', TORCH_HOME=str(tmp_path / 'torch_home'))
+    return env
+
+
 @pytest.mark.slow
 def test_finetune_custom_dataset_trains(python_tool, make_tiny_checkpoint, tmp_path):
     from mmdet_deformdetr.datasets import ShapesConfig, generate_shapes_dataset
@@ -66,6 +80,7 @@ def test_finetune_custom_dataset_trains(python_tool, make_tiny_checkpoint, tmp_p
         '--cfg-options',
         f'load_from={coco_checkpoint}',
         *data_options,
+        env=offline_env(tmp_path),  # a local copy of the COCO weights: nothing to download
     )
 
     output = result.output
@@ -83,3 +98,49 @@ def test_finetune_custom_dataset_trains(python_tool, make_tiny_checkpoint, tmp_p
     coco_state = torch.load(coco_checkpoint, map_location='cpu', weights_only=False)['state_dict']
     key = 'transformer.level_embed'
     assert torch.allclose(state_dict[key], coco_state[key], atol=1e-3)
+
+
+@pytest.mark.slow
+def test_finetune_custom_dataset_offline(tmp_path):
+    """The project without network (every download goes to a closed port): as shipped, the run
+    stops with one message naming the URL, load_from and the switch; with the README's switch
+    (--cfg-options load_from=None) it trains one iteration and validates."""
+    from mmdet_deformdetr.datasets import ShapesConfig, generate_shapes_dataset
+
+    root = generate_shapes_dataset(
+        tmp_path / 'shapes_finetune',
+        ShapesConfig(num_train=2, num_val=1, img_size=96, min_size=8, max_size=48, max_objects=3),
+    )
+    data_options = [
+        f'{split}_dataloader.dataset.data_root={root}/' for split in ('train', 'val', 'test')
+    ] + [
+        f'{key}.ann_file={root}/annotations/instances_val.json'
+        for key in ('val_evaluator', 'test_evaluator')
+    ]
+    offline = offline_env(tmp_path)
+    one_iteration = ['train_cfg.max_iters=1', 'train_cfg.val_interval=1']
+    command = [
+        sys.executable,
+        'tools/train.py',
+        str(TINY_FINETUNE_CONFIG),
+        '--work-dir',
+        str(tmp_path / 'work'),
+        '--cfg-options',
+        *data_options,
+        *one_iteration,
+    ]
+
+    shipped = run_tool(command, env=offline, check=False)
+    url = Config.fromfile(str(TINY_FINETUNE_CONFIG)).load_from
+    assert url.startswith('https://download.openmmlab.com/')
+    assert shipped.returncode == 1
+    error = shipped.output.split('tools/train.py: error: ')[1]
+    assert error.startswith(f'load_from = {url}: could not download {url}')
+    assert 'To run without it: --cfg-options load_from=None' in error
+    assert 'Traceback' not in shipped.output and 'Iter(train)' not in shipped.output
+
+    switched = run_tool([*command, 'load_from=None'], env=offline)
+    assert 'Iter(train) [1/1]' in switched.output
+    assert 'coco/bbox_mAP:' in switched.output
+    assert 'Downloading' not in switched.output
+    assert (tmp_path / 'work' / 'iter_1.pth').is_file()

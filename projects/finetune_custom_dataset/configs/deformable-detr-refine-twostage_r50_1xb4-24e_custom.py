@@ -1,7 +1,11 @@
 # Fine-tune two-stage Deformable DETR (with iterative box refinement), trained on COCO, on your own
 # COCO-format dataset. Edit the block "your dataset" below; everything else follows from it.
-# As shipped it runs on the synthetic shapes dataset that the package writes (no download):
-#   python -m mmdet_deformdetr.datasets data/shapes_finetune
+# As shipped it reads the synthetic shapes dataset that the package writes:
+#   .venv/bin/python -m mmdet_deformdetr.datasets data/shapes_finetune
+# Downloads: one file, the COCO checkpoint of `load_from` below (on first use, into torch.hub's
+# cache). Offline, either put that file there or set load_from to a local copy, or train without
+# it: --cfg-options load_from=None (the weights then start from their initialisation; see the
+# project README, "Downloads and offline use").
 _base_ = '../../../configs/deformable_detr/deformable-detr-refine-twostage_r50_16xb2-50e_coco.py'
 
 # --- your dataset ---------------------------------------------------------------------------------
@@ -25,7 +29,9 @@ metainfo = dict(
 # The classification branches (decoder and two-stage proposal branches) get one channel per class;
 # when loading the COCO checkpoint, mmengine skips their 80-channel tensors (size mismatch, a
 # warning) and keeps everything else: backbone, neck, transformer and box regression.
-model = dict(bbox_head=dict(num_classes=len(metainfo['classes'])))
+# The primitive config's ImageNet backbone (model.backbone.init_cfg) is not downloaded: load_from
+# replaces every backbone weight right after the initialisation.
+model = dict(backbone=dict(init_cfg=None), bbox_head=dict(num_classes=len(metainfo['classes'])))
 
 # mmdet model zoo, COCO box AP 47.0; any format our loader detects works (official repository,
 # mmdet zoo, Hugging Face, our own checkpoints)
