@@ -192,3 +192,79 @@ def test_config_facts_equal_the_built_models(config):
     assert from_config == dataclasses.replace(
         variant_of_model(model), with_box_refine=from_config.with_box_refine
     )
+
+
+def _suggested_override(message: str) -> str:
+    line = next(
+        line
+        for line in message.splitlines()
+        if line.startswith('settings that fit the checkpoint: ')
+    )
+    override = line[len('settings that fit the checkpoint: ') :].split('; ')[0]
+    assert override.startswith('model = dict('), line
+    return override
+
+
+DEMO_CONFIG = REPO_ROOT / 'configs' / 'demo' / 'deformable-detr-refine-twostage_r18_shapes.py'
+TWO_STAGE_R50 = (
+    REPO_ROOT / 'configs/deformable_detr/deformable-detr-refine-twostage_r50_16xb2-50e_coco.py'
+)
+PLAIN_R50 = REPO_ROOT / 'configs/deformable_detr/deformable-detr_r50_16xb2-50e_coco.py'
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    'source, target',
+    [
+        ('demo', TWO_STAGE_R50),  # half-width ResNet-18, 3 levels, 128-d, 2 + 4 layers
+        ('small', PLAIN_R50),  # ResNet-18, 32-d, 1 + 2 layers
+    ],
+    ids=['demo_into_two_stage_r50', 'small_into_plain_r50'],
+)
+def test_suggested_override_loads_when_applied_as_written(source, target, tmp_path: Path):
+    """The override in the message, pasted under `_base_ = <the config>`, builds a model that the
+    checkpoint loads into, every key and shape (strict): backbone and neck included."""
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+
+    if source == 'demo':
+        source_cfg = Config.fromfile(str(DEMO_CONFIG)).model
+    else:  # ResNet-18, 32-d, 8 heads (a whole K for the R-50 config's 8 heads), 1 + 2 layers
+        source_cfg = Config(dict(model=tiny_model_cfg('plain', num_heads=8))).model
+    source_cfg.bbox_head.num_classes = 80  # the class count is not a variant difference
+    torch.manual_seed(0)
+    path = _save_ours(MODELS.build(source_cfg), tmp_path / f'{source}.pth')
+
+    target_cfg = Config.fromfile(str(target)).model
+    target_cfg.backbone.init_cfg = None  # nothing to download for the refused model
+    with pytest.raises(ValueError) as error:
+        load_checkpoint(MODELS.build(target_cfg), str(path), map_location='cpu')
+    override = _suggested_override(str(error.value))
+    assert 'backbone=dict(depth=18' in override and 'init_cfg=None' in override
+    assert 'neck=dict(in_channels=[' in override
+
+    config = tmp_path / 'with_override.py'
+    config.write_text(f'_base_ = {str(target)!r}\n{override}\n')
+    fitted = MODELS.build(Config.fromfile(str(config)).model)
+    load_checkpoint(fitted, str(path), map_location='cpu', strict=True)
+
+
+def test_no_half_override_when_a_part_cannot_be_stated(tmp_path: Path):
+    """A neck of another type cannot be stated as ChannelMapper settings: the message offers no
+    override (one without the neck would not load) and points to a config that fits."""
+    from mmdet.registry import MODELS
+
+    cfg = tiny_model_cfg('plain')
+    cfg['neck'] = dict(
+        type='BiFPNNeck', in_channels=[128, 256, 512], out_channels=32, num_outs=4, num_repeats=1
+    )
+    cfg['transformer']['num_encoder_layers'] = 2
+    path = _save_ours(MODELS.build(cfg), tmp_path / 'bifpn.pth')
+    with pytest.raises(ValueError) as error:
+        load_checkpoint(build_tiny_model('plain'), str(path), map_location='cpu')
+    message = str(error.value)
+    assert (
+        'settings that fit the checkpoint: no model = dict(...) override states every '
+        'difference (the neck is another type or layout'
+    ) in message
+    assert 'model = dict(transformer' not in message

@@ -135,3 +135,43 @@ def test_demo_and_paper_configs_use_it():
     assert lrs == pytest.approx([0.1 * base, base, base])  # lr_mult (0.1 or 1.0) stays a group key
     tiny = Config.fromfile(str(TINY_CONFIG))
     assert tiny.optim_wrapper.constructor == 'GroupedOptimWrapperConstructor'
+
+
+@pytest.mark.parametrize('verbose', [False, True])
+def test_one_line_per_group_on_the_screen_every_parameter_in_the_log_file(
+    verbose, tmp_path, monkeypatch
+):
+    """mmengine logs a line per parameter and setting (and per frozen parameter); the screen
+    gets one line per merged group and one for the frozen ones, the log file keeps mmengine's
+    lines; --verbose (DEFORMDETR_VERBOSE=1) shows them on the screen too."""
+    import io
+
+    from mmengine.logging import MMLogger
+
+    from mmdet_deformdetr.console.quiet import screen_handlers
+
+    if verbose:
+        monkeypatch.setenv('DEFORMDETR_VERBOSE', '1')
+    else:
+        monkeypatch.delenv('DEFORMDETR_VERBOSE', raising=False)
+    log_file = tmp_path / 'run.log'
+    logger = MMLogger.get_instance(f'grouped_optim_lines_{verbose}', log_file=str(log_file))
+    screen = io.StringIO()
+    for handler in screen_handlers(logger):
+        handler.setStream(screen)
+    model = _Toy()
+    model.backbone[1].weight.requires_grad_(False)  # a frozen BN weight
+    wrapper = build_optim_wrapper(model, _optim_cfg('GroupedOptimWrapperConstructor'))
+    for handler in logger.handlers:
+        handler.flush()
+
+    groups = len(wrapper.optimizer.param_groups)
+    shown = screen.getvalue()
+    assert shown.count(' param group ') == groups
+    assert 'param group 0: ' in shown and 'backbone (' in shown and 'sampling_offsets (2)' in shown
+    assert 'not optimised (requires_grad=False): 1 tensors' in shown
+    assert ('paramwise_options -- ' in shown) == verbose
+    assert ('backbone.1.weight is skipped since its requires_grad=False' in shown) == verbose
+    logged = log_file.read_text()
+    assert 'paramwise_options -- sampling_offsets.weight:lr_mult=0.1' in logged
+    assert 'backbone.1.weight is skipped since its requires_grad=False' in logged
