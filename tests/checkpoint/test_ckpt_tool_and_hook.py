@@ -71,3 +71,33 @@ def test_deformdetr_scheme_reads_official_file(official_listing, tmp_path: Path)
     model = build_official_r50('plain')
     load_checkpoint(model, f'deformdetr://{src}', map_location='cpu', strict=True)
     assert torch.equal(model.transformer.query_embed.weight, official['query_embed.weight'])
+
+
+def test_tool_on_our_own_training_checkpoint_says_what_it_did(converter, tmp_path: Path, capsys):
+    """A checkpoint of ours with its training state: a weights-only copy, said on the terminal;
+    no note about class channels (no model was given, nothing to compare with)."""
+    from tests.helpers.models import NUM_CLASSES, build_tiny_model
+
+    model = build_tiny_model('plain')
+    src, dst = tmp_path / 'iter_2.pth', tmp_path / 'weights.pth'
+    torch.save(
+        dict(
+            meta=dict(iter=2),
+            state_dict=model.state_dict(),
+            optimizer=dict(state={}, param_groups=[]),
+            param_schedulers=[],
+            message_hub=dict(log_scalars={}),
+        ),
+        src,
+    )
+    assert converter.main([str(src), str(dst)]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        f'{src} is already in mmdet_deformdetr format: saved a weights-only copy '
+        f'({len(model.state_dict())} tensors, meta) to {dst}; the training state (message_hub, '
+        'optimizer, param_schedulers) is not copied (resume from the original file)'
+    ) in printed
+    assert 'not remapped' not in printed and 'note:' not in printed
+    saved = torch.load(dst, map_location='cpu', weights_only=True)
+    assert set(saved) == {'meta', 'state_dict'}
+    assert saved['state_dict']['bbox_head.cls_branches.0.weight'].shape[0] == NUM_CLASSES

@@ -64,6 +64,30 @@ def test_evaluations_during_training_use_a_val_subset(tmp_path):
     assert cfg.test_evaluator.ann_file == f'{tmp_path}/annotations/instances_val.json'
 
 
+def test_train_py_on_the_demo_config_does_not_use_the_demos_folder():
+    """tools/demo.py passes its work dir; the config names none, so tools/train.py uses mmdet's
+    default, work_dirs/<config name>/, and a plain --resume cannot pick up the demo's run."""
+    from mmengine.config import Config
+
+    from tools.tool_common import load_tool_config
+
+    assert Config.fromfile(CONFIG).get('work_dir') is None
+    cfg = load_tool_config(str(CONFIG), 'none', None, None)
+    assert cfg.work_dir == f'./work_dirs/{CONFIG.stem}'
+
+
+def test_paths_on_the_command_line_are_relative_to_where_the_demo_starts(tmp_path, monkeypatch):
+    demo = _demo_module()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, 'argv', ['demo.py', '--work-dir', 'mine', '--data-root', 'd/'])
+    args = demo.parse_args()
+    assert args.work_dir == str(tmp_path / 'mine')
+    assert args.data_root == f'{tmp_path}/d/'
+    assert args.data_cache == str(ROOT / 'data')  # defaults: the repository's
+    monkeypatch.setattr(sys, 'argv', ['demo.py'])
+    assert demo.parse_args().work_dir == str(ROOT / 'work_dirs' / 'demo')
+
+
 def test_other_coco_dataset_through_cfg_options():
     """The documented --cfg-options keys suffice: evaluator, test loader, num_classes follow."""
     from mmengine.config import Config
@@ -166,6 +190,31 @@ def test_demo_end_to_end_tiny(tmp_path):
     assert 0.0 <= metrics['coco/bbox_mAP'] <= 1.0
     for png in ('predictions.png', 'training_curves.png'):
         assert (work_dir / png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n', png
+    # the final detections went to the work dir, but the saved config does not send another
+    # run's there: tools/test.py with the saved config and another work dir writes only there
+    detections = work_dir / 'val_detections.bbox.json'
+    assert detections.is_file()
+    saved_config = work_dir / CONFIG.name
+    assert 'outfile_prefix' not in saved_config.read_text()
+    before = {path: path.stat().st_mtime_ns for path in work_dir.rglob('*')}
+    other = tmp_path / 'other'
+    test_run = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / 'tools' / 'test.py'),
+            str(saved_config),
+            summary['checkpoint'],
+            '--work-dir',
+            str(other),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert test_run.returncode == 0, test_run.stdout[-3000:] + test_run.stderr[-3000:]
+    assert {path: path.stat().st_mtime_ns for path in work_dir.rglob('*')} == before
+    assert list(other.glob('*/*.json'))  # the metrics of the test run, in its own work dir
 
 
 def test_precision_follows_native_bf16_and_the_flag():

@@ -129,6 +129,12 @@ def test_config_mode_reads_the_dataloader_dataset(broken, capsys):
         == 1
     )
     output = capsys.readouterr().out
+    # which dataloader's file is checked, and that the test dataloader reads another one
+    assert output.startswith(
+        '--split val: the annotation file of val_dataloader.dataset (what validation during '
+        'training reads); test_dataloader reads data/coco/annotations/instances.json '
+        '(--split test)\n'
+    ), output[:400]
     assert (
         f'checking {broken}/annotations/instances.json with images in {broken}/images/, '
         "classes ('person', 'bicycle'" in output
