@@ -5,7 +5,12 @@ here and nowhere else.
 """
 
 from mmdet.registry import DATASETS, HOOKS, MODELS
-from mmengine.registry import MODEL_WRAPPERS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS
+from mmengine.registry import (
+    LOG_PROCESSORS,
+    MODEL_WRAPPERS,
+    OPTIM_WRAPPER_CONSTRUCTORS,
+    OPTIM_WRAPPERS,
+)
 from mmengine.runner import CheckpointLoader
 
 from .checkpoint import (
@@ -21,6 +26,7 @@ from .engine import (
     CPUDistributedDataParallel,
     GroupedOptimWrapperConstructor,
     StopOnNonFiniteHook,
+    ValRoundLogProcessor,
 )
 from .models.detector import DeformDETR
 from .models.head import DeformDETRHead
@@ -59,6 +65,9 @@ MODEL_WRAPPERS.register_module(module=CPUDistributedDataParallel)
 OPTIM_WRAPPERS.register_module(module=CPUAutocastOptimWrapper)
 # One param group per distinct setting instead of per parameter (engine/grouped_optim.py).
 OPTIM_WRAPPER_CONSTRUCTORS.register_module(module=GroupedOptimWrapperConstructor)
+# Iteration-based runs: the validation round in the json log, as mmdet's analyze_logs.py groups
+# lines by epoch (engine/log_processor.py).
+LOG_PROCESSORS.register_module(module=ValRoundLogProcessor)
 
 # Bad data (mmdet_deformdetr/datasets/ documents each case): mmdet's CocoDataset with
 # checks that name the file and the fix, and a start-of-run check of num_classes against the data.

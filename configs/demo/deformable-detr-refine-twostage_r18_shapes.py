@@ -165,7 +165,9 @@ default_hooks = dict(
     ),
     visualization=dict(type='DetVisualizationHook', draw=False),
 )
-log_processor = dict(type='LogProcessor', window_size=20, by_epoch=False)
+# the json log also names the validation round of each line, which mmdet's analyze_logs.py groups
+# by: `plot_curve LOG --keys bbox_mAP` draws one point per evaluation
+log_processor = dict(type='ValRoundLogProcessor', window_size=20, by_epoch=False)
 vis_backends = [dict(type='LocalVisBackend')]
 visualizer = dict(type='DetLocalVisualizer', vis_backends=vis_backends, name='visualizer')
 env_cfg = dict(

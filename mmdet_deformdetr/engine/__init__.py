@@ -8,6 +8,9 @@
 - ``CPUAutocastOptimWrapper``: ``--amp`` on the CPU (bfloat16 autocast, no loss scaling).
 - ``GroupedOptimWrapperConstructor``: mmengine's constructor with parameters of equal settings in
   one param group (one per parameter made the optimizer step a fixed cost that small models feel).
+- ``ValRoundLogProcessor``: mmengine's log processor whose json log of an iteration-based run
+  carries the validation round as ``epoch``, so that mmdet's ``analyze_logs.py`` plots one mAP
+  point per evaluation.
 - ``configure_cpu_distributed``: what the tools apply for CPU multi-process runs (gloo, the wrapper,
   process-group initialisation without ``torch.cuda.set_device``).
 
@@ -21,6 +24,7 @@ from .cpu_ddp import CPUDistributedDataParallel
 from .cpu_dist import configure_cpu_distributed
 from .finite_check import NonFiniteTrainingError, StopOnNonFiniteHook
 from .grouped_optim import GroupedOptimWrapperConstructor, merge_param_groups
+from .log_processor import ValRoundLogProcessor
 
 __all__ = [
     'AtomicCheckpointHook',
@@ -29,6 +33,7 @@ __all__ = [
     'GroupedOptimWrapperConstructor',
     'NonFiniteTrainingError',
     'StopOnNonFiniteHook',
+    'ValRoundLogProcessor',
     'configure_cpu_distributed',
     'merge_param_groups',
     'cpu_bf16_support',

@@ -156,3 +156,44 @@ def test_analyze_logs_and_confusion_matrix_after_train_and_test(checkpoint, tmp_
         *data_options(),
     )
     assert (tmp_path / 'cm' / 'confusion_matrix.png').stat().st_size > 0
+
+
+def test_analyze_logs_plots_map_of_an_iteration_based_run(tmp_path):
+    """An iteration-based run that validates twice (as the demo does, five times), logged with
+    ValRoundLogProcessor (the demo config's): plot_curve --keys bbox_mAP draws one point per
+    evaluation. The key is the part after 'coco/' (analyze_logs.py drops the prefix when it
+    reads the log); without the processor every evaluation falls in one group and the plot
+    fails."""
+    import importlib.util
+
+    run_tool(
+        [
+            sys.executable,
+            'tools/train.py',
+            str(TINY_CONFIG),
+            '--work-dir',
+            str(tmp_path / 'train'),
+            '--cfg-options',
+            *data_options(),
+            'train_cfg.val_begin=1',
+            'train_cfg.val_interval=1',
+            'log_processor.type=ValRoundLogProcessor',
+        ]
+    )
+    log = next(
+        p for p in (tmp_path / 'train').glob('*/vis_data/*.json') if p.name != 'scalars.json'
+    )
+    curve = tmp_path / 'map.png'
+    output = mmdet_tool(
+        'analyze_logs.py', 'plot_curve', str(log), '--keys', 'bbox_mAP', '--out', str(curve)
+    )
+    assert f'save curve to: {curve}' in output and curve.stat().st_size > 0
+    assert 'average iter time' in mmdet_tool('analyze_logs.py', 'cal_train_time', str(log))
+
+    spec = importlib.util.spec_from_file_location('analyze_logs', ANALYSIS / 'analyze_logs.py')
+    analyze_logs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(analyze_logs)
+    groups = analyze_logs.load_json_logs([str(log)])[0]
+    assert {round: len(values['bbox_mAP']) for round, values in groups.items()} == {1: 1, 2: 1}
+    # every training line is still read (the loss curve's x axis is the iteration)
+    assert sorted(step for values in groups.values() for step in values['step']) == [1, 2]
