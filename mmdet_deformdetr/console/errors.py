@@ -169,29 +169,27 @@ def _describe_request(
     if name is None or (network is None and not isinstance(error, FileNotFoundError)):
         return None
     settings = settings_with_value(cfg, name) or (settings_with_value(cfg, url) if url else [])
+    asked_by, options = None, None
     if checkpoint_argument is not None and name == checkpoint_argument:
-        asked_by, options = 'the CHECKPOINT argument', None
+        asked_by = 'the CHECKPOINT argument'
     elif settings:
-        asked_by = settings[0]
-        options = _without(cfg, settings[0])
-    else:
-        asked_by, options = 'the config', None
+        asked_by, options = settings[0], _without(cfg, settings[0])
+    subject = f'{asked_by} = {name}' if asked_by else f'checkpoint {name}'
     if network is not None:
         reason = getattr(network, 'reason', None) or network
-        lines = [
-            f'{asked_by} = {name}: could not download {url or name} ({reason}).',
-        ]
+        lines = [f'{subject}: could not download {url or name} ({reason}).']
     else:
-        lines = [f'{asked_by} = {name}: {error}.']
+        lines = [f'{subject}: {error}.']
     if options is not None:
         lines.append(f'To run without it: --cfg-options {options[0]} ({options[1]}).')
     if network is not None:
         where = f' and put it at {cache_file} (torch.hub reads it from there first)' * bool(
             cache_file
         )
+        target = settings[0] if options is not None else 'the path'
         lines.append(
             f'Offline: download {url or name} where there is network{where}, or set '
-            f'{asked_by if options else "it"} to the local file.'
+            f'{target} to the local file.'
         )
     return '\n'.join(lines)
 

@@ -35,6 +35,7 @@ from mmdet.registry import VISUALIZERS
 from mmdet.visualization.palette import get_palette
 
 import mmdet_deformdetr  # noqa: F401  (registers our modules, safe checkpoint loading)
+from mmdet_deformdetr import console
 from mmdet_deformdetr.analysis import capture_sampling
 
 COLORMAP = colormaps['jet']
@@ -63,6 +64,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--encoder-layer', type=int, default=-1, help='encoder layer drawn')
     parser.add_argument('--panel-width', type=int, default=480, help='width of one panel (px)')
     parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda:N'")
+    console.add_verbose_argument(parser)
     return parser.parse_args()
 
 
@@ -186,6 +188,7 @@ def encoder_token(
 
 def main() -> None:
     args = parse_args()
+    console.start_tool(args.verbose)
     model = init_detector(args.config, args.checkpoint, device=args.device)
     captured = {}
     hook = model.bbox_head.register_forward_hook(
@@ -251,4 +254,6 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    # errors the package explains (checkpoint, config, downloads): a message, no traceback
+    with console.explained_errors('tools/analysis_tools/vis_sampling_points.py'):
+        main()

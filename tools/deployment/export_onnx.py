@@ -16,7 +16,6 @@ the PyTorch module it was exported from, and prints the largest differences.
 """
 
 import argparse
-import sys
 import time
 from typing import Tuple
 
@@ -28,6 +27,7 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
 
 import mmdet_deformdetr  # noqa: F401  (registers our modules, safe checkpoint loading)
+from mmdet_deformdetr import console
 from mmdet_deformdetr.deploy import OnnxDetector, export_onnx
 from mmdet_deformdetr.deploy.exportable import ExportableDeformDETR
 
@@ -60,6 +60,7 @@ def parse_args() -> argparse.Namespace:
         action='store_true',
         help='skip the onnxruntime-vs-PyTorch check on a random input',
     )
+    console.add_verbose_argument(parser)
     return parser.parse_args()
 
 
@@ -100,6 +101,7 @@ def load_detector(
 
 def main() -> None:
     args = parse_args()
+    console.start_tool(args.verbose)
     detector, cfg, meta = load_detector(args.config, args.checkpoint, args.cfg_options)
     # the palette as a list of (r, g, b), or a name such as 'coco'
     palette = meta.get('palette')
@@ -132,4 +134,6 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    # errors the package explains (checkpoint, config, downloads): a message, no traceback
+    with console.explained_errors('tools/deployment/export_onnx.py'):
+        main()

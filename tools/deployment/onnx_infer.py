@@ -21,6 +21,7 @@ from mmdet.utils import register_all_modules
 from mmengine.config import Config
 
 import mmdet_deformdetr  # noqa: F401  (registers our modules)
+from mmdet_deformdetr import console
 from mmdet_deformdetr.deploy import OnnxDetector
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
@@ -51,6 +52,7 @@ def parse_args() -> argparse.Namespace:
         help='onnxruntime intra-op threads (default: one per core)',
     )
     parser.add_argument('--save-pred', action='store_true', help='also write predictions as JSON')
+    console.add_verbose_argument(parser)
     return parser.parse_args()
 
 
@@ -82,6 +84,7 @@ def build_visualizer(cfg: Config, detector: OnnxDetector, palette: str):
 
 def main() -> None:
     args = parse_args()
+    console.start_tool(args.verbose)
     register_all_modules()
     cfg = Config.fromfile(args.config)
     detector = OnnxDetector(args.model, cfg, num_threads=args.threads)
@@ -114,4 +117,6 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    # errors the package explains (checkpoint, config, downloads): a message, no traceback
+    with console.explained_errors('tools/deployment/onnx_infer.py'):
+        main()
