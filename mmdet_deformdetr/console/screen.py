@@ -30,15 +30,18 @@ _HOOKS = 'Hooks will be executed in the following order:\n'
 def _environment_line(message: str) -> str:
     values = dict(re.findall(r'^ {4}([^:\n]+): ?(.*)$', message, flags=re.MULTILINE))
     python = values.get('Python', '?').split(' ')[0]
-    facts = [
+    software = [
         f'Python {python}',
         f'PyTorch {values.get("PyTorch", "?")}',
         f'MMEngine {values.get("MMEngine", "?")}',
         f'CUDA available: {values.get("CUDA available", "?")}',
-        f'seed {values.get("seed", "?")}',
-        f'launcher {values.get("Distributed launcher", "?")}',
     ]
-    return 'Environment: ' + ', '.join(facts)
+    # mmengine's labels; its "GPU number" is the number of processes, on a CPU too
+    run = [
+        f'{label}: {values.get(label, "?")}'
+        for label in ('seed', 'Distributed launcher', 'Distributed training')
+    ] + [f'processes: {values.get("GPU number", "?")}']
+    return f'Environment: {", ".join(software)}; {", ".join(run)} (in full: the log file)'
 
 
 def _hooks_line(message: str) -> str:
