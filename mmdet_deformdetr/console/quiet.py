@@ -126,7 +126,7 @@ def _literal_start(pattern: str) -> str:
     start, escaped = '', False
     for char in pattern:
         if escaped:
-            if char.isalnum():  # a class such as \\d or \\w
+            if char.isalnum():  # a character class (\d, \w): not literal
                 break
             start, escaped = start + char, False
         elif char == '\\':
@@ -184,6 +184,9 @@ class QuietStream(io.TextIOBase):
 
     def flush(self) -> None:
         self.stream.flush()
+
+    def writable(self) -> bool:
+        return True
 
     def release(self) -> None:
         """Write a held-back partial line (at exit: nothing is lost)."""
