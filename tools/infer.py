@@ -50,23 +50,27 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     console.start_tool(args.verbose)
-    device = args.device or ('cuda:0' if torch.cuda.is_available() else 'cpu')
     # errors the package explains (config, checkpoint, downloads): a message, no traceback
     with console.explained_errors('tools/infer.py', checkpoint_argument=args.checkpoint):
-        with console.config_errors(args.config):
-            inferencer = DetInferencer(
-                model=args.config, weights=args.checkpoint, device=device, palette=args.palette
-            )
-        # heads of another class count would draw random detections: refuse, naming num_classes
-        check_checkpoint_for_testing(inferencer.model, args.checkpoint)
-        inferencer(
-            args.inputs,
-            batch_size=args.batch_size,
-            out_dir=args.out_dir,
-            pred_score_thr=args.pred_score_thr,
-            no_save_pred=not args.save_pred,
-            show=args.show,
-        )
+        infer(args)
+
+
+def infer(args: argparse.Namespace) -> None:
+    """Build the inferencer, check the checkpoint, detect and draw."""
+    device = args.device or ('cuda:0' if torch.cuda.is_available() else 'cpu')
+    inferencer = DetInferencer(
+        model=args.config, weights=args.checkpoint, device=device, palette=args.palette
+    )
+    # heads of another class count would draw random detections: refuse, naming num_classes
+    check_checkpoint_for_testing(inferencer.model, args.checkpoint)
+    inferencer(
+        args.inputs,
+        batch_size=args.batch_size,
+        out_dir=args.out_dir,
+        pred_score_thr=args.pred_score_thr,
+        no_save_pred=not args.save_pred,
+        show=args.show,
+    )
     print(f'results written to {args.out_dir}')
 
 

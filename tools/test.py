@@ -67,21 +67,25 @@ def build_cfg(args: argparse.Namespace) -> Config:
 def main() -> None:
     args = parse_args()
     console.start_tool(args.verbose)
-    setup_cache_size_limit_of_dynamo()
     # errors the package explains (config, checkpoint, data, downloads): a message, no traceback
     with console.explained_errors('tools/test.py', checkpoint_argument=args.checkpoint) as errors:
-        with console.config_errors(args.config):
-            cfg = build_cfg(args)
-        errors.cfg = cfg
-        with console.config_errors(args.config):
-            runner = tool_common.build_runner(cfg)
-        # every weight must come from the checkpoint: mmengine only logs heads of another class
-        # count ("size mismatch") and would test them at their random initialisation
-        check_checkpoint_for_testing(runner.model, args.checkpoint)
-        if args.out is not None:
-            # a metric that only writes the predictions, as mmdet's tools/test.py
-            runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
-        runner.test()
+        run_test(args, errors)
+
+
+def run_test(args: argparse.Namespace, errors: console.explained_errors) -> None:
+    """Load the config, build the runner, check the checkpoint and test."""
+    setup_cache_size_limit_of_dynamo()
+    with console.config_errors(args.config):
+        cfg = build_cfg(args)
+    errors.cfg = cfg  # to name the setting behind a checkpoint that cannot be read
+    runner = tool_common.build_runner(cfg)
+    # every weight must come from the checkpoint: mmengine only logs heads of another class count
+    # ("size mismatch") and would test them at their random initialisation
+    check_checkpoint_for_testing(runner.model, args.checkpoint)
+    if args.out is not None:
+        # a metric that only writes the predictions, as mmdet's tools/test.py
+        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+    runner.test()
 
 
 if __name__ == '__main__':

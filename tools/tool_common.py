@@ -18,7 +18,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from mmdet_deformdetr.checkpoint import find_resume_checkpoint
-from mmdet_deformdetr.console import ConsoleRunner, add_verbose_argument
+from mmdet_deformdetr.console import ConsoleRunner, add_verbose_argument, config_errors
 from mmdet_deformdetr.engine import configure_cpu_distributed
 from mmdet_deformdetr.engine.atomic_checkpoint import last_checkpoint_of
 
@@ -114,4 +114,6 @@ def build_runner(cfg: Config) -> Runner:
     """The runner of ``cfg`` (``runner_type`` when set, else mmengine's Runner with our terminal
     output, ``ConsoleRunner``), after the CPU multi-process fixes."""
     configure_cpu_distributed(cfg)
-    return ConsoleRunner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    # a config that does not build: one message naming the file (mmdet_deformdetr.console)
+    with config_errors(cfg.filename or 'the config'):
+        return ConsoleRunner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)

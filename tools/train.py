@@ -8,11 +8,13 @@ The command line is mmdet's ``tools/train.py``. Differences, all for CPU-only ma
 ``mmdet_deformdetr/engine/``): ``--amp`` selects bf16 autocast instead of fp16 + loss scaling, and
 multi-process runs (``tools/dist_train.sh``) use gloo and a DDP wrapper that accepts CPU modules.
 ``--resume`` without a checkpoint to resume from is an error (mmengine would start at iteration 0).
-The terminal shows a short header and the progress (the log file in the work dir keeps the whole
-config, environment and hook table); errors with an explanation (config, checkpoint, data, a
-failed download) end the run with it instead of a traceback. ``--verbose`` shows everything.
 Importing ``mmdet_deformdetr`` also installs the safe checkpoint loading that ``--resume`` and
 ``load_from`` need on torch >= 2.6.
+
+The terminal shows a short header and the progress (the log file in the work dir keeps the whole
+config, environment and hook table); errors with an explanation (config, checkpoint, data, a
+failed download) end the run with it instead of a traceback. ``--verbose`` shows everything
+(``mmdet_deformdetr/console/``).
 """
 
 import argparse
@@ -80,19 +82,22 @@ def build_cfg(args: argparse.Namespace) -> Config:
 def main() -> None:
     args = parse_args()
     console.start_tool(args.verbose)
-    setup_cache_size_limit_of_dynamo()
     # errors the package explains (config, checkpoint, data, downloads): a message, no traceback
     with console.explained_errors('tools/train.py') as errors:
-        with console.config_errors(args.config):
-            cfg = build_cfg(args)
-        errors.cfg = cfg
-        try:
-            tool_common.check_resume(cfg)
-        except FileNotFoundError as error:  # a usage error: the message, no traceback
-            sys.exit(f'tools/train.py: error: {error}')
-        with console.config_errors(args.config):
-            runner = tool_common.build_runner(cfg)
-        runner.train()
+        train(args, errors)
+
+
+def train(args: argparse.Namespace, errors: console.explained_errors) -> None:
+    """Load the config, check ``--resume``, build the runner and train."""
+    setup_cache_size_limit_of_dynamo()
+    with console.config_errors(args.config):
+        cfg = build_cfg(args)
+    errors.cfg = cfg  # to name the setting behind a checkpoint that cannot be read
+    try:
+        tool_common.check_resume(cfg)
+    except FileNotFoundError as error:  # a usage error: the message, no traceback
+        sys.exit(f'tools/train.py: error: {error}')
+    tool_common.build_runner(cfg).train()
 
 
 if __name__ == '__main__':
