@@ -145,7 +145,7 @@ def test_thread_count_tuner_keeps_the_faster_count(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(540)  # the demo, then tools/test.py on its saved config
 def test_demo_end_to_end_tiny(tmp_path):
     """A few iterations on a few generated images: every artefact is written."""
     work_dir = tmp_path / 'work'
