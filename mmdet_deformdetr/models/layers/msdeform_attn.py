@@ -119,7 +119,8 @@ class MSDeformAttn(BaseModule):
         query: Tensor,
         reference_points: Tensor,
         value: Optional[Tensor] = None,
-        spatial_shapes: Optional[SpatialShapes] = None,
+        *,
+        spatial_shapes: SpatialShapes,
         level_start_index: Optional[Tensor] = None,
         value_padding_mask: Optional[Tensor] = None,
         query_pos: Optional[Tensor] = None,
@@ -133,7 +134,8 @@ class MSDeformAttn(BaseModule):
                 ``query`` (self-attention, without ``query_pos``).
             spatial_shapes: ``(L, 2)`` integer tensor or L Python ``(H, W)`` pairs (symbolic
                 under ``torch.export``, see ``ops/shapes.py``), ``(H, W)`` per level;
-                ``sum(H * W) == num_keys``.
+                ``sum(H * W) == num_keys``. Required; it and the arguments after it are
+                keyword-only.
             level_start_index: ``(L,)`` integer, first key of each level; derived from
                 ``spatial_shapes`` when None.
             value_padding_mask: ``(bs, num_keys)`` bool, True at padding (those values read 0).
@@ -143,8 +145,6 @@ class MSDeformAttn(BaseModule):
             ``(bs, nq, C)`` (``(nq, bs, C)`` if not batch_first): ``dropout(output_proj(...))``,
             without residual.
         """
-        if spatial_shapes is None:
-            raise ValueError('spatial_shapes ((L, 2) integer (H, W) per level) is required')
         if value is None:
             value = query
         if query_pos is not None:

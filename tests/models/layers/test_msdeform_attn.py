@@ -248,7 +248,6 @@ def test_bad_construction_raises(kwargs: dict, match: str) -> None:
             'last dim must be 2 or 4',
         ),
         (lambda x: x.update(value=x['value'][:, :-1]), r'need sum\(H \* W\) = 46'),
-        (lambda x: x.update(spatial_shapes=None), 'spatial_shapes'),
         (lambda x: x.update(reference_points=x['reference_points'][:, :, :2]), 'reference_points'),
         (lambda x: x.update(query=x['query'][..., :16], query_pos=None), 'query'),
     ],
@@ -259,3 +258,15 @@ def test_bad_forward_inputs_raise(change, match: str) -> None:
     change(inputs)
     with pytest.raises(ValueError, match=match):
         layer(**inputs)
+
+
+def test_spatial_shapes_is_a_required_keyword() -> None:
+    """The official positional order (query, reference_points, value, spatial_shapes, ...) is
+    refused by name instead of binding the shapes to the wrong parameter."""
+    layer = make_layer()
+    inputs = make_inputs()
+    spatial_shapes = inputs.pop('spatial_shapes')
+    with pytest.raises(TypeError, match="required keyword-only argument: 'spatial_shapes'"):
+        layer(**inputs)
+    with pytest.raises(TypeError, match='positional argument'):
+        layer(inputs['query'], inputs['reference_points'], inputs['value'], spatial_shapes)
