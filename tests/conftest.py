@@ -13,6 +13,7 @@ from tests.helpers.tiers import (  # noqa: F401  (pytest hooks, registered by na
     pytest_addoption,
     pytest_collection_modifyitems,
     pytest_configure,
+    pytest_runtest_call,
     pytest_runtest_protocol,
     pytest_sessionfinish,
     pytest_terminal_summary,

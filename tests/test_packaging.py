@@ -135,6 +135,14 @@ def test_metafile_entries_in_mmdet_format():
             assert 'Results' not in model and 'Weights' not in model, config
 
 
+def test_metafile_weights_are_the_ones_the_readme_lists():
+    readme = (REPO_ROOT / 'README.md').read_text()
+    weights = [model['Weights'] for model in metafile_models().values() if 'Weights' in model]
+    assert len(weights) == len(TABLE_1)
+    for url in weights:
+        assert f'({url})' in readme, url
+
+
 def build_wheel(tmp_path: Path) -> Path:
     """The wheel of a copy of the files a build reads (so nothing else of the checkout, and no
     build folder in it, can make it pass)."""

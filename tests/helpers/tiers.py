@@ -9,16 +9,19 @@ Time is measured per test (setup, call and teardown) as CPU seconds of the test 
 those of the subprocesses it ran and waited for: unlike wall time, that does not grow when other
 jobs share the machine. Every run ends with the fast tier's share of it: test count, CPU time and
 the sum of the test durations against the budget (with ``--fast``, also the session's wall time),
-and the tier's tests over ``--slow-test-cpu`` seconds (3; to be marked ``slow``). The run fails
+and the tier's tests whose call (the test function, without the fixtures they may share) takes
+over ``--slow-test-cpu`` seconds (3; to be marked ``slow``). The run fails
 when that CPU time exceeds the budget: with ``--fast`` the tier's own; in a whole-suite run the
 sum over the tests the fast tier runs (which may miss fixture setup that a slow test paid for
 first).
 """
 
+import os
 import resource
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List
+from pathlib import Path
+from typing import Dict, List, Optional
 
 import pytest
 
@@ -30,18 +33,40 @@ _EXCLUDED_FROM_FAST = ('slow', 'dist')
 
 @dataclass
 class _Timing:
-    wall_s: float = 0.0
-    cpu_s: float = 0.0
+    wall_s: float = 0.0  # setup + call + teardown
+    cpu_s: float = 0.0  # setup + call + teardown, with shared fixtures the test set up first
+    call_cpu_s: float = 0.0  # the test function itself
 
 
 @dataclass
 class _State:
-    session_start: float = field(default_factory=time.perf_counter)
     timings: Dict[str, _Timing] = field(default_factory=dict)
     fast_ids: set = field(default_factory=set)
+    # CPU seconds of the process before its first test: interpreter, imports, collection
+    startup_cpu_s: Optional[float] = None
+
+    def tier_cpu_s(self) -> float:
+        """Start-up plus the fast tier's tests: what a ``--fast`` run costs."""
+        tests = sum(t.cpu_s for node, t in self.timings.items() if node in self.fast_ids)
+        return (self.startup_cpu_s or 0.0) + tests
 
 
 _STATE_KEY = pytest.StashKey[_State]()
+
+
+_LOADED = time.perf_counter()
+
+
+def _process_age_s() -> float:
+    """Wall seconds since this process started (Linux ``/proc``; elsewhere since this module was
+    imported, which misses the interpreter's start and the imports before it)."""
+    try:
+        fields = Path('/proc/self/stat').read_text().rsplit(')', 1)[1].split()
+        start_ticks = int(fields[19])  # field 22, starttime, in clock ticks after boot
+        uptime = float(Path('/proc/uptime').read_text().split()[0])
+        return uptime - start_ticks / os.sysconf('SC_CLK_TCK')
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - _LOADED
 
 
 def _cpu_seconds() -> float:
@@ -95,10 +120,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem):
     wall, cpu = time.perf_counter(), _cpu_seconds()
+    state = item.config.stash[_STATE_KEY]
+    if state.startup_cpu_s is None:
+        state.startup_cpu_s = cpu
     yield
-    item.config.stash[_STATE_KEY].timings[item.nodeid] = _Timing(
-        time.perf_counter() - wall, _cpu_seconds() - cpu
-    )
+    timing = state.timings.setdefault(item.nodeid, _Timing())
+    timing.wall_s, timing.cpu_s = time.perf_counter() - wall, _cpu_seconds() - cpu
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    cpu = _cpu_seconds()
+    yield
+    timing = item.config.stash[_STATE_KEY].timings.setdefault(item.nodeid, _Timing())
+    timing.call_cpu_s = _cpu_seconds() - cpu
 
 
 def _fast_timings(config: pytest.Config) -> Dict[str, _Timing]:
@@ -107,8 +142,7 @@ def _fast_timings(config: pytest.Config) -> Dict[str, _Timing]:
 
 
 def _over_budget(config: pytest.Config) -> bool:
-    cpu = sum(timing.cpu_s for timing in _fast_timings(config).values())
-    return cpu > config.getoption('tier_budget')
+    return config.stash[_STATE_KEY].tier_cpu_s() > config.getoption('tier_budget')
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -120,29 +154,34 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     state = config.stash[_STATE_KEY]
     timings = _fast_timings(config)
     budget = config.getoption('tier_budget')
-    cpu = sum(timing.cpu_s for timing in timings.values())
+    cpu = state.tier_cpu_s()
+    startup = state.startup_cpu_s or 0.0
     durations = sum(timing.wall_s for timing in timings.values())
     write = terminalreporter.write_line
     terminalreporter.section('fast tier (tests/helpers/tiers.py)')
     if config.getoption('fast'):
-        session_wall = time.perf_counter() - state.session_start
         write(
-            f'fast tier: {len(timings)} tests, {session_wall:.0f} s wall for the whole session '
-            f'(budget {budget:g} s on 2 cores)'
+            f'fast tier: {len(timings)} tests in {_process_age_s():.0f} s wall, the whole pytest '
+            f'process (budget {budget:g} s on 2 cores)'
         )
     else:
-        write(f'fast tier within this run (tests not marked {" / ".join(_EXCLUDED_FROM_FAST)}):')
+        excluded = ' / '.join(_EXCLUDED_FROM_FAST)
+        write(f'fast tier within this run: {len(timings)} tests (not marked {excluded})')
     write(
-        f'  {len(timings)} tests: {cpu:.1f} s CPU, {durations:.1f} s sum of test durations '
-        f'(setup + call + teardown); budget {budget:g} s CPU'
+        f'  {cpu:.1f} s CPU (start-up and collection {startup:.1f} s, tests {cpu - startup:.1f} s; '
+        f'budget {budget:g} s); sum of test durations {durations:.1f} s (setup + call + teardown)'
     )
     limit = config.getoption('slow_test_cpu')
     slow = sorted(
-        ((timing.cpu_s, node) for node, timing in timings.items() if timing.cpu_s > limit),
+        (
+            (timing.call_cpu_s, node)
+            for node, timing in timings.items()
+            if timing.call_cpu_s > limit
+        ),
         reverse=True,
     )
     for seconds, node in slow:
-        write(f'  over {limit:g} s CPU, mark it slow: {node} ({seconds:.1f} s)')
+        write(f'  over {limit:g} s CPU in its call, mark it slow: {node} ({seconds:.1f} s)')
     if cpu > budget:
         write(
             f'FAILED: the fast tier takes {cpu:.1f} s CPU, over its {budget:g} s budget: mark '

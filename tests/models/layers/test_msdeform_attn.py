@@ -260,13 +260,16 @@ def test_bad_forward_inputs_raise(change, match: str) -> None:
         layer(**inputs)
 
 
-def test_spatial_shapes_is_a_required_keyword() -> None:
-    """The official positional order (query, reference_points, value, spatial_shapes, ...) is
-    refused by name instead of binding the shapes to the wrong parameter."""
-    layer = make_layer()
+def test_spatial_shapes_is_required_in_the_official_order() -> None:
+    """``(query, reference_points, value, spatial_shapes, level_start_index, ...)`` as the
+    official module; omitting the shapes is refused by name (no None default to reject later)."""
+    layer = make_layer().eval()
     inputs = make_inputs()
-    spatial_shapes = inputs.pop('spatial_shapes')
-    with pytest.raises(TypeError, match="required keyword-only argument: 'spatial_shapes'"):
+    positional = [inputs[name] for name in ('query', 'reference_points', 'value')]
+    positional += [inputs['spatial_shapes'], inputs['level_start_index']]
+    torch.testing.assert_close(
+        layer(*positional, query_pos=inputs['query_pos']), layer(**inputs), rtol=0, atol=0
+    )
+    del inputs['spatial_shapes']
+    with pytest.raises(TypeError, match="missing 1 required positional argument: 'spatial_shapes'"):
         layer(**inputs)
-    with pytest.raises(TypeError, match='positional argument'):
-        layer(inputs['query'], inputs['reference_points'], inputs['value'], spatial_shapes)
