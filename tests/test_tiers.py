@@ -87,6 +87,7 @@ def test_whole_suite_runs_everything_and_estimates_the_tier(tmp_path):
     assert 'fast tier within this run: 1 tests (not marked slow / dist)' in result.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('fast', [True, False], ids=['fast', 'whole-suite'])
 def test_over_budget_fails_and_names_the_slowest(tmp_path, fast):
     args = ['--tier-budget', '0.1', '--slow-test-cpu', '0.2'] + (['--fast'] if fast else [])

@@ -10,6 +10,8 @@ import torch
 from mmengine.config import Config
 from torch import nn
 
+from tests.helpers.tiers import in_fast_tier_configs, slow_except
+
 FORWARD_CONFIGS = [
     'deformable-detr_r50_16xb2-50e_coco.py',
     'deformable-detr-refine_r50_16xb2-50e_coco.py',
@@ -47,7 +49,7 @@ def _batch(model: nn.Module, num_items: List[int], training: bool) -> dict:
     return model.data_preprocessor(packed, training)
 
 
-@pytest.mark.parametrize('relative_path', FORWARD_CONFIGS)
+@pytest.mark.parametrize('relative_path', slow_except(FORWARD_CONFIGS, in_fast_tier_configs))
 def test_state_dict_reflects_config(load_config, shrink_backbone, relative_path):
     """One level embedding per level; sampling offsets for K points per head (and per level with
     multi-scale attention; without it a query may predict offsets for one level only)."""
@@ -64,7 +66,7 @@ def test_state_dict_reflects_config(load_config, shrink_backbone, relative_path)
         assert offsets.shape[0] in allowed, part
 
 
-@pytest.mark.parametrize('relative_path', FORWARD_CONFIGS)
+@pytest.mark.parametrize('relative_path', slow_except(FORWARD_CONFIGS, in_fast_tier_configs))
 def test_loss_predict_forward(load_config, shrink_backbone, relative_path):
     cfg = _shrink(shrink_backbone(load_config(relative_path)))
     model = _build(cfg)

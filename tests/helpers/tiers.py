@@ -21,7 +21,7 @@ import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import pytest
 
@@ -187,3 +187,32 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             f'FAILED: the fast tier takes {cpu:.1f} s CPU, over its {budget:g} s budget: mark '
             'its slowest tests @pytest.mark.slow (listed above) or make them cheaper.'
         )
+
+
+# the configs that per-config tests run on in the fast tier: the paper's three variants and the
+# demo (the other configs differ from them in one or two settings; the whole suite runs them all)
+FAST_TIER_CONFIGS = (
+    'deformable-detr_r50_16xb2-50e_coco',
+    'deformable-detr-refine_r50_16xb2-50e_coco',
+    'deformable-detr-refine-twostage_r50_16xb2-50e_coco',
+    'deformable-detr-refine-twostage_r18_shapes',
+)
+
+
+def slow_except(values: Iterable[Any], keep: Callable[[Any], bool]) -> List[Any]:
+    """``values`` for ``pytest.mark.parametrize`` with every value that ``keep`` rejects marked
+    ``slow``: the fast tier runs the kept few, the whole suite every value. A tuple value is
+    unpacked into the parameters of a multi-argument parametrize."""
+    params = []
+    for value in values:
+        if keep(value):
+            params.append(value)
+        else:
+            args = value if isinstance(value, tuple) else (value,)
+            params.append(pytest.param(*args, marks=pytest.mark.slow))
+    return params
+
+
+def in_fast_tier_configs(config: Any) -> bool:
+    """``config`` (a path or a file name) is one of :data:`FAST_TIER_CONFIGS`."""
+    return Path(str(config)).stem in FAST_TIER_CONFIGS
