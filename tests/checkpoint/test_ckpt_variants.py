@@ -55,6 +55,7 @@ def test_official_single_scale_into_four_level_r50(official_listing, tmp_path: P
     assert 'transformer.level_embed: checkpoint (1, 256) vs model (4, 256)' in message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     'saved, loaded, expected',
     [
