@@ -1,7 +1,7 @@
 """The table of checkpoint families: each built-in family is recognised from its container, and a
 fourth family needs nothing but a table entry (registered here, in the test only) to load through
-load_checkpoint, deformdetr:// and the converter tool, as docs/checkpoints.md "Adding a checkpoint family"
-says."""
+load_checkpoint, deformdetr:// and the converter tool, as docs/checkpoints.md "Adding a checkpoint
+family" says."""
 
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple
