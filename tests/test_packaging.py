@@ -147,7 +147,14 @@ def build_wheel(tmp_path: Path) -> Path:
     """The wheel of a copy of the files a build reads (so nothing else of the checkout, and no
     build folder in it, can make it pass)."""
     source = tmp_path / 'source'
-    for name in ('pyproject.toml', 'setup.py', 'MANIFEST.in', 'README.md', 'model-index.yml'):
+    for name in (
+        'pyproject.toml',
+        'setup.py',
+        'MANIFEST.in',
+        'README.md',
+        'LICENSE',
+        'model-index.yml',
+    ):
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO_ROOT / name, source / name)
     ignore = shutil.ignore_patterns('__pycache__', '*.pyc', '*.so', '*.egg-info')
@@ -205,6 +212,7 @@ def test_wheel_works_outside_the_repository(tmp_path):
     }
     assert shipped <= names, sorted(shipped - names)
     assert 'mmdet_deformdetr/.mim/model-index.yml' in names
+    assert any(name.endswith('.dist-info/licenses/LICENSE') for name in names)
     for source in ('ms_deform_attn_cpu.cpp', 'bilinear.h'):
         assert f'mmdet_deformdetr/ops/csrc/{source}' in names
 
