@@ -57,12 +57,13 @@ def main() -> None:
 def infer(args: argparse.Namespace) -> None:
     """Build the inferencer, check the checkpoint, detect and draw."""
     device = args.device or ('cuda:0' if torch.cuda.is_available() else 'cpu')
-    inferencer = DetInferencer(
-        model=str(find_config(args.config)),
-        weights=args.checkpoint,
-        device=device,
-        palette=args.palette,
-    )
+    with console.config_errors(args.config):  # a config that does not load or build
+        inferencer = DetInferencer(
+            model=str(find_config(args.config)),
+            weights=args.checkpoint,
+            device=device,
+            palette=args.palette,
+        )
     # heads of another class count would draw random detections: refuse, naming num_classes
     check_checkpoint_for_testing(inferencer.model, args.checkpoint)
     inferencer(

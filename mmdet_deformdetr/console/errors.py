@@ -186,11 +186,13 @@ def _describe_request(
         where = f' and put it at {cache_file} (torch.hub reads it from there first)' * bool(
             cache_file
         )
-        target = settings[0] if options is not None else 'the path'
-        lines.append(
-            f'Offline: download {url or name} where there is network{where}, or set '
-            f'{target} to the local file.'
-        )
+        if options is not None:
+            local = f'set {settings[0]} to the local file'
+        elif asked_by is not None and asked_by.startswith('the CHECKPOINT'):
+            local = 'pass the local file as CHECKPOINT'
+        else:
+            local = 'use the local file instead'
+        lines.append(f'Offline: download {url or name} where there is network{where}, or {local}.')
     return '\n'.join(lines)
 
 
