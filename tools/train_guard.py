@@ -12,8 +12,9 @@ clearly and resume by themselves; each step returns or maps to a documented exit
 4. training: a stop on a signal (``TrainingPreempted``) exits with 75, after the process has
    written the file named by ``$DEFORMDETR_PREEMPTED_FILE`` when the launch scripts set it
    (``torchrun`` and ``srun`` report the exit status of one worker at best, see
-   ``tools/dist_train.sh``); a checkpoint that cannot be written (``CheckpointWriteError``)
-   exits with 74.
+   ``tools/dist_train.sh``); a checkpoint that cannot be written (``CheckpointWriteError``), or
+   any other file of the run on a full or read-only disk, exits with 74 and a message naming the
+   folder and the bytes free.
 """
 
 import os
@@ -35,7 +36,8 @@ from mmdet_deformdetr.engine import (
     WorkDirLockedError,
     process_rank,
 )
-from mmdet_deformdetr.engine.atomic_checkpoint import remove_partial_files
+from mmdet_deformdetr.engine.atomic_checkpoint import last_checkpoint_of, remove_partial_files
+from mmdet_deformdetr.engine.disk_space import DISK_ERRNOS, write_failure_message
 
 #: the variable naming the file a preempted worker creates (set by the launch scripts)
 PREEMPTED_FILE_ENV = 'DEFORMDETR_PREEMPTED_FILE'
@@ -139,6 +141,16 @@ def train(cfg: Config, build_runner: Callable[[Config], Runner]) -> int:
         _mark_preempted()
         return PREEMPTED_EXIT_CODE
     except CheckpointWriteError:  # the hook has logged what happened and what to do
+        return CHECKPOINT_WRITE_EXIT_CODE
+    except OSError as error:
+        # another file of the run (mmengine's log or scalar files) hit the full or read-only
+        # disk before a checkpoint did: the same message, without a traceback
+        if error.errno not in DISK_ERRNOS or not error.filename:
+            raise
+        failure = write_failure_message(
+            error, str(error.filename), None, last_checkpoint_of(cfg.work_dir), checkpoint=False
+        )
+        print(f'tools/train.py: error: {failure}', file=sys.stderr, flush=True)
         return CHECKPOINT_WRITE_EXIT_CODE
     finally:
         if lock is not None:

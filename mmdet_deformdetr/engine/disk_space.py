@@ -183,32 +183,51 @@ _WHY = {
 
 
 def write_failure_message(
-    error: OSError, path: str, needed: Optional[int], previous: Optional[str]
+    error: OSError,
+    path: str,
+    needed: Optional[int],
+    previous: Optional[str],
+    checkpoint: bool = True,
 ) -> CheckpointWriteError:
-    """The error for a checkpoint save of ``path`` that failed with ``error``."""
+    """The error for a write of ``path`` (a checkpoint, or with ``checkpoint=False`` any file of
+    the run: a log, ``last_checkpoint``) that failed with ``error``; ``needed``: the bytes it
+    needed, when known; ``previous``: the checkpoint ``last_checkpoint`` names."""
     directory = os.path.dirname(path) or '.'
     free = free_bytes(directory)
     reason = _WHY.get(error.errno, error.strerror or str(error))
+    what = 'the checkpoint' if checkpoint else ''
     kept = (
         f'The previous checkpoint {previous} and work_dir/last_checkpoint are intact'
         if previous
-        else 'No earlier checkpoint exists'
+        else 'No checkpoint had been saved yet'
     )
+    if checkpoint:
+        kept += '; the partial file was removed'
     if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         fix = f'Make {directory} writable again (or set default_hooks.checkpoint.out_dir)'
     else:
+        amount = f'at least {human_bytes(needed)}' if needed else 'space'
         fix = (
-            f'Free at least {human_bytes(needed)} there (or set '
-            f'default_hooks.checkpoint.out_dir to a larger disk; docs/robustness.md)'
+            f'Free {amount} there (or set default_hooks.checkpoint.out_dir to a larger disk; '
+            f'docs/robustness.md)'
         )
+    size = (
+        f'; the checkpoint needs about {needed} bytes ({human_bytes(needed)})'
+        if needed is not None
+        else ''
+    )
+    code = errno.errorcode.get(error.errno, '')
     message = (
-        f'Could not write the checkpoint {path}: {reason} ({errno.errorcode.get(error.errno, "")}'
-        f' {error.strerror}). Checkpoint folder {directory}: {free if free is not None else "?"} '
-        f'bytes free ({human_bytes(free)}); the checkpoint needs about '
-        f'{needed if needed is not None else "?"} bytes ({human_bytes(needed)}). {kept}; the '
-        f'partial file was removed. {fix}, then continue with tools/train.py CONFIG --resume.'
+        f'Could not write {what + " " if what else ""}{path}: {reason} ({code} {error.strerror})'
+        f'. Folder {directory}: {free if free is not None else "?"} bytes free '
+        f'({human_bytes(free)}){size}. {kept}. {fix}, then continue with tools/train.py CONFIG '
+        f'--resume.'
     )
     return CheckpointWriteError(message, directory, needed, free)
+
+
+#: the errors of a disk that is full or not writable
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def space_shortage_message(

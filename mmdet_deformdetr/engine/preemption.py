@@ -31,7 +31,8 @@ order and augmentation are those of an uninterrupted run), then finishes the epo
 checkpoint and validation. mmengine's loop numbers the batches of the resumed part of the epoch
 from 1 in the log.
 
-A signal during validation or a periodic save takes effect after the next training iteration.
+A signal during validation or a periodic save takes effect after the next training iteration;
+one during the last iteration lets the run end normally (its last checkpoint is saved anyway).
 The handlers are installed in ``before_train`` (main thread only) and the previous ones restored
 when training ends; a signal arriving after a run ended with an exception gets the previous
 behaviour (the handler restores it and re-sends the signal).
@@ -195,6 +196,10 @@ class PreemptionHook(Hook):
     def after_train_iter(
         self, runner, batch_idx: int, data_batch=None, outputs: Optional[dict] = None
     ) -> None:
+        if runner.iter + 1 >= runner.max_iters:
+            # the last iteration: its checkpoint is saved anyway and the run ends normally (the
+            # ranks then leave one by one, as without this hook, instead of all at once)
+            return
         if not self._agreed(bool(self.received)):
             return
         checkpoint_hook = self._checkpoint_hook(runner)
