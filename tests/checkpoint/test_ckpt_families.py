@@ -1,6 +1,6 @@
 """The table of checkpoint families: each built-in family is recognised from its container, and a
 fourth family needs nothing but a table entry (registered here, in the test only) to load through
-load_checkpoint, deformdetr:// and the converter tool, as README "Adding a checkpoint family"
+load_checkpoint, deformdetr:// and the converter tool, as docs/checkpoints.md "Adding a checkpoint family"
 says."""
 
 from pathlib import Path

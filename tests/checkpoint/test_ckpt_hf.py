@@ -18,7 +18,7 @@ from mmengine.runner import load_checkpoint
 from tests.helpers.checkpoints import COCO_IDS
 from tests.helpers.models import r50_model_cfg
 
-TOLERANCE = 1e-6  # float32; measured <= 4.8e-7 over the cases below (README)
+TOLERANCE = 1e-6  # float32; measured <= 4.8e-7 over the cases below (docs/faithfulness.md)
 VARIANTS = {
     'plain': dict(),
     'refine': dict(with_box_refine=True),

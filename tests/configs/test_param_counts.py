@@ -1,6 +1,6 @@
 """Parameter counts of the R-50 models against the official code's builds.
 
-The official counts (reference README: 40.07M plain, 40.85M refine, 41.18M two-stage, 34.07M
+The official counts (40.07M plain, 40.85M refine, 41.18M two-stage, 34.07M
 single-scale) are every parameter of the official model: its frozen BatchNorm keeps weight, bias and
 statistics as buffers, and the frozen stem and layer1 convs still count. They are recomputed here
 from the official state-dict listing

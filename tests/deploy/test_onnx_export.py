@@ -26,7 +26,7 @@ from mmdet_deformdetr.deploy.onnx_export import METADATA_KEY
 from tests.helpers.models import VARIANTS
 from tests.helpers.tools import TINY_CONFIG, VARIANT_OPTIONS, run_tool, save_tiny_checkpoint
 
-# the README's claims: same labels, scores within 1e-4, boxes within 0.01 px
+# docs/deployment.md's claims: same labels, scores within 1e-4, boxes within 0.01 px
 SCORE_TOL = 1e-4
 BOX_TOL = 0.01
 DECODER_LAYERS = 2

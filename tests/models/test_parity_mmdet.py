@@ -24,7 +24,7 @@ from tests.helpers.models import (
     tiny_model_cfg,
 )
 
-# What the README claims, asserted in float64. Not 1e-12: mmdet computes a few things in float32
+# What docs/faithfulness.md claims, asserted in float64. Not 1e-12: mmdet computes a few things in float32
 # whatever the model's dtype (its sine positional embeddings, and the two-stage proposal grid,
 # which moves two-stage boxes by up to ~3e-6 px on these 96 px images).
 SCORE_TOLERANCE = 1e-7
