@@ -206,7 +206,10 @@ def write_failure_message(
     if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         fix = f'Make {directory} writable again (or set default_hooks.checkpoint.out_dir)'
     else:
-        amount = f'at least {human_bytes(needed)}' if needed else 'space'
+        if needed and free is not None and needed > free:
+            amount = f'{human_bytes(needed - free)} more'
+        else:
+            amount = 'space'
         fix = (
             f'Free {amount} there (or set default_hooks.checkpoint.out_dir to a larger disk; '
             f'docs/robustness.md)'
@@ -244,6 +247,11 @@ def space_shortage_message(
             'or set default_hooks.checkpoint.delete_outdated_first=True (room for '
             'max_keep_ckpts checkpoints instead of one more; still safe against a kill with '
             'max_keep_ckpts >= 2)'
+        )
+    elif max_keep == 1:
+        options.append(
+            'or set default_hooks.checkpoint.delete_outdated_first=True (room for one '
+            'checkpoint, but a kill during a save then leaves none)'
         )
     return (
         f'Not enough disk space for the checkpoints of this run in {directory}: '

@@ -9,11 +9,17 @@ share with the main process (the dataset's annotations, forked copy-on-write) se
 sums to the real footprint of the process tree, so ``pss_total`` is the figure to watch for
 growth.
 
+RSS and PSS include file-backed pages (the shared libraries: several hundred MB for torch), which
+the kernel drops and reloads under memory pressure from other processes; ``anon_main`` /
+``anon_workers`` (``RssAnon`` of ``/proc/<pid>/status``: heap and other anonymous memory) are
+free of that and show a leak most directly.
+
 Each sample is a log line and a row of a CSV file (``out_file``, by default
 ``<log_dir>/host_memory.csv``): iteration, elapsed seconds, ``rss_main``, ``pss_main``,
 ``uss_main``, the worker count and their summed ``rss_workers`` / ``pss_workers`` /
-``uss_workers``, and ``pss_total`` (bytes). ``tools/analysis_tools/soak_memory.py`` trains the
-demo for thousands of iterations with it and measures the growth after warm-up.
+``uss_workers``, ``pss_total``, and ``anon_main`` / ``anon_workers`` (bytes).
+``tools/analysis_tools/soak_memory.py`` trains the demo for thousands of iterations with it and
+measures the growth after warm-up.
 
 Only the main process of each rank samples (``psutil`` is needed; it comes with the
 ``analysis`` extra).
@@ -39,7 +45,21 @@ COLUMNS = (
     'pss_workers',
     'uss_workers',
     'pss_total',
+    'anon_main',
+    'anon_workers',
 )
+
+
+def anonymous_bytes(pid: int) -> int:
+    """``RssAnon`` of process ``pid`` in bytes (0 where /proc has no such line)."""
+    try:
+        with open(f'/proc/{pid}/status') as file:
+            for line in file:
+                if line.startswith('RssAnon:'):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def sample_process_tree(pid: Optional[int] = None) -> Dict[str, int]:
@@ -49,7 +69,7 @@ def sample_process_tree(pid: Optional[int] = None) -> Dict[str, int]:
 
     process = psutil.Process(pid or os.getpid())
     main = process.memory_full_info()
-    sums = dict(rss=0, pss=0, uss=0)
+    sums = dict(rss=0, pss=0, uss=0, anon=0)
     workers = 0
     for child in process.children(recursive=True):
         try:
@@ -57,8 +77,9 @@ def sample_process_tree(pid: Optional[int] = None) -> Dict[str, int]:
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
         workers += 1
-        for key in sums:
+        for key in ('rss', 'pss', 'uss'):
             sums[key] += getattr(info, key)
+        sums['anon'] += anonymous_bytes(child.pid)
     return dict(
         rss_main=main.rss,
         pss_main=main.pss,
@@ -68,6 +89,8 @@ def sample_process_tree(pid: Optional[int] = None) -> Dict[str, int]:
         pss_workers=sums['pss'],
         uss_workers=sums['uss'],
         pss_total=main.pss + sums['pss'],
+        anon_main=anonymous_bytes(process.pid),
+        anon_workers=sums['anon'],
     )
 
 
@@ -124,5 +147,6 @@ class HostMemoryHook(Hook):
             f'host memory at iteration {iteration}: main RSS {_mb(sample["rss_main"])} '
             f'PSS {_mb(sample["pss_main"])}; {sample["workers"]} worker(s) RSS '
             f'{_mb(sample["rss_workers"])} PSS {_mb(sample["pss_workers"])}; '
-            f'PSS in all {_mb(sample["pss_total"])}'
+            f'PSS in all {_mb(sample["pss_total"])}; anonymous main {_mb(sample["anon_main"])} '
+            f'workers {_mb(sample["anon_workers"])}'
         )

@@ -3,6 +3,7 @@
     python tools/analysis_tools/memory_table.py measure [--cells 512x768x1 800x1200x1 ...]
         [--config CONFIG] [--with-cp off on] [--out work_dirs/memory_table.jsonl]
     python tools/analysis_tools/memory_table.py table [--out work_dirs/memory_table.jsonl]
+    python tools/analysis_tools/memory_table.py time [--cells 384x576x1] [--repeat 3]
 
 ``measure`` runs, for each cell ``HxWxB`` (a batch of B images of H x W pixels, 5 boxes each),
 one training forward pass of the config's model (R-50 primitive by default: randomly initialised,
@@ -18,6 +19,10 @@ AdamW state + activations, + with ``with_cp`` one encoder layer recomputed in th
 without and with ``with_cp``. Cells not measured are derived, marked ``*``, from the measured
 batch-1 cell of the same size times the batch (activations are linear in the batch; ``table``
 prints the measured ratios that show it).
+
+``time`` prices ``with_cp``: training steps (forward, loss, backward) of the same model without
+and with it, alternating, ``--repeat`` of each after one warm-up of each; prints the medians and
+their ratio.
 """
 
 import argparse
@@ -124,6 +129,54 @@ def measure(args: argparse.Namespace) -> None:
             )
 
 
+def time_steps(args: argparse.Namespace) -> None:
+    """Median seconds of a training step without and with ``with_cp``, alternating."""
+    import statistics
+
+    import torch
+    from mmdet.registry import MODELS
+    from mmdet.testing import demo_mm_inputs
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+
+    import mmdet_deformdetr  # noqa: F401
+
+    register_all_modules(init_default_scope=True)
+    torch.set_num_threads(args.threads)
+    cfg = Config.fromfile(args.config)
+    height, width, batch = parse_cell(args.cells[0])
+    models = {}
+    for with_cp in (False, True):
+        model_cfg = cfg.model.copy()
+        model_cfg.backbone.init_cfg = None
+        model_cfg.transformer.with_cp = with_cp
+        torch.manual_seed(0)
+        models[with_cp] = MODELS.build(model_cfg).train()
+    packed = demo_mm_inputs(
+        batch_size=batch,
+        image_shapes=[(3, height, width)] * batch,
+        num_items=[5] * batch,
+        num_classes=cfg.model.bbox_head.num_classes,
+    )
+    data = models[False].data_preprocessor(packed, True)
+    seconds = {False: [], True: []}
+    for step in range(args.repeat + 1):
+        for with_cp, model in models.items():
+            model.zero_grad(set_to_none=True)
+            start = time.perf_counter()
+            losses = model.loss(data['inputs'], data['data_samples'])
+            sum(value for key, value in losses.items() if 'loss' in key).backward()
+            if step:  # the first step of each is a warm-up
+                seconds[with_cp].append(time.perf_counter() - start)
+    plain, checkpointed = (statistics.median(seconds[key]) for key in (False, True))
+    print(
+        f'{height}x{width} batch {batch}, {args.threads} thread(s), median of {args.repeat}: '
+        f'{plain:.2f} s without with_cp, {checkpointed:.2f} s with it '
+        f'({checkpointed / plain:.2f}x); {_cpu_name()}, torch {torch.__version__}, '
+        f'{time.strftime("%Y-%m-%d")}'
+    )
+
+
 def _cpu_name() -> str:
     try:
         with open('/proc/cpuinfo') as file:
@@ -189,6 +242,26 @@ def table(args: argparse.Namespace) -> None:
         if batch > 1 and single:
             ratio = row['activations'] / single['activations']
             print(f'  {height}: batch {batch} / batch 1 = {ratio:.3f} (with_cp={with_cp})')
+    for with_cp in (False, True):
+        points = sorted(
+            (row['height'] * row['width'], row['activations'])
+            for (_, batch, cp), row in results.items()
+            if batch == 1 and cp == with_cp
+        )
+        if len(points) >= 3:  # a least-squares line through all but the largest size
+            fit = points[:-1]
+            mean_x = sum(x for x, _ in fit) / len(fit)
+            mean_y = sum(y for _, y in fit) / len(fit)
+            slope = sum((x - mean_x) * (y - mean_y) for x, y in fit) / sum(
+                (x - mean_x) ** 2 for x, _ in fit
+            )
+            largest, measured = points[-1]
+            predicted = mean_y + slope * (largest - mean_x)
+            print(
+                f'  batch 1, with_cp={with_cp}: {slope * 1e6 / GIB:.3f} GiB per megapixel '
+                f'from {len(fit)} sizes; predicts {predicted / GIB:.2f} GiB at {largest} pixels, '
+                f'measured {measured / GIB:.2f} ({predicted / measured:.4f}x)'
+            )
     any_row = next(iter(results.values()))
     print(
         f'weights {any_row["weights"] / GIB:.3f} GiB, gradients {any_row["gradients"] / GIB:.3f}'
@@ -199,7 +272,7 @@ def table(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('mode', choices=['measure', 'table'])
+    parser.add_argument('mode', choices=['measure', 'table', 'time'])
     parser.add_argument(
         '--cells', nargs='+', default=['512x768x1', '512x768x2', '800x1200x1', '1333x2000x1']
     )
@@ -207,8 +280,11 @@ def main() -> None:
     parser.add_argument('--config', default=str(PRIMITIVE))
     parser.add_argument('--threads', type=int, default=1)
     parser.add_argument('--out', default='work_dirs/memory_table.jsonl')
+    parser.add_argument('--repeat', type=int, default=3, help='time: steps of each, after warm-up')
     args = parser.parse_args()
-    measure(args) if args.mode == 'measure' else table(args)
+    if args.mode == 'time' and args.cells == parser.get_default('cells'):
+        args.cells = ['384x576x1']
+    {'measure': measure, 'table': table, 'time': time_steps}[args.mode](args)
 
 
 if __name__ == '__main__':
