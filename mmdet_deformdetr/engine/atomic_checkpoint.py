@@ -47,7 +47,6 @@ iteration on request. With ``by_epoch=False`` it is a checkpoint like the period
 ``iter_<N>.pth``, outside the rotation, deleted by the next periodic save.
 """
 
-import os
 import os.path as osp
 from collections import deque
 from typing import Any, Dict, List, Optional
@@ -56,77 +55,24 @@ from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend
 from mmengine.hooks import CheckpointHook
 
-from .disk_space import (
-    CheckpointWriteError,
-    checkpoint_bytes_estimate,
-    checkpoints_at_peak,
-    free_bytes,
-    human_bytes,
-    required_space,
-    saves_left,
-    space_shortage_message,
-    tensor_bytes,
-    write_failure_message,
+from .atomic_files import (  # noqa: F401  (partial_path, PARTIAL_SUFFIX: re-exported)
+    PARTIAL_SUFFIX,
+    last_checkpoint_of,
+    partial_path,
+    publish,
+    remove_partial_files,
+    remove_quietly,
+    write_text_atomically,
 )
+from .disk_space import check_space_before_training, tensor_bytes, write_failure_message
 from .work_dir_lock import held_by_another_run
 
-#: suffix of the temporary files a save writes before renaming them into place
-PARTIAL_SUFFIX = '.writing'
 #: message-hub key: the checkpoints a save deletes once it is complete
 OUTDATED_KEY = 'outdated_ckpts'
 #: message-hub key: the mid-epoch preemption checkpoint the next periodic save deletes
 PREEMPTION_CKPT_KEY = 'preemption_ckpt'
 #: message-hub key: where in its epoch a preemption checkpoint was saved (epoch, iter, batch)
 PREEMPTED_AT_KEY = 'preempted_at'
-
-
-def _fsync_path(path: str) -> None:
-    """Flush ``path`` (a file, or a folder's entries after a rename) to the storage device."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # folders cannot be opened on Windows; the rename is atomic without it
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems refuse fsync on folders
-        pass
-    finally:
-        os.close(fd)
-
-
-def partial_path(path: str) -> str:
-    """The temporary name ``path`` is written under: ``<folder>/.<name>.writing``."""
-    folder, name = osp.split(path)
-    return osp.join(folder, f'.{name}{PARTIAL_SUFFIX}')
-
-
-def publish(partial: str, path: str) -> None:
-    """fsync ``partial``, rename it to ``path`` (replacing any file there), fsync the folder."""
-    _fsync_path(partial)
-    os.replace(partial, path)
-    _fsync_path(osp.dirname(path) or '.')
-
-
-def write_text_atomically(path: str, text: str) -> None:
-    """Replace the file ``path`` by ``text``; a reader (or a kill) sees the old or the new text."""
-    partial = partial_path(path)
-    with open(partial, 'w') as file:
-        file.write(text)
-    publish(partial, path)
-
-
-def remove_partial_files(folder: str) -> List[str]:
-    """Delete the ``.*.writing`` files an interrupted save left in ``folder``; their names."""
-    if not osp.isdir(folder):
-        return []
-    names = sorted(
-        name
-        for name in os.listdir(folder)
-        if name.startswith('.') and name.endswith(PARTIAL_SUFFIX)
-    )
-    for name in names:
-        os.remove(osp.join(folder, name))
-    return names
 
 
 def _remove_checkpoint(backend: Any, path: str) -> None:
@@ -226,7 +172,7 @@ class AtomicCheckpointHook(CheckpointHook):
                 'checkpoint before writing the next, so a kill during a save leaves none.'
             )
         if self.check_free_space:
-            self._check_free_space(runner)
+            check_space_before_training(self, runner)
 
     def _remove_partial_files(self, runner) -> None:
         """Delete what interrupted saves left, unless another live run holds the work dir
@@ -247,41 +193,6 @@ class AtomicCheckpointHook(CheckpointHook):
                 f'left in {self.out_dir}: {", ".join(removed)}. The checkpoints themselves are '
                 f'complete (they are renamed into place only once fully written).'
             )
-
-    def _check_free_space(self, runner) -> None:
-        """Fail before the first iteration when the remaining saves cannot fit (see
-        ``disk_space.py``); warn when only keeping every checkpoint would not fit."""
-        size = checkpoint_bytes_estimate(
-            _unwrap(runner.model),
-            getattr(runner.optim_wrapper, 'optimizer', None),
-            with_optimizer=self.save_optimizer,
-        )
-        kept_now = sum(
-            1
-            for step in getattr(self, 'keep_ckpt_ids', ())
-            if osp.isfile(osp.join(self.out_dir, self.filename_tmpl.format(step)))
-        )
-        left = saves_left(runner.train_loop, self.interval, self.by_epoch, self.save_last)
-        needed = required_space(
-            size, kept_now, left, self.max_keep_ckpts, self.delete_outdated_first
-        )
-        free = free_bytes(self.out_dir)
-        if free is None or needed <= free:
-            runner.logger.info(
-                f'Checkpoints of about {human_bytes(size)} each; the {left} remaining save(s) '
-                f'need {human_bytes(needed)} more in {self.out_dir} '
-                f'({human_bytes(free)} free).'
-            )
-            return
-        peak = checkpoints_at_peak(kept_now, left, self.max_keep_ckpts, self.delete_outdated_first)
-        message = space_shortage_message(
-            self.out_dir, size, needed, free, peak, self.max_keep_ckpts
-        )
-        if self.max_keep_ckpts <= 0 and free >= size * 2:
-            runner.logger.warning(f'{message} Training starts; free space before it runs out.')
-            return
-        runner.logger.error(message)
-        raise CheckpointWriteError(message, self.out_dir, needed, free)
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         self._pending_bytes = tensor_bytes(checkpoint)
@@ -307,7 +218,7 @@ class AtomicCheckpointHook(CheckpointHook):
         except OSError as error:
             if not is_main_process():
                 raise
-            _remove_quietly(partial)
+            remove_quietly(partial)
             failure = write_failure_message(error, path, self._pending_bytes, previous)
             runner.logger.error(str(failure))
             raise failure from error
@@ -377,7 +288,7 @@ class AtomicCheckpointHook(CheckpointHook):
         try:
             write_text_atomically(pointer, path)
         except OSError as error:
-            _remove_quietly(partial_path(pointer))
+            remove_quietly(partial_path(pointer))
             failure = write_failure_message(error, pointer, 0, last_checkpoint_of(runner.work_dir))
             runner.logger.error(f'{failure} ({path} itself is complete.)')
             raise failure from error
@@ -432,23 +343,3 @@ class AtomicCheckpointHook(CheckpointHook):
             self.file_backend = backend
         if is_main_process():
             removals.flush()
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
-
-
-def _unwrap(model: Any) -> Any:
-    return getattr(model, 'module', model)  # DDP wrappers
-
-
-def last_checkpoint_of(work_dir: str) -> Optional[str]:
-    """What ``work_dir/last_checkpoint`` names; None when the file is missing or empty."""
-    pointer = osp.join(work_dir, 'last_checkpoint')
-    if not osp.isfile(pointer):
-        return None
-    with open(pointer) as file:
-        return file.read().strip() or None

@@ -17,6 +17,7 @@ bytes needed and the bytes free; the process exit status for it in ``tools/train
 
 import errno
 import os
+import os.path as osp
 import shutil
 from typing import Any, Dict, Iterable, Optional
 
@@ -261,3 +262,41 @@ def space_shortage_message(
         f'before deleting the outdated one): {needed} bytes ({human_bytes(needed)}) needed. '
         f'Options: {"; ".join(options)}.'
     )
+
+
+def check_space_before_training(hook: Any, runner: Any) -> None:
+    """Fail before the first iteration when the remaining saves of ``hook`` (an
+    ``AtomicCheckpointHook``) cannot fit in its folder; warn when only keeping every checkpoint
+    (``max_keep_ckpts <= 0``) would not fit; else log what the saves need.
+
+    Raises:
+        CheckpointWriteError: with ``space_shortage_message``'s text.
+    """
+    model = getattr(runner.model, 'module', runner.model)  # DDP wrappers
+    size = checkpoint_bytes_estimate(
+        model,
+        getattr(runner.optim_wrapper, 'optimizer', None),
+        with_optimizer=hook.save_optimizer,
+    )
+    kept_now = sum(
+        1
+        for step in getattr(hook, 'keep_ckpt_ids', ())
+        if osp.isfile(osp.join(hook.out_dir, hook.filename_tmpl.format(step)))
+    )
+    left = saves_left(runner.train_loop, hook.interval, hook.by_epoch, hook.save_last)
+    max_keep, delete_first = hook.max_keep_ckpts, hook.delete_outdated_first
+    needed = required_space(size, kept_now, left, max_keep, delete_first)
+    free = free_bytes(hook.out_dir)
+    if free is None or needed <= free:
+        runner.logger.info(
+            f'Checkpoints of about {human_bytes(size)} each; the {left} remaining save(s) need '
+            f'{human_bytes(needed)} more in {hook.out_dir} ({human_bytes(free)} free).'
+        )
+        return
+    peak = checkpoints_at_peak(kept_now, left, max_keep, delete_first)
+    message = space_shortage_message(hook.out_dir, size, needed, free, peak, max_keep)
+    if max_keep <= 0 and free >= size * 2:
+        runner.logger.warning(f'{message} Training starts; free space before it runs out.')
+        return
+    runner.logger.error(message)
+    raise CheckpointWriteError(message, hook.out_dir, needed, free)

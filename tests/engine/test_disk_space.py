@@ -14,7 +14,7 @@ from mmengine.fileio import LocalBackend
 from mmengine.model import BaseModel
 from mmengine.runner import Runner
 
-from mmdet_deformdetr.engine import CheckpointWriteError, atomic_checkpoint
+from mmdet_deformdetr.engine import CheckpointWriteError, disk_space
 from mmdet_deformdetr.engine.atomic_checkpoint import last_checkpoint_of
 from mmdet_deformdetr.engine.disk_space import (
     checkpoint_bytes_estimate,
@@ -134,7 +134,7 @@ def test_estimate_is_a_tight_lower_bound_of_the_file_size(tmp_path):
 def test_a_run_whose_checkpoints_cannot_fit_fails_before_training(tmp_path, monkeypatch):
     size = checkpoint_bytes_estimate(_Wide(), torch.optim.AdamW(_Wide().parameters()))
     # room for 1.5 checkpoints: the second save would need room for two (new before old)
-    monkeypatch.setattr(atomic_checkpoint, 'free_bytes', lambda folder: int(size * 1.5))
+    monkeypatch.setattr(disk_space, 'free_bytes', lambda folder: int(size * 1.5))
     runner = _runner(tmp_path, 'short')
     with pytest.raises(CheckpointWriteError) as error:
         runner.train()
