@@ -36,7 +36,11 @@ from mmdet_deformdetr.engine import (
     WorkDirLockedError,
     process_rank,
 )
-from mmdet_deformdetr.engine.atomic_checkpoint import last_checkpoint_of, remove_partial_files
+from mmdet_deformdetr.engine.atomic_files import (
+    last_checkpoint_of,
+    partial_files_note,
+    remove_partial_files,
+)
 from mmdet_deformdetr.engine.disk_space import DISK_ERRNOS, write_failure_message
 
 #: the variable naming the file a preempted worker creates (set by the launch scripts)
@@ -105,6 +109,18 @@ def _mark_preempted() -> None:
             print(f'tools/train.py: could not create {path}: {error}', file=sys.stderr)
 
 
+def _disk_error(cfg: Config, error: OSError) -> int:
+    """Say what a full or unwritable disk stopped (as ``CheckpointWriteError`` does); 74.
+    Other errors are re-raised."""
+    if error.errno not in DISK_ERRNOS or not error.filename:
+        raise error
+    failure = write_failure_message(
+        error, str(error.filename), None, last_checkpoint_of(cfg.work_dir), checkpoint=False
+    )
+    print(f'tools/train.py: error: {failure}', file=sys.stderr, flush=True)
+    return CHECKPOINT_WRITE_EXIT_CODE
+
+
 def train(cfg: Config, build_runner: Callable[[Config], Runner]) -> int:
     """Steps 1-4 of the module docstring around ``build_runner(cfg).train()``; the exit status."""
     rank = process_rank(cfg.get('launcher', 'none'))
@@ -115,6 +131,8 @@ def train(cfg: Config, build_runner: Callable[[Config], Runner]) -> int:
     except WorkDirLockedError as error:
         print(f'tools/train.py: error: {error}', file=sys.stderr, flush=True)
         return LOCKED_EXIT_CODE
+    except OSError as error:  # a work dir that cannot be written, from the start
+        return _disk_error(cfg, error)
     try:
         checkpoint = resume_checkpoint(cfg)
         finished = finished_message(cfg, checkpoint) if checkpoint else None
@@ -124,14 +142,10 @@ def train(cfg: Config, build_runner: Callable[[Config], Runner]) -> int:
             return 0
         notes = [lock.taken_over] if lock is not None and lock.taken_over else []
         if rank == 0:
-            removed = [
-                name for folder in _checkpoint_folders(cfg) for name in remove_partial_files(folder)
-            ]
-            if removed:
-                notes.append(
-                    f'Removed {len(removed)} incomplete file(s) that an interrupted checkpoint '
-                    f'save left: {", ".join(removed)}.'
-                )
+            for folder in _checkpoint_folders(cfg):
+                removed = remove_partial_files(folder)
+                if removed:
+                    notes.append(partial_files_note(folder, removed))
         runner = build_runner(cfg)
         for note in notes:
             runner.logger.warning(note)
@@ -145,13 +159,7 @@ def train(cfg: Config, build_runner: Callable[[Config], Runner]) -> int:
     except OSError as error:
         # another file of the run (mmengine's log or scalar files) hit the full or read-only
         # disk before a checkpoint did: the same message, without a traceback
-        if error.errno not in DISK_ERRNOS or not error.filename:
-            raise
-        failure = write_failure_message(
-            error, str(error.filename), None, last_checkpoint_of(cfg.work_dir), checkpoint=False
-        )
-        print(f'tools/train.py: error: {failure}', file=sys.stderr, flush=True)
-        return CHECKPOINT_WRITE_EXIT_CODE
+        return _disk_error(cfg, error)
     finally:
         if lock is not None:
             lock.release()

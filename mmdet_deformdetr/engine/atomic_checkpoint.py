@@ -58,6 +58,7 @@ from mmengine.hooks import CheckpointHook
 from .atomic_files import (  # noqa: F401  (partial_path, PARTIAL_SUFFIX: re-exported)
     PARTIAL_SUFFIX,
     last_checkpoint_of,
+    partial_files_note,
     partial_path,
     publish,
     remove_partial_files,
@@ -188,11 +189,7 @@ class AtomicCheckpointHook(CheckpointHook):
         if osp.abspath(runner.work_dir) != osp.abspath(self.out_dir):
             removed += remove_partial_files(runner.work_dir)
         if removed:
-            runner.logger.warning(
-                f'Removed {len(removed)} incomplete file(s) that an interrupted checkpoint save '
-                f'left in {self.out_dir}: {", ".join(removed)}. The checkpoints themselves are '
-                f'complete (they are renamed into place only once fully written).'
-            )
+            runner.logger.warning(partial_files_note(self.out_dir, removed))
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         self._pending_bytes = tensor_bytes(checkpoint)

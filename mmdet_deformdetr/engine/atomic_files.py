@@ -59,6 +59,15 @@ def remove_partial_files(folder: str) -> List[str]:
     return names
 
 
+def partial_files_note(folder: str, names: List[str]) -> str:
+    """The log line for the partial files ``names`` removed from ``folder``."""
+    return (
+        f'Removed {len(names)} incomplete file(s) that an interrupted checkpoint save left in '
+        f'{folder}: {", ".join(names)}. The checkpoints themselves are complete (they are '
+        f'renamed into place only once fully written).'
+    )
+
+
 def remove_quietly(path: str) -> None:
     try:
         os.remove(path)

@@ -221,11 +221,11 @@ def write_failure_message(
         else ''
     )
     code = errno.errorcode.get(error.errno, '')
+    then = 'continue with tools/train.py CONFIG --resume' if previous else 'start the run again'
     message = (
         f'Could not write {what + " " if what else ""}{path}: {reason} ({code} {error.strerror})'
         f'. Folder {directory}: {free if free is not None else "?"} bytes free '
-        f'({human_bytes(free)}){size}. {kept}. {fix}, then continue with tools/train.py CONFIG '
-        f'--resume.'
+        f'({human_bytes(free)}){size}. {kept}. {fix}, then {then}.'
     )
     return CheckpointWriteError(message, directory, needed, free)
 

@@ -21,8 +21,8 @@ Each sample is a log line and a row of a CSV file (``out_file``, by default
 ``tools/analysis_tools/soak_memory.py`` trains the demo for thousands of iterations with it and
 measures the growth after warm-up.
 
-Only the main process of each rank samples (``psutil`` is needed; it comes with the
-``analysis`` extra).
+In a multi-process run only rank 0 samples (its process and its workers; the other ranks are
+alike). ``psutil`` is needed; it comes with the ``analysis`` extra.
 """
 
 import csv
@@ -31,6 +31,7 @@ import os.path as osp
 import time
 from typing import Dict, List, Optional
 
+from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 
 #: the CSV columns, in order
@@ -118,6 +119,8 @@ class HostMemoryHook(Hook):
         self._start = time.monotonic()
 
     def before_train(self, runner) -> None:
+        if not is_main_process():
+            return
         try:
             import psutil  # noqa: F401
         except ImportError as error:
@@ -130,7 +133,7 @@ class HostMemoryHook(Hook):
         self._sample(runner, runner.iter)
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
-        if self.every_n_train_iters(runner, self.interval):
+        if is_main_process() and self.every_n_train_iters(runner, self.interval):
             self._sample(runner, runner.iter + 1)
 
     def _sample(self, runner, iteration: int) -> None:
