@@ -183,8 +183,8 @@ def plot(samples: List[Dict[str, float]], warmup: int, path: str, result: dict) 
     axis.set_ylabel('MB')
     axis.set_ylim(bottom=0)
     axis.set_title(
-        f'Host memory, demo config, {result["workers"]} workers; largest growth after '
-        f'warm-up {result["worst_growth_percent"]:+.2f} %',
+        f'Host memory, demo config, {result["workers"]} workers: after warm-up, the '
+        f'largest change is {result["worst_growth_percent"]:+.2f} %',
         fontsize=10,
     )
     axis.legend(fontsize=8, loc='lower right')

@@ -36,7 +36,6 @@ def _loss_and_grads(model: torch.nn.Module, data: dict, seed: int = 1):
     }
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize('variant', list(VARIANTS))
 def test_gradients_equal_with_and_without_with_cp(variant):
     reference = _model(variant, False)
