@@ -60,7 +60,7 @@ def check_stopped_run(work_dir: Path, output: str, returncode: int) -> int:
     return stopped_at
 
 
-@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGUSR1])
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGUSR1], ids=['SIGTERM', 'SIGUSR1'])
 def test_signal_saves_the_iteration_in_flight_and_resume_is_exact(
     tmp_path, fault_reference, signum
 ):
