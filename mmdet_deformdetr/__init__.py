@@ -1,7 +1,9 @@
 """mmdet-deformdetr: Deformable DETR as an MMDetection 3.x plugin.
 
 Importing this package registers every module of ours in mmdet's registries. Registration happens
-here and nowhere else.
+here and nowhere else. Besides ``__version__`` it exposes where the shipped configs are
+(``configs_root()``, ``find_config(name)``; ``shipped_configs.py``), in a checkout and in an
+installed wheel alike.
 """
 
 from mmdet.registry import DATASETS, HOOKS, MODELS
@@ -29,9 +31,10 @@ from .models.head import DeformDETRHead
 from .models.layers import MSDeformAttn
 from .models.necks import BiFPNNeck
 from .models.transformer import DeformableDetrTransformer
+from .shipped_configs import configs_root, find_config
 from .version import __version__
 
-__all__ = ['__version__']
+__all__ = ['__version__', 'configs_root', 'find_config']
 
 MODELS.register_module(module=BiFPNNeck)
 MODELS.register_module(module=MSDeformAttn)

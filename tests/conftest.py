@@ -8,6 +8,17 @@ from typing import Dict, Iterator, List
 import pytest
 import torch
 
+# the fast / whole-suite tiers: --fast, --tier-report, the budget (tests/helpers/tiers.py)
+from tests.helpers.tiers import (  # noqa: F401  (pytest hooks, registered by name)
+    pytest_addoption,
+    pytest_collection_modifyitems,
+    pytest_configure,
+    pytest_runtest_call,
+    pytest_runtest_protocol,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO_ROOT / 'tests' / 'data'
 

@@ -1,6 +1,6 @@
-"""The documentation a user reads: README.md stays short, every relative link in README.md, CONTRIBUTING.md,
-docs/ and the config and project READMEs reaches an existing file (and heading), and nothing in them
-describes how the project was developed instead of how it is used."""
+"""The documentation a user reads: README.md stays short, every relative link in README.md,
+CONTRIBUTING.md, docs/ and the config and project READMEs reaches an existing file (and heading),
+and nothing in them describes how the project was developed instead of how it is used."""
 
 import re
 from pathlib import Path

@@ -55,6 +55,7 @@ def test_mmcv_built_with_ops():
     assert hasattr(ext, 'nms')
 
 
+@pytest.mark.slow
 def test_module_prints_versions():
     import mmcv
     import mmdet

@@ -29,8 +29,10 @@ from pathlib import Path
 import torch
 from mmengine.config import Config, DictAction
 
+from mmdet_deformdetr import configs_root
+
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = ROOT / 'configs/demo/deformable-detr-refine-twostage_r18_shapes.py'
+DEFAULT_CONFIG = configs_root() / 'demo' / 'deformable-detr-refine-twostage_r18_shapes.py'
 # name -> (iterations, evaluations during training incl. the last one, train images, val images)
 PRESETS = {
     'quick': (100, 1, 1000, 200),

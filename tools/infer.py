@@ -14,14 +14,14 @@ import argparse
 import torch
 from mmdet.apis import DetInferencer
 
-import mmdet_deformdetr  # noqa: F401  (registers our modules, safe checkpoint loading)
+from mmdet_deformdetr import find_config  # (the import registers our modules, safe loading)
 from mmdet_deformdetr.checkpoint import CheckpointError, check_checkpoint_for_testing
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Detect and draw with DetInferencer')
     parser.add_argument('inputs', help='an image file or a folder of images')
-    parser.add_argument('config', help='config file')
+    parser.add_argument('config', help='config file, or the name of a shipped config')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--out-dir', default='outputs', help='where vis/ (and preds/) go')
     parser.add_argument(
@@ -49,7 +49,10 @@ def main() -> None:
     args = parse_args()
     device = args.device or ('cuda:0' if torch.cuda.is_available() else 'cpu')
     inferencer = DetInferencer(
-        model=args.config, weights=args.checkpoint, device=device, palette=args.palette
+        model=str(find_config(args.config)),
+        weights=args.checkpoint,
+        device=device,
+        palette=args.palette,
     )
     # heads of another class count would draw random detections: refuse, naming num_classes
     check_checkpoint_for_testing(inferencer.model, args.checkpoint)

@@ -17,6 +17,7 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from mmdet_deformdetr import find_config
 from mmdet_deformdetr.checkpoint import find_resume_checkpoint
 from mmdet_deformdetr.engine import configure_cpu_distributed
 from mmdet_deformdetr.engine.atomic_checkpoint import last_checkpoint_of
@@ -57,10 +58,11 @@ def load_tool_config(
 ) -> Config:
     """Load ``config`` and apply the common command line, in mmdet's order of precedence.
 
+    ``config`` is a file, or the name of a shipped config (``mmdet_deformdetr.find_config``).
     ``cfg_options`` are merged over the file; the work dir is the command line's, else the
     config's, else ``./work_dirs/<config name>``.
     """
-    cfg = Config.fromfile(config)
+    cfg = Config.fromfile(find_config(config))
     cfg.launcher = launcher
     if cfg_options is not None:
         cfg.merge_from_dict(cfg_options)

@@ -9,10 +9,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 
+from ..shipped_configs import configs_root, shipped_config_files
 from .variant import ModelVariant, variant_of_config
-
-# shipped configs, when the package runs from a checkout (an installed wheel has none)
-_CONFIG_ROOT = Path(__file__).resolve().parents[2] / 'configs'
 
 # Facts whose disagreement makes a checkpoint unusable for a model, with the setting to change
 # (a different class count is a fine-tuning head swap, not a different variant).
@@ -42,13 +40,16 @@ def _differences(checkpoint: ModelVariant, model: ModelVariant, names: Iterable[
 
 @functools.lru_cache(maxsize=1)
 def _shipped_variants() -> Tuple[Tuple[str, ModelVariant, Any], ...]:
-    """(config path, variant, model config) of every DeformDETR config under ``configs/``, read
-    once per process (mmengine needs about a second per config to resolve its ``mmdet::`` bases,
-    so this runs only when a mismatch is reported)."""
+    """(config path, variant, model config) of every shipped DeformDETR config (found by
+    :func:`~mmdet_deformdetr.shipped_configs.configs_root`, in a checkout or an installed wheel),
+    read once per process (mmengine needs about a second per config to resolve its ``mmdet::``
+    bases, so this runs only when a mismatch is reported)."""
     from mmengine.config import Config
 
+    if _configs_root() is None:
+        return ()
     found = []
-    for path in sorted(_CONFIG_ROOT.glob('**/*.py')) if _CONFIG_ROOT.is_dir() else []:
+    for path in shipped_config_files():
         try:
             model_cfg = Config.fromfile(str(path)).get('model')
         except Exception:  # noqa: BLE001  (a broken config must not hide the real error)
@@ -59,8 +60,16 @@ def _shipped_variants() -> Tuple[Tuple[str, ModelVariant, Any], ...]:
             else None
         )
         if variant is not None:
-            found.append((str(path.relative_to(_CONFIG_ROOT.parent)), variant, model_cfg))
+            found.append((str(path.relative_to(configs_root().parent)), variant, model_cfg))
     return tuple(found)
+
+
+def _configs_root() -> Optional[Path]:
+    """The shipped configs' folder, or None when this installation has none."""
+    try:
+        return configs_root()
+    except FileNotFoundError:
+        return None
 
 
 def _signature(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, Tuple[int, ...]]:
@@ -174,9 +183,9 @@ def variant_mismatch(
     shipped = (
         ', '.join(configs)
         if configs
-        else 'none of those in configs/'
-        if _CONFIG_ROOT.is_dir()
-        else 'none found'
+        else f'none of those in {_configs_root()}'
+        if _configs_root() is not None
+        else 'none found (this installation has no configs folder)'
     )
     return (
         'checkpoint and model are different Deformable DETR variants:\n  '

@@ -192,7 +192,8 @@ class DeformDETRHead(BaseModule):
         enc_outputs_coord: Optional[Tensor],
         batch_data_samples: SampleList,
     ) -> Dict[str, Tensor]:
-        """Losses of all layers (and proposals); see ``HungarianSetLoss.forward`` for names.
+        """Losses of all layers (and proposals): the branches' outputs of :meth:`forward` scored
+        by ``self.criterion`` (``HungarianSetLoss``, whose ``forward`` names the losses).
 
         Args:
             hidden_states, init_reference, inter_references: as in ``forward``.
@@ -201,32 +202,13 @@ class DeformDETRHead(BaseModule):
             batch_data_samples: with ``gt_instances`` and metainfo ``img_shape``.
         """
         all_cls_scores, all_bbox_preds = self(hidden_states, init_reference, inter_references)
-        return self.loss_by_feat(
+        return self.criterion(
             all_cls_scores,
             all_bbox_preds,
             enc_outputs_class,
             enc_outputs_coord,
             [sample.gt_instances for sample in batch_data_samples],
             [sample.metainfo for sample in batch_data_samples],
-        )
-
-    def loss_by_feat(
-        self,
-        all_cls_scores: Tensor,
-        all_bbox_preds: Tensor,
-        enc_cls_scores: Optional[Tensor],
-        enc_bbox_preds: Optional[Tensor],
-        batch_gt_instances: List[InstanceData],
-        batch_img_metas: List[dict],
-    ) -> Dict[str, Tensor]:
-        """Losses from the outputs of ``forward`` (shapes there) and the proposals."""
-        return self.criterion(
-            all_cls_scores,
-            all_bbox_preds,
-            enc_cls_scores,
-            enc_bbox_preds,
-            batch_gt_instances,
-            batch_img_metas,
         )
 
     def predict(
@@ -274,23 +256,21 @@ class DeformDETRHead(BaseModule):
             per image ``InstanceData`` as :meth:`predict`: ``bboxes (k, 4)`` xyxy pixels clamped
             to ``img_shape`` (then rescaled), ``scores (k,)`` sorted descending, ``labels (k,)``.
         """
-        results = []
-        for cls_score, bbox_pred, img_meta in zip(
-            all_cls_scores[-1], all_bbox_preds[-1], batch_img_metas
-        ):
-            img_h, img_w = img_meta['img_shape'][:2]
-            boxes, scores, labels = (
-                result[0]
-                for result in topk_detections(
-                    cls_score[None], bbox_pred[None], self.test_cfg.get('max_per_img'), img_w, img_h
-                )
-            )
-            if rescale:
-                if img_meta.get('scale_factor') is None:
-                    raise KeyError('rescale=True needs scale_factor in the image metainfo')
-                boxes = boxes / boxes.new_tensor(img_meta['scale_factor']).repeat(2)
-            results.append(InstanceData(bboxes=boxes, scores=scores, labels=labels))
-        return results
+        img_h, img_w = torch.tensor(
+            [meta['img_shape'][:2] for meta in batch_img_metas], device=all_cls_scores.device
+        ).unbind(-1)
+        boxes, scores, labels = topk_detections(
+            all_cls_scores[-1], all_bbox_preds[-1], self.test_cfg.get('max_per_img'), img_w, img_h
+        )
+        if rescale:
+            if any(meta.get('scale_factor') is None for meta in batch_img_metas):
+                raise KeyError('rescale=True needs scale_factor in the image metainfo')
+            scale_factors = boxes.new_tensor([meta['scale_factor'] for meta in batch_img_metas])
+            boxes = boxes / scale_factors.repeat(1, 2)[:, None]
+        return [
+            InstanceData(bboxes=image_boxes, scores=image_scores, labels=image_labels)
+            for image_boxes, image_scores, image_labels in zip(boxes, scores, labels)
+        ]
 
 
 def topk_detections(
@@ -310,7 +290,8 @@ def topk_detections(
         cls_scores: ``(bs, nq, num_classes)`` logits of one decoder layer.
         bbox_preds: ``(bs, nq, 4)`` normalised ``(cx, cy, w, h)``.
         max_per_img: detections kept, ``k = min(max_per_img, nq * num_classes)``; None keeps all.
-        img_w, img_h: the image size in pixels that the boxes are normalised to.
+        img_w, img_h: the image size in pixels that the boxes are normalised to: one for the
+            batch (ints, or symbolic sizes while exporting), or ``(bs,)`` tensors, one per image.
 
     Returns:
         boxes ``(bs, k, 4)`` xyxy pixels clamped to the image, scores ``(bs, k)`` sorted
@@ -324,6 +305,9 @@ def topk_detections(
     labels = pair_index % num_classes
     query_index = (pair_index // num_classes)[..., None].expand(-1, -1, 4)
     boxes = bbox_cxcywh_to_xyxy(bbox_preds.gather(1, query_index))
-    size = torch.tensor([img_w, img_h, img_w, img_h], dtype=boxes.dtype, device=boxes.device)
+    if isinstance(img_w, Tensor) and img_w.dim() == 1:  # one size per image: (bs, 1, 4)
+        size = torch.stack([img_w, img_h, img_w, img_h], -1)[:, None].to(boxes)
+    else:
+        size = torch.tensor([img_w, img_h, img_w, img_h], dtype=boxes.dtype, device=boxes.device)
     boxes = torch.minimum((boxes * size).clamp(min=0), size)
     return boxes, scores, labels

@@ -33,7 +33,7 @@ class DeformableDetrTransformer(BaseModule):
                           |
                           V
                  +-----------------+   num_encoder_layers x (deformable self-attn, FFN)
-                 | forward_encoder |   -> memory (bs, N, C)
+                 |     encoder     |   -> memory (bs, N, C)
                  +-----------------+
                           |
                           V
@@ -44,7 +44,7 @@ class DeformableDetrTransformer(BaseModule):
                           |            queries  -> enc_outputs_class / enc_outputs_coord
                           V
                  +-----------------+   D x (self-attn, deformable cross-attn, FFN);
-                 | forward_decoder |   refine: layer i moves the references with reg_branches[i]
+                 |     decoder     |   refine: layer i moves the references with reg_branches[i]
                  +-----------------+
                           |
                           V
@@ -198,17 +198,19 @@ class DeformableDetrTransformer(BaseModule):
         encoder_inputs, spatial_shapes, level_start_index, valid_ratios = self.pre_transformer(
             mlvl_feats, mlvl_masks, mlvl_pos_embeds
         )
-        memory = self.forward_encoder(
-            **encoder_inputs,
-            spatial_shapes=spatial_shapes,
-            level_start_index=level_start_index,
-            valid_ratios=valid_ratios,
-        )
         padding_mask = encoder_inputs['padding_mask']
+        memory = self.encoder(
+            encoder_inputs['feat'],
+            encoder_inputs['feat_pos'],
+            padding_mask,
+            spatial_shapes,
+            level_start_index,
+            valid_ratios,
+        )
         decoder_inputs, enc_outputs = self.pre_decoder(
             memory, padding_mask, spatial_shapes, reg_branches, cls_branches
         )
-        hidden_states, inter_references = self.forward_decoder(
+        hidden_states, inter_references = self.decoder(
             **decoder_inputs,
             memory=memory,
             memory_padding_mask=padding_mask,
@@ -303,20 +305,6 @@ class DeformableDetrTransformer(BaseModule):
         )
         return encoder_inputs, spatial_shapes, level_start_index, valid_ratios
 
-    def forward_encoder(
-        self,
-        feat: Tensor,
-        feat_pos: Tensor,
-        padding_mask: Tensor,
-        spatial_shapes: SpatialShapes,
-        level_start_index: Tensor,
-        valid_ratios: Tensor,
-    ) -> Tensor:
-        """Shapes as ``pre_transformer``'s outputs; returns memory ``(bs, N, C)``."""
-        return self.encoder(
-            feat, feat_pos, padding_mask, spatial_shapes, level_start_index, valid_ratios
-        )
-
     def pre_decoder(
         self,
         memory: Tensor,
@@ -367,30 +355,4 @@ class DeformableDetrTransformer(BaseModule):
         return (
             dict(query=query, query_pos=query_pos, reference_points=reference_points),
             dict(enc_outputs_class=enc_outputs_class, enc_outputs_coord=enc_coords_unact.sigmoid()),
-        )
-
-    def forward_decoder(
-        self,
-        query: Tensor,
-        query_pos: Tensor,
-        reference_points: Tensor,
-        memory: Tensor,
-        memory_padding_mask: Tensor,
-        spatial_shapes: SpatialShapes,
-        level_start_index: Tensor,
-        valid_ratios: Tensor,
-        reg_branches: Optional[Sequence[nn.Module]],
-    ) -> Tuple[Tensor, Tensor]:
-        """See ``DeformableDecoder.forward``; returns ``hidden_states (D, bs, nq, C)`` and
-        ``inter_references (D, bs, nq, 2|4)``."""
-        return self.decoder(
-            query,
-            query_pos,
-            reference_points,
-            memory,
-            memory_padding_mask,
-            spatial_shapes,
-            level_start_index,
-            valid_ratios,
-            reg_branches,
         )

@@ -8,7 +8,8 @@
 * ``'pytorch'``: the ``grid_sample`` reference (any device; tracing and ONNX export);
 * ``'auto'``: ``'cuda'`` for CUDA tensors when mmcv has CUDA ops, ``'cpu'`` for CPU tensors,
   ``'pytorch'`` otherwise and while tracing or exporting (``torch.jit``, ``torch.onnx``,
-  ``torch.export``).
+  ``torch.export``). CUDA tensors without mmcv's CUDA op take ``'pytorch'`` after one warning per
+  process that names the cause and the fix.
 
 Mixed precision: whatever the input dtypes (e.g. bf16 under ``torch.autocast``), the op computes in
 float32 (float64 stays float64) with autocast disabled, and returns ``value``'s dtype. Bilinear
@@ -25,6 +26,8 @@ once per call, except while tracing).
 """
 
 import functools
+import warnings
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -37,22 +40,54 @@ IMPLS = ('auto', 'cpu', 'cuda', 'pytorch')
 
 
 @functools.cache
-def mmcv_cuda_available() -> bool:
-    """True when torch sees a GPU and mmcv's compiled ops were built with CUDA.
+def mmcv_cuda_problem() -> Optional[str]:
+    """Why mmcv's CUDA op cannot run here, or None when it can (torch sees a GPU and mmcv's compiled
+    ops were built with CUDA).
 
     mmcv reports the CUDA version its extension was compiled with, or ``'not available'`` for a CPU
     build; importing mmcv.ops may itself fail (mmcv missing, or built without ops), which counts as
     "no".
     """
     if not torch.cuda.is_available():
-        return False
+        return 'torch sees no CUDA GPU'
     try:
         from mmcv.ops.info import get_compiling_cuda_version
 
         compiled_cuda = get_compiling_cuda_version()
-    except Exception:  # noqa: BLE001 - any failure to load mmcv's extension means "not usable"
-        return False
-    return bool(compiled_cuda) and compiled_cuda != 'not available'
+    except Exception as error:  # noqa: BLE001 - any failure to load mmcv's extension: not usable
+        return f'mmcv.ops does not load ({type(error).__name__}: {error})'
+    if not compiled_cuda or compiled_cuda == 'not available':
+        return f'mmcv {_mmcv_version()} was compiled without CUDA'
+    return None
+
+
+@functools.cache
+def mmcv_cuda_available() -> bool:
+    """True when torch sees a GPU and mmcv's compiled ops were built with CUDA."""
+    return mmcv_cuda_problem() is None
+
+
+def _mmcv_version() -> str:
+    try:
+        import mmcv
+
+        return mmcv.__version__
+    except Exception:  # noqa: BLE001 - only for a message
+        return '(version unknown)'
+
+
+@functools.cache
+def _warn_cuda_fallback() -> None:
+    """Say once per process that CUDA tensors run the slow reference, and how to fix it."""
+    warnings.warn(
+        'CUDA tensors reach the deformable attention, but mmcv has no usable CUDA op '
+        f'({mmcv_cuda_problem() or "mmcv_cuda_available() is False"}): it falls back to the '
+        'grid_sample reference, many times slower than the CUDA kernel. Fix: install an mmcv '
+        'built with its ops for this torch and CUDA (MMCV_WITH_OPS=1 with nvcc on PATH, see '
+        'docs/installation.md), then check with `python tools/misc/check_install.py`.',
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 def _check_inputs(
@@ -164,7 +199,10 @@ def _select_impl(value: Tensor, impl: str) -> str:
         if capturing_graph():
             return 'pytorch'
         if value.is_cuda:
-            return 'cuda' if mmcv_cuda_available() else 'pytorch'
+            if mmcv_cuda_available():
+                return 'cuda'
+            _warn_cuda_fallback()
+            return 'pytorch'
         return 'cpu' if value.device.type == 'cpu' else 'pytorch'
     if impl == 'cuda' and not (value.is_cuda and mmcv_cuda_available()):
         raise RuntimeError(

@@ -1,7 +1,7 @@
 """The table of checkpoint families: each built-in family is recognised from its container, and a
 fourth family needs nothing but a table entry (registered here, in the test only) to load through
-load_checkpoint, deformdetr:// and the converter tool, as docs/checkpoints.md "Adding a checkpoint family"
-says."""
+load_checkpoint, deformdetr:// and the converter tool, as docs/checkpoints.md "Adding a checkpoint
+family" says."""
 
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple
@@ -18,6 +18,7 @@ from mmdet_deformdetr.checkpoint import (
     identify,
 )
 from tests.helpers.models import build_tiny_model
+from tests.helpers.tiers import slow_except
 
 # --- a toy family: keys spelled with '/', its own container ---------------------------------
 
@@ -60,7 +61,9 @@ def save_toy_file(model: torch.nn.Module, path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize('variant', ['plain', 'refine'])
+@pytest.mark.parametrize(
+    'variant', slow_except(['plain', 'refine'], lambda variant: variant == 'refine')
+)
 def test_toy_family_loads_through_load_checkpoint(variant, toy_family, tmp_path: Path):
     source = build_tiny_model(variant)
     with torch.no_grad():

@@ -152,6 +152,7 @@ def test_testing_check_refuses_other_query_count(make_tiny_file):
         check_checkpoint_for_testing(build_with_classes(3), str(path))
 
 
+@pytest.mark.slow
 def test_the_call_tools_test_py_makes(tmp_path):
     """``runner = Runner.from_cfg(cfg); check_checkpoint_for_testing(runner.model,
     args.checkpoint)`` with the tiny tool config (80 classes) and ``--cfg-options

@@ -21,6 +21,7 @@ from mmdet_deformdetr.checkpoint import (
 )
 from tests.checkpoint.ckpt_files import DAMAGES, SHELL_GLOBAL, damage_file
 from tests.helpers.models import build_tiny_model, tiny_model_cfg
+from tests.helpers.tiers import slow_except
 
 FORCE_NO_WEIGHTS_ONLY = 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'
 
@@ -81,7 +82,11 @@ def test_the_payload_is_live_under_mmengines_own_loader(evil_checkpoint, monkeyp
 
 
 @pytest.mark.parametrize('path_name', list(PATHS))
-@pytest.mark.parametrize('force_env', [False, True], ids=['default_env', 'force_no_weights_only'])
+@pytest.mark.parametrize(
+    'force_env',
+    slow_except([False, True], lambda force: force),  # the fast tier: the harder case
+    ids=['default_env', 'force_no_weights_only'],
+)
 def test_payload_never_runs(
     path_name, force_env, evil_checkpoint, converter, tmp_path, monkeypatch
 ):
@@ -103,7 +108,7 @@ def test_payload_never_runs(
     assert_no_chained_traceback(error.value)
 
 
-@pytest.mark.parametrize('damage', DAMAGES)
+@pytest.mark.parametrize('damage', slow_except(DAMAGES, lambda damage: damage == 'mid_tensor'))
 @pytest.mark.parametrize('path_name', list(PATHS))
 def test_damaged_checkpoint_is_one_clear_error(
     path_name, damage, training_checkpoint, converter, tmp_path

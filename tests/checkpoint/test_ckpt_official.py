@@ -12,11 +12,12 @@ from tests.helpers.checkpoints import (
     make_official_state_dict,
     save_official_file,
 )
+from tests.helpers.tiers import slow_except
 
 VARIANTS = ['plain', 'refine', 'two_stage', 'single_scale']
 
 
-@pytest.mark.parametrize('variant', VARIANTS)
+@pytest.mark.parametrize('variant', slow_except(VARIANTS, lambda variant: variant == 'plain'))
 def test_official_file_loads_strictly_with_class_remap(variant, official_listing, tmp_path: Path):
     official = make_official_state_dict(official_listing[variant], seed=1)
     path = save_official_file(tmp_path / 'official.pth', official, variant)
@@ -87,6 +88,7 @@ def test_official_file_loads_strictly_with_class_remap(variant, official_listing
     )
 
 
+@pytest.mark.slow
 def test_official_file_with_91_class_model_keeps_channels(official_listing, tmp_path: Path):
     """A model with 91 classes (COCO-id label space) takes the heads unchanged."""
     official = make_official_state_dict(official_listing['plain'], seed=2)

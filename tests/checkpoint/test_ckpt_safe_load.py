@@ -152,6 +152,7 @@ def test_missing_file_is_a_clear_error(tmp_path: Path):
         safe_load(tmp_path / 'nope.pth')
 
 
+@pytest.mark.slow
 def test_install_needed_for_mmengine_in_a_fresh_process(tmp_path: Path):
     """Without importing mmdet_deformdetr, torch refuses an official file; with it, it loads."""
     path = tmp_path / 'official_like.pth'

@@ -26,6 +26,7 @@ def test_detector_registers_the_conversion_hook():
     assert convert_checkpoint_pre_hook in hooks
 
 
+@pytest.mark.slow
 def test_tool_converts_official_file_and_reports(
     official_listing, converter, tmp_path: Path, capsys
 ):

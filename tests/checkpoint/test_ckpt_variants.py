@@ -21,6 +21,7 @@ def _save_ours(model: torch.nn.Module, path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_official_two_stage_into_plain_r50(official_listing, tmp_path: Path):
     path = save_official_file(
         tmp_path / 'twostage.pth',
@@ -39,6 +40,7 @@ def test_official_two_stage_into_plain_r50(official_listing, tmp_path: Path):
     assert 'transformer.query_embed.weight' in message  # ... and keys only in the model
 
 
+@pytest.mark.slow
 def test_official_single_scale_into_four_level_r50(official_listing, tmp_path: Path):
     path = save_official_file(
         tmp_path / 'ss.pth',
@@ -53,6 +55,7 @@ def test_official_single_scale_into_four_level_r50(official_listing, tmp_path: P
     assert 'transformer.level_embed: checkpoint (1, 256) vs model (4, 256)' in message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     'saved, loaded, expected',
     [
@@ -155,6 +158,7 @@ def test_checkpoint_description_assumes_no_head_count(official_listing):
     assert 'num_heads' not in report.variant.split('K)')[1] and '8 heads' not in report.variant
 
 
+@pytest.mark.slow
 def test_fitting_configs_have_the_same_keys_not_just_the_same_flags(official_listing, tmp_path):
     """Official plain weights into a refine model: the primitive config fits; the FPN and BiFPN
     neck ablations share every flag but not the neck's keys, so they are not offered."""

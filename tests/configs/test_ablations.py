@@ -11,6 +11,7 @@ import re
 from typing import Dict, Tuple
 
 import pytest
+import torch
 from mmdet.registry import MODELS
 from mmengine.config import Config
 
@@ -68,8 +69,10 @@ NOT_MODEL = (
 
 
 def _built(cfg: Config):
+    """The model on the meta device (keys, shapes and module types; no memory, no init)."""
     cfg.model.backbone.init_cfg = None
-    model = MODELS.build(cfg.model)
+    with torch.device('meta'):
+        model = MODELS.build(cfg.model)
     return model, {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
 

@@ -10,6 +10,11 @@ import torch
 from mmengine.config import Config
 from torch import nn
 
+from tests.helpers.tiers import slow_except
+
+# the fast tier: the variant that runs every branch (two-stage + refine); the whole suite: all
+FAST = 'deformable-detr-refine-twostage_r50_16xb2-50e_coco.py'
+
 FORWARD_CONFIGS = [
     'deformable-detr_r50_16xb2-50e_coco.py',
     'deformable-detr-refine_r50_16xb2-50e_coco.py',
@@ -47,7 +52,7 @@ def _batch(model: nn.Module, num_items: List[int], training: bool) -> dict:
     return model.data_preprocessor(packed, training)
 
 
-@pytest.mark.parametrize('relative_path', FORWARD_CONFIGS)
+@pytest.mark.parametrize('relative_path', slow_except(FORWARD_CONFIGS, lambda path: path == FAST))
 def test_state_dict_reflects_config(load_config, shrink_backbone, relative_path):
     """One level embedding per level; sampling offsets for K points per head (and per level with
     multi-scale attention; without it a query may predict offsets for one level only)."""
@@ -64,7 +69,7 @@ def test_state_dict_reflects_config(load_config, shrink_backbone, relative_path)
         assert offsets.shape[0] in allowed, part
 
 
-@pytest.mark.parametrize('relative_path', FORWARD_CONFIGS)
+@pytest.mark.parametrize('relative_path', slow_except(FORWARD_CONFIGS, lambda path: path == FAST))
 def test_loss_predict_forward(load_config, shrink_backbone, relative_path):
     cfg = _shrink(shrink_backbone(load_config(relative_path)))
     model = _build(cfg)

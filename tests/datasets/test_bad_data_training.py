@@ -17,6 +17,9 @@ from mmdet_deformdetr.datasets import BadDataError
 from tests.helpers.broken_coco import make_coco
 from tests.helpers.tools import REPO_ROOT, TINY_CONFIG
 
+# short trainings: the whole suite's (the fast tier checks the datasets in test_bad_data.py)
+pytestmark = pytest.mark.slow
+
 
 def tiny_cfg(root: Path, work_dir: Path, **options) -> Config:
     """The tiny model of tests/helpers/tiny_deformdetr_coco.py on the dataset under ``root``."""
@@ -149,7 +152,6 @@ def test_without_the_check_a_small_head_fails_inside_the_matcher(tmp_path, coco_
     assert 'head_loss.py' in {Path(str(entry.path)).name for entry in error.traceback}
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     'defect,options,expected',
     [

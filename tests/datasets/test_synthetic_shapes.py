@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from mmdet_deformdetr.datasets import CLASSES, ShapesConfig, generate_shapes_dataset, render_image
 
@@ -20,6 +21,7 @@ def _digests(root: Path) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_same_seed_identical_files_different_seed_different(tmp_path):
     a = generate_shapes_dataset(tmp_path / 'a', ShapesConfig(seed=0, **SMALL))
     b = generate_shapes_dataset(tmp_path / 'b', ShapesConfig(seed=0, **SMALL))

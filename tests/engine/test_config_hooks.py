@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from mmengine.config import Config
 
+from tests.helpers.tiers import in_fast_tier_configs, slow_except
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(
     [*(REPO_ROOT / 'configs').glob('**/*.py'), *(REPO_ROOT / 'projects').glob('*/configs/**/*.py')]
@@ -17,7 +19,11 @@ def test_configs_are_found():
     assert len(CONFIGS) >= 10
 
 
-@pytest.mark.parametrize('config', CONFIGS, ids=lambda path: str(path.relative_to(REPO_ROOT)))
+@pytest.mark.parametrize(
+    'config',
+    slow_except(CONFIGS, in_fast_tier_configs),
+    ids=lambda path: str(path.relative_to(REPO_ROOT)),
+)
 def test_config_selects_the_fault_tolerant_hooks(config):
     hooks = Config.fromfile(str(config)).default_hooks
     assert hooks.checkpoint.type == 'AtomicCheckpointHook'

@@ -14,6 +14,7 @@ from mmdet_deformdetr.engine import (
     cpu_bf16_support,
     select_amp_optim_wrapper,
 )
+from tests.helpers.tiers import slow_except
 from tests.helpers.tools import TINY_CONFIG
 
 
@@ -65,7 +66,9 @@ def test_gpu_model_is_refused():
             pass
 
 
-@pytest.mark.parametrize('variant', ['plain', 'refine', 'two_stage'])
+@pytest.mark.parametrize(
+    'variant', slow_except(['plain', 'refine', 'two_stage'], lambda variant: variant == 'plain')
+)
 def test_tiny_deformdetr_trains_under_cpu_autocast(variant):
     """Two train_step calls of a tiny DeformDETR with the wrapper built from the config as the
     Runner builds it (paramwise lr, gradient clipping). Every trainable parameter must move: one

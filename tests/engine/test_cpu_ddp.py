@@ -114,6 +114,7 @@ print('initialised:', dist.is_initialized(), flush=True)
 """
 
 
+@pytest.mark.slow
 def test_group_is_destroyed_at_exit():
     result = subprocess.run(
         [sys.executable, '-c', _EXIT_CHECK, str(free_port())],

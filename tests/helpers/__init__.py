@@ -6,6 +6,7 @@
 - :mod:`.checkpoints`: official-layout state dicts and files from the key/shape listing.
 - :mod:`.tools`: running ``tools/*.py`` / ``tools/*.sh`` as a user would.
 - :mod:`.broken_coco`: small COCO datasets with chosen defects (bad-data tests).
+- :mod:`.tiers`: the fast tier (``--fast``) and its budget, as pytest hooks.
 
 Fixtures (mmdet's scope, one torch thread, the data under ``tests/data``) are in
 ``tests/conftest.py``.

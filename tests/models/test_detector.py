@@ -150,6 +150,7 @@ def test_padding_masks_follow_image_shapes() -> None:
     assert not any(m.any() for m in no_samples)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('variant', ['plain', 'two_stage'])
 def test_channels_last_computes_the_same(variant: str) -> None:
     """``channels_last=True``: feature maps in channels-last format, losses and every gradient

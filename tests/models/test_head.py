@@ -73,6 +73,43 @@ def test_predict_by_feat_top_k_over_queries_and_classes() -> None:
     assert len(result) == 5  # max_per_img
 
 
+def test_predict_by_feat_is_one_batched_top_k_per_batch(monkeypatch) -> None:
+    """Images of different sizes and scale factors in one batch: one call of the batched
+    post-process, the same detections as each image on its own."""
+    from mmdet_deformdetr.models import head as head_module
+
+    head = make_head(test_cfg=dict(max_per_img=7))
+    generator = torch.Generator().manual_seed(0)
+    cls_scores = torch.randn(2, 3, 6, CLASSES, generator=generator)
+    boxes = torch.rand(2, 3, 6, 4, generator=generator) * 0.8 + 0.1
+    metas = [
+        dict(img_shape=(100, 200), scale_factor=(2.0, 4.0)),
+        dict(img_shape=(90, 60), scale_factor=(0.5, 0.25)),
+        dict(img_shape=(64, 64), scale_factor=(1.0, 1.0)),
+    ]
+    calls, original = [], head_module.topk_detections
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(head_module, 'topk_detections', counted)
+    batched = head.predict_by_feat(cls_scores, boxes, metas, rescale=True)
+    assert calls == [torch.Size([3, 6, CLASSES])]
+    for image, (result, meta) in enumerate(zip(batched, metas)):
+        alone = head.predict_by_feat(
+            cls_scores[:, image : image + 1], boxes[:, image : image + 1], [meta]
+        )
+        assert len(result) == 7
+        # the same to float rounding (a vectorised sigmoid may round a batch's tail differently)
+        torch.testing.assert_close(result.scores, alone[0].scores)
+        torch.testing.assert_close(result.bboxes, alone[0].bboxes)
+        assert torch.equal(result.labels, alone[0].labels)
+        height, width = meta['img_shape']
+        unscaled = result.bboxes * result.bboxes.new_tensor(meta['scale_factor']).repeat(2)
+        assert unscaled[:, 0::2].max() <= width and unscaled[:, 1::2].max() <= height
+
+
 def sample_with_gt(num_gt: int) -> DetDataSample:
     sample = DetDataSample(metainfo=dict(img_shape=(64, 80)))
     top_left = torch.rand(num_gt, 2) * 30
@@ -122,7 +159,7 @@ def test_encoder_loss_labels_every_target_zero() -> None:
     )
     scores = torch.full((1, 1, CLASSES), -20.0)
     scores[..., 0] = 20.0
-    losses = head.loss_by_feat(
+    losses = head.criterion(
         scores[None], box[None, None], scores, box[None], [sample.gt_instances], [sample.metainfo]
     )
     assert losses['enc_loss_cls'] < 1e-6 and losses['enc_loss_bbox'] < 1e-6
@@ -146,7 +183,7 @@ def test_bad_head_configs(overrides: dict, message: str) -> None:
 def test_head_without_train_cfg_refuses_losses() -> None:
     head = make_head(train_cfg=None)
     with pytest.raises(RuntimeError, match='train_cfg'):
-        head.loss_by_feat(
+        head.criterion(
             torch.zeros(1, 1, 2, CLASSES),
             torch.rand(1, 1, 2, 4),
             None,
@@ -225,7 +262,7 @@ def test_non_finite_predictions_name_the_image(poisoned: str) -> None:
         NonFiniteMatchingError,
         match=r'non-finite .*decoder layers of image .*photo\.jpg.*learning rate',
     ):
-        head.loss_by_feat(
+        head.criterion(
             scores,
             boxes,
             None,

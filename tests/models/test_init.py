@@ -45,6 +45,7 @@ from mmdet.registry import MODELS
 from mmengine.config import Config
 
 from tests.helpers.models import REPO_ROOT, init_weights_quietly
+from tests.helpers.tiers import in_fast_tier_configs, slow_except
 
 CONFIGS = sorted(p for p in (REPO_ROOT / 'configs').rglob('*.py'))
 # the paper's three variants, by their shipped configs
@@ -190,7 +191,9 @@ def _rule_of(name: str, model: torch.nn.Module) -> Callable:
     raise AssertionError(f'no initialisation rule for {name}: add the reference init to RULES')
 
 
-@pytest.mark.parametrize('config', CONFIGS, ids=lambda path: path.stem)
+@pytest.mark.parametrize(
+    'config', slow_except(CONFIGS, in_fast_tier_configs), ids=lambda path: path.stem
+)
 def test_every_parameter_starts_as_the_reference(config: Path) -> None:
     model = build_initialised(config)
     checked = 0

@@ -24,9 +24,9 @@ from tests.helpers.models import (
     tiny_model_cfg,
 )
 
-# What docs/faithfulness.md claims, asserted in float64. Not 1e-12: mmdet computes a few things in float32
-# whatever the model's dtype (its sine positional embeddings, and the two-stage proposal grid,
-# which moves two-stage boxes by up to ~3e-6 px on these 96 px images).
+# What docs/faithfulness.md claims, asserted in float64. Not 1e-12: mmdet computes a few things
+# in float32 whatever the model's dtype (its sine positional embeddings, and the two-stage proposal
+# grid, which moves two-stage boxes by up to ~3e-6 px on these 96 px images).
 SCORE_TOLERANCE = 1e-7
 BOX_TOLERANCE_PX = 1e-5
 LOSS_TOLERANCE_REL = 1e-7

@@ -219,7 +219,66 @@ def test_auto_selection_for_cuda_tensors(monkeypatch: pytest.MonkeyPatch) -> Non
     with pytest.raises(RuntimeError, match="impl='cpu' needs CPU"):
         ms_deform_attn._select_impl(fake_cuda, 'cpu')
     monkeypatch.setattr(ms_deform_attn, 'mmcv_cuda_available', lambda: False)
-    assert ms_deform_attn._select_impl(fake_cuda, 'auto') == 'pytorch'
+    with pytest.warns(RuntimeWarning):
+        ms_deform_attn._warn_cuda_fallback.cache_clear()
+        assert ms_deform_attn._select_impl(fake_cuda, 'auto') == 'pytorch'
+
+
+def test_cuda_tensors_without_mmcv_cuda_ops_warn_once_naming_the_fix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The silent fallback to the slow grid_sample path on a GPU is said out loud, once."""
+    import warnings
+
+    fake_cuda = types.SimpleNamespace(is_cuda=True, device=torch.device('cuda', 0))
+    monkeypatch.setattr(ms_deform_attn, 'mmcv_cuda_available', lambda: False)
+    monkeypatch.setattr(
+        ms_deform_attn, 'mmcv_cuda_problem', lambda: 'mmcv 2.1.0 was compiled without CUDA'
+    )
+    ms_deform_attn._warn_cuda_fallback.cache_clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        for _ in range(3):
+            assert ms_deform_attn._select_impl(fake_cuda, 'auto') == 'pytorch'
+    (warning,) = caught
+    message = str(warning.message)
+    assert issubclass(warning.category, RuntimeWarning)
+    assert '(mmcv 2.1.0 was compiled without CUDA)' in message
+    assert 'grid_sample reference, many times slower' in message
+    assert 'MMCV_WITH_OPS=1' in message and 'tools/misc/check_install.py' in message
+    ms_deform_attn._warn_cuda_fallback.cache_clear()
+
+
+@pytest.mark.parametrize(
+    'gpu,compiled,expected',
+    [
+        (False, '12.1', 'torch sees no CUDA GPU'),
+        (True, 'not available', 'was compiled without CUDA'),
+        (True, ImportError('libcudart.so.12: cannot open shared object file'), 'does not load'),
+        (True, '12.1', None),
+    ],
+    ids=['no-gpu', 'cpu-build', 'broken-ops', 'usable'],
+)
+def test_mmcv_cuda_problem_says_why(monkeypatch, gpu, compiled, expected) -> None:
+    from mmcv.ops import info
+
+    def compiling_cuda_version():
+        if isinstance(compiled, Exception):
+            raise compiled
+        return compiled
+
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: gpu)
+    monkeypatch.setattr(info, 'get_compiling_cuda_version', compiling_cuda_version)
+    for cached in (ms_deform_attn.mmcv_cuda_problem, ms_deform_attn.mmcv_cuda_available):
+        cached.cache_clear()
+    try:
+        problem = ms_deform_attn.mmcv_cuda_problem()
+        assert (problem is None) if expected is None else (expected in problem), problem
+        assert ms_deform_attn.mmcv_cuda_available() is (expected is None)
+    finally:
+        monkeypatch.undo()
+        for cached in (ms_deform_attn.mmcv_cuda_problem, ms_deform_attn.mmcv_cuda_available):
+            cached.cache_clear()
 
 
 def test_cuda_path_calls_mmcv_function(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.tiers import slow_except
 from tests.helpers.tools import REPO_ROOT
 
 TESTS = {
@@ -47,14 +48,18 @@ def ci_run(tmp_path: Path, *names: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize(
     'names,code,counts',
-    [
-        (['cuda_skip'], 0, '1 skipped: 1 marked cuda (allowed), 0 other (not allowed)'),
-        (['plain_skip'], 1, '1 skipped: 0 marked cuda (allowed), 1 other (not allowed)'),
-        (['module_skip', 'cuda_skip'], 1, '2 skipped: 1 marked cuda (allowed), 1 other'),
-        (['plain_skip', 'cuda_skip'], 1, '2 skipped: 1 marked cuda (allowed), 1 other'),
-        (['failure_and_skip'], 1, '1 skipped: 0 marked cuda (allowed), 1 other'),
-        (['xfail'], 0, '0 skipped: 0 marked cuda (allowed), 0 other (not allowed)'),
-    ],
+    slow_except(
+        [
+            (['cuda_skip'], 0, '1 skipped: 1 marked cuda (allowed), 0 other (not allowed)'),
+            (['plain_skip'], 1, '1 skipped: 0 marked cuda (allowed), 1 other (not allowed)'),
+            (['module_skip', 'cuda_skip'], 1, '2 skipped: 1 marked cuda (allowed), 1 other'),
+            (['plain_skip', 'cuda_skip'], 1, '2 skipped: 1 marked cuda (allowed), 1 other'),
+            (['failure_and_skip'], 1, '1 skipped: 0 marked cuda (allowed), 1 other'),
+            (['xfail'], 0, '0 skipped: 0 marked cuda (allowed), 0 other (not allowed)'),
+        ],
+        # the fast tier: an allowed skip (exit 0) and a module skip beside it (exit 1)
+        lambda case: case[0] in (['cuda_skip'], ['module_skip', 'cuda_skip']),
+    ),
 )
 def test_only_cuda_tests_may_skip(tmp_path, names, code, counts):
     result = ci_run(tmp_path, *names)

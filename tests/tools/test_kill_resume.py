@@ -109,6 +109,7 @@ def test_resume_path_that_exists_or_is_remote_passes(tmp_path, load_from):
     check_resume(Config(dict(resume=False, work_dir=str(tmp_path / 'empty'))))
 
 
+@pytest.mark.slow
 def test_train_py_resume_in_an_empty_work_dir_fails_before_training(tmp_path):
     work_dir = tmp_path / 'run'
     output = run_train(work_dir, expect_rc=1, resume='auto')

@@ -11,9 +11,11 @@ import torch
 from tests.helpers.tools import TINY_CONFIG, coco_photo_options, run_tool
 
 MMDET_TEST_PY = Path(__import__('mmdet').__file__).parent / '.mim' / 'tools' / 'test.py'
+# each test runs a tool as a process (or mmdet's inferencer): the whole suite's; the fast tier
+# covers the tools' argument parsing (test_tool_args.py)
+pytestmark = pytest.mark.slow
 
 
-@pytest.mark.slow
 def test_train_amp_auto_scale_lr_then_resume(python_tool, tiny_data_options, tmp_path):
     """--amp picks CPU bf16 autocast, and warns loudly where bf16 is not native (forced here
     with ATEN_CPU_CAPABILITY=avx2, as on an AVX2-only CPU); --auto-scale-lr scales by 1 image /

@@ -21,7 +21,7 @@ from typing import List
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO_CONFIG = ROOT / 'configs' / 'demo' / 'deformable-detr-refine-twostage_r18_shapes.py'
+DEMO_CONFIG = 'demo/deformable-detr-refine-twostage_r18_shapes.py'  # under configs_root()
 
 
 def time_mode(amp: bool, repeat: int, warmup: int) -> List[float]:
@@ -31,9 +31,10 @@ def time_mode(amp: bool, repeat: int, warmup: int) -> List[float]:
     from mmengine.config import Config
     from mmengine.optim import build_optim_wrapper
 
+    from mmdet_deformdetr import find_config
     from mmdet_deformdetr.engine import select_amp_optim_wrapper
 
-    cfg = Config.fromfile(str(DEMO_CONFIG))
+    cfg = Config.fromfile(find_config(DEMO_CONFIG))
     if amp:
         select_amp_optim_wrapper(cfg, cuda_available=False)
     torch.manual_seed(0)

@@ -34,17 +34,12 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger
 from mmengine.registry import init_default_scope
 
-import mmdet_deformdetr  # noqa: F401  (registers our modules)
+from mmdet_deformdetr import configs_root  # (importing the package registers our modules)
 from mmdet_deformdetr.deploy import OnnxDetector, export_onnx
 from mmdet_deformdetr.deploy.exportable import ExportableDeformDETR
 from mmdet_deformdetr.models.layers import MSDeformAttn
 
-PRIMITIVE = (
-    Path(__file__).resolve().parents[2]
-    / 'configs'
-    / 'deformable_detr'
-    / 'deformable-detr_r50_16xb2-50e_coco.py'
-)
+PRIMITIVE = configs_root() / 'deformable_detr' / 'deformable-detr_r50_16xb2-50e_coco.py'
 
 
 def parse_args() -> argparse.Namespace:

@@ -14,17 +14,16 @@ import argparse
 import copy
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-DEMO_CONFIG = ROOT / 'configs' / 'demo' / 'deformable-detr-refine-twostage_r18_shapes.py'
+# a path, or a shipped config's name (mmdet_deformdetr.find_config)
+DEMO_CONFIG = 'demo/deformable-detr-refine-twostage_r18_shapes.py'
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('config', nargs='?', default=str(DEMO_CONFIG))
+    parser.add_argument('config', nargs='?', default=DEMO_CONFIG)
     parser.add_argument('--repeat', type=int, default=30)
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--threads', type=int, default=None)
@@ -37,10 +36,10 @@ def main() -> None:
     from mmengine.config import Config
     from mmengine.optim import build_optim_wrapper
 
-    import mmdet_deformdetr  # noqa: F401  (registers our modules)
+    from mmdet_deformdetr import find_config  # (importing the package registers our modules)
 
     register_all_modules()
-    cfg = Config.fromfile(args.config)
+    cfg = Config.fromfile(find_config(args.config))
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
     optim_cfgs = {}

@@ -23,7 +23,6 @@ from typing import Callable, Dict, List
 import torch
 from phase_timer import PhaseTimer
 
-ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = {
     'plain': 'deformable-detr_r50_16xb2-50e_coco.py',
     'refine': 'deformable-detr-refine_r50_16xb2-50e_coco.py',
@@ -54,7 +53,9 @@ def build_pair(variant: str):
     mmdet_cfg = Config.fromfile(
         str(Path(mmdet.__file__).parent / '.mim' / 'configs' / 'deformable_detr' / CONFIGS[variant])
     )
-    our_cfg = Config.fromfile(str(ROOT / 'configs' / 'deformable_detr' / CONFIGS[variant]))
+    from mmdet_deformdetr import configs_root
+
+    our_cfg = Config.fromfile(configs_root() / 'deformable_detr' / CONFIGS[variant])
     for cfg in (mmdet_cfg, our_cfg):
         cfg.model.backbone.init_cfg = None  # no download; the weights are random anyway
     torch.manual_seed(0)
@@ -110,7 +111,7 @@ def timing_losses(model: torch.nn.Module, timer: PhaseTimer) -> None:
     """Time our head's losses and, within them, the Hungarian matching (wraps the methods on
     the instance)."""
     head = model.bbox_head
-    head.loss_by_feat = timer.wrap('losses', head.loss_by_feat)
+    head.criterion.forward = timer.wrap('losses', head.criterion.forward)
     head.criterion.targets = timer.wrap('matching', head.criterion.targets)
 
 

@@ -28,7 +28,8 @@ from mmengine.config import Config, DictAction
 from phase_timer import PhaseTimer
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO_CONFIG = ROOT / 'configs' / 'demo' / 'deformable-detr-refine-twostage_r18_shapes.py'
+# a path, or a shipped config's name (mmdet_deformdetr.find_config)
+DEMO_CONFIG = 'demo/deformable-detr-refine-twostage_r18_shapes.py'
 PHASES = (
     'data',
     'preprocess',
@@ -44,7 +45,7 @@ PHASES = (
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--config', default=str(DEMO_CONFIG))
+    parser.add_argument('--config', default=DEMO_CONFIG)
     parser.add_argument('--data-root', default='data/shapes_seed0/')
     parser.add_argument('--precision', choices=('auto', 'fp32', 'bf16'), default='auto')
     parser.add_argument('--repeat', type=int, default=20)
@@ -63,7 +64,9 @@ def build(args: argparse.Namespace):
     from demo import point_at_data, sync_dependent_keys
     from shapes_demo import choose_precision
 
-    cfg = Config.fromfile(args.config)
+    from mmdet_deformdetr import find_config
+
+    cfg = Config.fromfile(find_config(args.config))
     point_at_data(cfg, args.data_root)
     cfg.merge_from_dict(args.cfg_options)
     sync_dependent_keys(cfg)
@@ -85,7 +88,7 @@ def instrument(model, timer: PhaseTimer) -> None:
     head = model.bbox_head
     head.forward = timer.wrap('head', head.forward)
     head.criterion.targets = timer.wrap('matching', head.criterion.targets)
-    head.loss_by_feat = timer.wrap('losses', head.loss_by_feat)
+    head.criterion.forward = timer.wrap('losses', head.criterion.forward)
 
 
 def train_iteration(model, optim_wrapper, batches, timer: PhaseTimer) -> None:

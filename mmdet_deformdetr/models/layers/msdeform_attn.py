@@ -118,8 +118,8 @@ class MSDeformAttn(BaseModule):
         self,
         query: Tensor,
         reference_points: Tensor,
-        value: Optional[Tensor] = None,
-        spatial_shapes: Optional[SpatialShapes] = None,
+        value: Optional[Tensor],
+        spatial_shapes: SpatialShapes,
         level_start_index: Optional[Tensor] = None,
         value_padding_mask: Optional[Tensor] = None,
         query_pos: Optional[Tensor] = None,
@@ -129,11 +129,12 @@ class MSDeformAttn(BaseModule):
             reference_points: ``(bs, nq, L, 2)`` normalised ``(x, y)`` points, or
                 ``(bs, nq, L, 4)`` normalised ``(cx, cy, w, h)`` boxes (offsets are then scaled by
                 ``(w, h) / K * 0.5``, so the initial pattern stays inside the box).
-            value: ``(bs, num_keys, C)`` (``(num_keys, bs, C)`` if not batch_first); defaults to
+            value: ``(bs, num_keys, C)`` (``(num_keys, bs, C)`` if not batch_first), or None for
                 ``query`` (self-attention, without ``query_pos``).
             spatial_shapes: ``(L, 2)`` integer tensor or L Python ``(H, W)`` pairs (symbolic
                 under ``torch.export``, see ``ops/shapes.py``), ``(H, W)`` per level;
-                ``sum(H * W) == num_keys``.
+                ``sum(H * W) == num_keys``. The first five arguments are required, in the
+                official module's order.
             level_start_index: ``(L,)`` integer, first key of each level; derived from
                 ``spatial_shapes`` when None.
             value_padding_mask: ``(bs, num_keys)`` bool, True at padding (those values read 0).
@@ -143,8 +144,6 @@ class MSDeformAttn(BaseModule):
             ``(bs, nq, C)`` (``(nq, bs, C)`` if not batch_first): ``dropout(output_proj(...))``,
             without residual.
         """
-        if spatial_shapes is None:
-            raise ValueError('spatial_shapes ((L, 2) integer (H, W) per level) is required')
         if value is None:
             value = query
         if query_pos is not None:

@@ -71,8 +71,8 @@ class SingleScaleDeformAttn(MSDeformAttn):
         self,
         query: Tensor,
         reference_points: Tensor,
-        value: Optional[Tensor] = None,
-        spatial_shapes: Optional[SpatialShapes] = None,
+        value: Optional[Tensor],
+        spatial_shapes: SpatialShapes,
         level_start_index: Optional[Tensor] = None,
         value_padding_mask: Optional[Tensor] = None,
         query_pos: Optional[Tensor] = None,
@@ -87,18 +87,18 @@ class SingleScaleDeformAttn(MSDeformAttn):
                 query,
                 reference_points,
                 value,
-                spatial_shapes,
-                level_start_index,
-                value_padding_mask,
-                query_pos,
+                spatial_shapes=spatial_shapes,
+                level_start_index=level_start_index,
+                value_padding_mask=value_padding_mask,
+                query_pos=query_pos,
             )
         if value is not None and value is not query:
             raise ValueError(
                 'own_level attention is self-attention over the flattened levels: '
                 'value must be the query'
             )
-        if spatial_shapes is None or level_start_index is None:
-            raise ValueError('own_level attention needs spatial_shapes and level_start_index')
+        if level_start_index is None:
+            raise ValueError('own_level attention needs level_start_index')
         single_level_start = level_start_index.new_zeros(1)
         outputs = []
         start = 0

@@ -248,7 +248,6 @@ def test_bad_construction_raises(kwargs: dict, match: str) -> None:
             'last dim must be 2 or 4',
         ),
         (lambda x: x.update(value=x['value'][:, :-1]), r'need sum\(H \* W\) = 46'),
-        (lambda x: x.update(spatial_shapes=None), 'spatial_shapes'),
         (lambda x: x.update(reference_points=x['reference_points'][:, :, :2]), 'reference_points'),
         (lambda x: x.update(query=x['query'][..., :16], query_pos=None), 'query'),
     ],
@@ -258,4 +257,19 @@ def test_bad_forward_inputs_raise(change, match: str) -> None:
     inputs = make_inputs()
     change(inputs)
     with pytest.raises(ValueError, match=match):
+        layer(**inputs)
+
+
+def test_spatial_shapes_is_required_in_the_official_order() -> None:
+    """``(query, reference_points, value, spatial_shapes, level_start_index, ...)`` as the
+    official module; omitting the shapes is refused by name (no None default to reject later)."""
+    layer = make_layer().eval()
+    inputs = make_inputs()
+    positional = [inputs[name] for name in ('query', 'reference_points', 'value')]
+    positional += [inputs['spatial_shapes'], inputs['level_start_index']]
+    torch.testing.assert_close(
+        layer(*positional, query_pos=inputs['query_pos']), layer(**inputs), rtol=0, atol=0
+    )
+    del inputs['spatial_shapes']
+    with pytest.raises(TypeError, match="missing 1 required positional argument: 'spatial_shapes'"):
         layer(**inputs)
