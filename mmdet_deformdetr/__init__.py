@@ -27,6 +27,8 @@ from .engine import (
     CPUAutocastOptimWrapper,
     CPUDistributedDataParallel,
     GroupedOptimWrapperConstructor,
+    HostMemoryHook,
+    PreemptionHook,
     StopOnNonFiniteHook,
     ValRoundLogProcessor,
 )
@@ -78,7 +80,13 @@ DATASETS.register_module(module=CheckedCocoDataset)
 HOOKS.register_module(module=CheckNumClassesHook)
 
 # Fault tolerance of long runs (mmdet_deformdetr/engine/ documents each): checkpoints that a kill
-# mid-save cannot cost, and a stop at the first non-finite loss / gradient norm / weight. The
-# configs select them as default_hooks.checkpoint and default_hooks.check_finite.
+# mid-save cannot cost, a stop at the first non-finite loss / gradient norm / weight, and a
+# checkpoint then exit 75 on a scheduler's signal. The configs select them as
+# default_hooks.checkpoint, default_hooks.check_finite and default_hooks.preemption.
 HOOKS.register_module(module=AtomicCheckpointHook)
 HOOKS.register_module(module=StopOnNonFiniteHook)
+HOOKS.register_module(module=PreemptionHook)
+
+# Host memory of long runs (engine/host_memory.py): RSS / PSS of the training process and its
+# dataloader workers, for soak tests (tools/analysis_tools/soak_memory.py) and custom_hooks.
+HOOKS.register_module(module=HostMemoryHook)

@@ -8,6 +8,9 @@ The command line is mmdet's ``tools/train.py``. Differences, all for CPU-only ma
 ``mmdet_deformdetr/engine/``): ``--amp`` selects bf16 autocast instead of fp16 + loss scaling, and
 multi-process runs (``tools/dist_train.sh``) use gloo and a DDP wrapper that accepts CPU modules.
 ``--resume`` without a checkpoint to resume from is an error (mmengine would start at iteration 0).
+One run per work dir, a clear word when ``--resume`` finds the run finished, and exit statuses that
+launch scripts act on (75: stopped by a signal after saving, resumable; 74: a checkpoint could not
+be written): ``tools/train_guard.py``, ``docs/robustness.md``.
 Importing ``mmdet_deformdetr`` also installs the safe checkpoint loading that ``--resume`` and
 ``load_from`` need on torch >= 2.6.
 
@@ -31,7 +34,7 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:
 import mmdet_deformdetr  # noqa: E402,F401  (registers our modules, safe checkpoint loading)
 from mmdet_deformdetr import console  # noqa: E402
 from mmdet_deformdetr.engine import select_amp_optim_wrapper  # noqa: E402
-from tools import tool_common  # noqa: E402
+from tools import tool_common, train_guard  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -97,7 +100,7 @@ def train(args: argparse.Namespace, errors: console.explained_errors) -> None:
         tool_common.check_resume(cfg)
     except FileNotFoundError as error:  # a usage error: the message, no traceback
         sys.exit(f'tools/train.py: error: {error}')
-    tool_common.build_runner(cfg).train()
+    sys.exit(train_guard.train(cfg, tool_common.build_runner))
 
 
 if __name__ == '__main__':

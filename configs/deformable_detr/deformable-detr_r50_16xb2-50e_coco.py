@@ -167,8 +167,11 @@ auto_scale_lr = dict(base_batch_size=32)
 # a two-day run must survive faults (mmdet_deformdetr/engine/): checkpoints are written to a
 # temporary file and renamed into place, `last_checkpoint` after them, outdated ones deleted last,
 # so a kill mid-save loses nothing; training stops at the first NaN / Inf loss term, gradient norm
-# or weight, before it is saved. Children override the checkpoint settings, not the types.
+# or weight, before it is saved; on SIGTERM / SIGUSR1 / SIGINT (preemption, Slurm's time-limit
+# warning, Ctrl-C) the iteration in flight finishes, its checkpoint is saved and the process exits
+# with 75 (docs/robustness.md). Children override the checkpoint settings, not the types.
 default_hooks = dict(
     checkpoint=dict(type='AtomicCheckpointHook', interval=1),
     check_finite=dict(type='StopOnNonFiniteHook'),
+    preemption=dict(type='PreemptionHook'),
 )

@@ -230,7 +230,11 @@ def corrupt_checkpoint_error(path: Union[str, os.PathLike], reason: str) -> Corr
 
 
 def safe_load(
-    source: PathOrFile, map_location: Any = 'cpu', *, extra_globals: Sequence[Any] = ()
+    source: PathOrFile,
+    map_location: Any = 'cpu',
+    *,
+    extra_globals: Sequence[Any] = (),
+    mmap: bool = False,
 ) -> Any:
     """``torch.load`` with ``weights_only=True`` and this package's allow-list.
 
@@ -239,6 +243,8 @@ def safe_load(
         map_location: as for :func:`torch.load`; defaults to ``'cpu'``.
         extra_globals: further globals the caller trusts for this one call (classes or functions,
             or ``(object, 'module.name')`` pairs as for ``torch.serialization.add_safe_globals``).
+        mmap: map the tensors from the file instead of reading them (``torch.load(mmap=True)``;
+            cheap when only the metadata is needed; zip-format files only).
 
     Returns:
         The unpickled object (usually a dict).
@@ -267,7 +273,12 @@ def safe_load(
     label = source if isinstance(source, str) else 'the checkpoint stream'
     try:
         with torch.serialization.safe_globals(for_this_call):
-            return torch.load(source, map_location=map_location, weights_only=True)
+            return torch.load(
+                source,
+                map_location=map_location,
+                weights_only=True,
+                **({'mmap': True} if mmap else {}),
+            )
     except UntrustedCheckpointError:  # raised by _history_buffer_statistic
         raise
     except Exception as error:  # noqa: BLE001  (classified below; anything else is re-raised)

@@ -1,7 +1,7 @@
 """``DeformableDetrTransformer``: flatten levels -> encoder -> queries (or two-stage proposals)
 -> decoder. The detection head's branches are handed in by the caller."""
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.model import BaseModule
@@ -72,6 +72,10 @@ class DeformableDetrTransformer(BaseModule):
         with_box_refine: refine references layer by layer with the given ``reg_branches``.
         as_two_stage: queries from encoder proposals scored and regressed by the head's last
             branches (the head requires ``with_box_refine`` for it, as the official code).
+        with_cp: activation checkpointing of every encoder and decoder layer in training
+            (``True``), or of one of the two (``'encoder'``, where the activations grow with the
+            image; ``'decoder'``): less memory for one more forward of each such layer, the same
+            gradients (``docs/performance.md`` has the memory table).
         init_cfg: mmengine initialisation config.
     """
 
@@ -91,9 +95,12 @@ class DeformableDetrTransformer(BaseModule):
         num_feature_levels: int = 4,
         with_box_refine: bool = False,
         as_two_stage: bool = False,
+        with_cp: Union[bool, str] = False,
         init_cfg: Optional[dict] = None,
     ) -> None:
         super().__init__(init_cfg=init_cfg)
+        if with_cp not in (False, True, 'encoder', 'decoder'):
+            raise ValueError(f"with_cp must be a bool, 'encoder' or 'decoder', got {with_cp!r}")
         if embed_dims % num_heads:
             raise ValueError(
                 f'embed_dims ({embed_dims}) must be divisible by num_heads ({num_heads})'
@@ -122,10 +129,14 @@ class DeformableDetrTransformer(BaseModule):
         )
         # one layer each, cloned (the official _get_clones); _reset_parameters re-draws each copy
         self.encoder = DeformableEncoder(
-            DeformableEncoderLayer(num_points=enc_num_points, **layer_args), num_encoder_layers
+            DeformableEncoderLayer(num_points=enc_num_points, **layer_args),
+            num_encoder_layers,
+            with_cp=with_cp in (True, 'encoder'),
         )
         self.decoder = DeformableDecoder(
-            DeformableDecoderLayer(num_points=dec_num_points, **layer_args), num_decoder_layers
+            DeformableDecoderLayer(num_points=dec_num_points, **layer_args),
+            num_decoder_layers,
+            with_cp=with_cp in (True, 'decoder'),
         )
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, embed_dims))
         if as_two_stage:

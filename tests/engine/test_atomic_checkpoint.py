@@ -2,6 +2,7 @@
 (interval, max_keep_ckpts, save_best), written in a different order. The kills are in
 tests/tools/test_kill_during_save.py."""
 
+import os
 from pathlib import Path
 from typing import List
 
@@ -131,7 +132,7 @@ def test_write_text_atomically_keeps_the_old_text_when_interrupted(tmp_path, mon
     def interrupted(*args) -> None:
         raise OSError('interrupted')
 
-    monkeypatch.setattr(atomic_checkpoint.os, 'replace', interrupted)
+    monkeypatch.setattr(os, 'replace', interrupted)  # the os module atomic_files.py uses
     with pytest.raises(OSError):
         write_text_atomically(str(pointer), 'new')
     assert pointer.read_text() == 'old'

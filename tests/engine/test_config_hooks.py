@@ -1,5 +1,6 @@
 """Every shipped config (configs/, projects/) trains with the fault-tolerant hooks: atomic
-checkpoints and the stop at the first non-finite value."""
+checkpoints, the stop at the first non-finite value, and the checkpoint-then-exit on a
+scheduler's signal."""
 
 from pathlib import Path
 
@@ -27,3 +28,4 @@ def test_config_selects_the_fault_tolerant_hooks(config):
     hooks = Config.fromfile(str(config)).default_hooks
     assert hooks.checkpoint.type == 'AtomicCheckpointHook'
     assert hooks.check_finite.type == 'StopOnNonFiniteHook'
+    assert hooks.preemption.type == 'PreemptionHook'

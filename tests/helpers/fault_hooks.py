@@ -16,13 +16,21 @@ faulty run, the resumed run and the uninterrupted reference.
 - ``FaultNonFiniteLossHook``: multiplies one loss term of iteration ``at_iter`` by NaN (or Inf),
   inside the model's ``loss`` so that the backward pass and the optimizer step see it.
 
+- ``FaultSmallDiskHook``: where ``mount -t tmpfs`` is not permitted, makes the folder ``root``
+  behave like a file system of ``limit_bytes`` for checkpoint writes (``LocalBackend.put`` writes
+  what fits, then raises ``ENOSPC``) and for ``shutil.disk_usage``; a file ``.read_only`` in
+  ``root`` makes the writes raise ``EROFS``. Inert while ``limit_bytes`` is 0.
+
 Registration here (test code, names distinct from mmdet's) keeps the package's rule that it
 registers only in ``mmdet_deformdetr/__init__.py``.
 """
 
+import errno
 import os
+import shutil
 import signal
 import sys
+from collections import namedtuple
 from typing import Any
 
 from mmdet.registry import HOOKS
@@ -103,3 +111,50 @@ class FaultNonFiniteLossHook(Hook):
             return losses
 
         model.loss = faulty_loss
+
+
+def used_bytes(root: str) -> int:
+    """Bytes of the files under ``root`` (what a file system of its own would hold)."""
+    return sum(
+        os.path.getsize(os.path.join(folder, name))
+        for folder, _, names in os.walk(root)
+        for name in names
+        if os.path.isfile(os.path.join(folder, name))
+    )
+
+
+@HOOKS.register_module()
+class FaultSmallDiskHook(Hook):
+    """Emulate a file system of ``limit_bytes`` at ``root`` (0: inert); see the module
+    docstring. Installed when the hook is built, in the training process only."""
+
+    def __init__(self, limit_bytes: int = 0, root: str = '') -> None:
+        if not limit_bytes:
+            return
+        root = os.path.abspath(root)
+        put, disk_usage = LocalBackend.put, shutil.disk_usage
+        usage = namedtuple('usage', 'total used free')
+
+        def inside(path: Any) -> bool:
+            return os.path.abspath(os.fspath(path)).startswith(root + os.sep)
+
+        def small_put(backend: LocalBackend, obj: bytes, filepath: Any) -> None:
+            if not inside(filepath):
+                return put(backend, obj, filepath)
+            if os.path.exists(os.path.join(root, '.read_only')):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(filepath))
+            free = max(0, limit_bytes - used_bytes(root))
+            if len(obj) <= free:
+                return put(backend, obj, filepath)
+            with open(filepath, 'wb') as file:
+                file.write(obj[:free])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(filepath))
+
+        def small_disk_usage(path: Any) -> Any:
+            if not (inside(path) or os.path.abspath(os.fspath(path)) == root):
+                return disk_usage(path)
+            used = used_bytes(root)
+            return usage(limit_bytes, used, max(0, limit_bytes - used))
+
+        # process-local, for the fault tests only
+        LocalBackend.put, shutil.disk_usage = small_put, small_disk_usage

@@ -3,7 +3,7 @@
 # 8 iterations with a checkpoint every 2 and only the newest kept (max_keep_ckpts=1, where a save
 # that deletes first loses everything), a learning-rate step at iteration 5 (so a resumed
 # scheduler shows), and the test-only fault hooks of fault_hooks.py, inert until a test sets
-# custom_hooks.0.at_iter / custom_hooks.1.at_iter with --cfg-options.
+# custom_hooks.0.at_iter / custom_hooks.1.at_iter / custom_hooks.3.limit_bytes with --cfg-options.
 _base_ = './tiny_deformdetr_coco.py'
 custom_imports = dict(
     imports=['mmdet_deformdetr', 'tests.helpers.fault_hooks'], allow_failed_imports=False
@@ -18,4 +18,5 @@ custom_hooks = [
     dict(type='FaultKillDuringSaveHook', at_iter=0, moment='before_write'),
     dict(type='FaultNonFiniteLossHook', at_iter=0, term='loss_bbox', value='nan'),
     dict(type='CheckNumClassesHook'),  # the primitive's custom hook, kept
+    dict(type='FaultSmallDiskHook', limit_bytes=0, root=''),  # custom_hooks.3: a small disk
 ]

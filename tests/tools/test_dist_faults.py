@@ -21,21 +21,26 @@ pytestmark = [pytest.mark.slow, pytest.mark.dist]
 
 
 def _workers(launcher: int) -> Dict[int, int]:
-    """rank -> pid of the processes torchrun (pid ``launcher``) started, from /proc."""
-    workers = {}
+    """rank -> pid of the processes torchrun started under ``launcher`` (tools/dist_train.sh,
+    which runs torchrun as its child), from /proc."""
+    parents, ranks = {}, {}
     for entry in os.listdir('/proc'):
         if not entry.isdigit():
             continue
         try:
             with open(f'/proc/{entry}/stat') as file:
-                parent = int(file.read().rsplit(')', 1)[1].split()[1])
+                parents[int(entry)] = int(file.read().rsplit(')', 1)[1].split()[1])
             with open(f'/proc/{entry}/environ', 'rb') as file:
                 env = dict(item.split(b'=', 1) for item in file.read().split(b'\0') if b'=' in item)
         except OSError:  # a process that ended meanwhile
             continue
-        if parent == launcher and b'RANK' in env:
-            workers[int(env[b'RANK'])] = int(entry)
-    return workers
+        if b'RANK' in env:
+            ranks[int(entry)] = int(env[b'RANK'])
+    return {
+        rank: pid
+        for pid, rank in ranks.items()
+        if launcher in (parents.get(pid), parents.get(parents.get(pid)))
+    }
 
 
 def _alive(pid: int) -> bool:

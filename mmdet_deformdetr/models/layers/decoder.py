@@ -5,6 +5,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ...ops import SpatialShapes
 from ..geometry import apply_box_delta, scale_by_valid_ratios
@@ -125,11 +126,16 @@ class DeformableDecoder(nn.Module):
     Args:
         layer: the first layer; the others are deep copies of it (initialised by the transformer).
         num_layers: number of layers.
+        with_cp: activation checkpointing of each layer in training (see ``DeformableEncoder``);
+            the refinement by ``reg_branches`` stays outside the checkpointed part.
     """
 
-    def __init__(self, layer: DeformableDecoderLayer, num_layers: int) -> None:
+    def __init__(
+        self, layer: DeformableDecoderLayer, num_layers: int, with_cp: bool = False
+    ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
+        self.with_cp = with_cp
 
     def forward(
         self,
@@ -166,8 +172,9 @@ class DeformableDecoder(nn.Module):
             reference-point predictor).
         """
         hidden_states, inter_references = [], []
+        recompute = self.with_cp and self.training and torch.is_grad_enabled()
         for index, layer in enumerate(self.layers):
-            query = layer(
+            args = (
                 query,
                 query_pos,
                 scale_by_valid_ratios(reference_points, valid_ratios),
@@ -176,6 +183,7 @@ class DeformableDecoder(nn.Module):
                 spatial_shapes,
                 level_start_index,
             )
+            query = checkpoint(layer, *args, use_reentrant=False) if recompute else layer(*args)
             if reg_branches is not None:
                 # detached: the next layer learns to correct this one's boxes; gradients through
                 # the chain of references destabilise training (the paper, Sec. A.4)

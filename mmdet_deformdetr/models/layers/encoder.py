@@ -3,7 +3,9 @@
 import copy
 from typing import Optional
 
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ...ops import SpatialShapes
 from ..geometry import encoder_reference_points
@@ -102,11 +104,18 @@ class DeformableEncoder(nn.Module):
     Args:
         layer: the first layer; the others are deep copies of it (initialised by the transformer).
         num_layers: number of layers.
+        with_cp: activation checkpointing: in training, each layer keeps only its inputs for the
+            backward pass and runs its forward again there (``torch.utils.checkpoint``,
+            non-reentrant, RNG state preserved so dropout draws the same masks): less memory for
+            one more forward of the layer. Gradients are those without it.
     """
 
-    def __init__(self, layer: DeformableEncoderLayer, num_layers: int) -> None:
+    def __init__(
+        self, layer: DeformableEncoderLayer, num_layers: int, with_cp: bool = False
+    ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
+        self.with_cp = with_cp
 
     def forward(
         self,
@@ -129,8 +138,15 @@ class DeformableEncoder(nn.Module):
             memory ``(bs, N, C)``.
         """
         reference_points = encoder_reference_points(spatial_shapes, valid_ratios)
+        recompute = self.with_cp and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            feat = layer(
-                feat, feat_pos, reference_points, spatial_shapes, level_start_index, padding_mask
+            args = (
+                feat,
+                feat_pos,
+                reference_points,
+                spatial_shapes,
+                level_start_index,
+                padding_mask,
             )
+            feat = checkpoint(layer, *args, use_reentrant=False) if recompute else layer(*args)
         return feat
