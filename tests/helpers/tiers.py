@@ -10,10 +10,11 @@ those of the subprocesses it ran and waited for: unlike wall time, that does not
 jobs share the machine. Every run ends with the fast tier's share of it: test count, CPU time and
 the sum of the test durations against the budget (with ``--fast``, also the session's wall time),
 and the tier's tests whose call (the test function, without the fixtures they may share) takes
-over ``--slow-test-cpu`` seconds (3; to be marked ``slow``). The run fails
-when that CPU time exceeds the budget: with ``--fast`` the tier's own; in a whole-suite run the
-sum over the tests the fast tier runs (which may miss fixture setup that a slow test paid for
-first).
+over ``--slow-test-cpu`` seconds (3; to be marked ``slow``). Past the budget the report says so
+in one line (``OVER BUDGET``); it fails the run only with ``--strict-tier-budget``, because CPU
+seconds depend on the CPU: a passing suite must not fail on a slower machine. In a whole-suite run
+the tier's time is the sum over the tests the fast tier runs (which may miss fixture setup that a
+slow test paid for first).
 """
 
 import os
@@ -94,6 +95,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="the fast tier's budget in CPU seconds (default %(default)s)",
     )
     group.addoption(
+        '--strict-tier-budget',
+        action='store_true',
+        help="fail the run when the fast tier's CPU time exceeds its budget",
+    )
+    group.addoption(
         '--slow-test-cpu',
         type=float,
         default=SLOW_TEST_CPU_S,
@@ -146,7 +152,8 @@ def _over_budget(config: pytest.Config) -> bool:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if _over_budget(session.config) and exitstatus == 0:
+    strict = session.config.getoption('strict_tier_budget')
+    if strict and _over_budget(session.config) and exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
@@ -183,8 +190,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     for seconds, node in slow:
         write(f'  over {limit:g} s CPU in its call, mark it slow: {node} ({seconds:.1f} s)')
     if cpu > budget:
+        verdict = 'FAILED' if config.getoption('strict_tier_budget') else 'OVER BUDGET'
         write(
-            f'FAILED: the fast tier takes {cpu:.1f} s CPU, over its {budget:g} s budget: mark '
+            f'{verdict}: the fast tier takes {cpu:.1f} s CPU, over its {budget:g} s budget: mark '
             'its slowest tests @pytest.mark.slow (listed above) or make them cheaper.'
         )
 
