@@ -74,6 +74,7 @@ def test_our_checkpoint_of_another_variant(saved, loaded, expected, tmp_path: Pa
         load_checkpoint(build_tiny_model(loaded), str(path), map_location='cpu')
 
 
+@pytest.mark.slow  # the message lists the shipped configs that fit: every config is read
 def test_points_mismatch_names_shapes(tmp_path: Path):
     path = _save_ours(build_tiny_model('plain'), tmp_path / 'k2.pth')  # enc/dec K = 2, 2 heads
     model = build_tiny_model('plain')
