@@ -26,7 +26,9 @@ def use_reference_attention(model: nn.Module) -> int:
     return count
 
 
-def padding_masks_from_shapes(feats: Sequence[Tensor], img_shapes: Tensor, input_hw) -> List[Tensor]:
+def padding_masks_from_shapes(
+    feats: Sequence[Tensor], img_shapes: Tensor, input_hw: Tuple
+) -> List[Tensor]:
     """Where each level's features are padding, from per-image sizes (a graph input).
 
     The same masks as ``DeformDETR.padding_masks`` builds from data samples (an input-resolution

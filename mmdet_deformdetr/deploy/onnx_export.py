@@ -129,9 +129,7 @@ def export_onnx(
         dynamic_shapes[SHAPES_NAME] = {0: torch.export.Dim.DYNAMIC}
         input_names.append(SHAPES_NAME)
     with torch.no_grad():
-        exported = torch.export.export(
-            module, example, dynamic_shapes=dynamic_shapes, strict=False
-        )
+        exported = torch.export.export(module, example, dynamic_shapes=dynamic_shapes, strict=False)
     min_height, min_width = _input_ranges(exported, axes)
     # optimize=False: onnxscript's optimizer (0.7) fuses consecutive Clip nodes into one that
     # reads a value defined after it (the graph fails onnx.checker and onnxruntime's loader);

@@ -84,6 +84,11 @@ class OnnxDetector:
         ``pad_value``) to the largest height and width, and their data samples."""
         # mmdet's InferencerLoader reads a path, or takes an array as it is
         packed = [self.pipeline(im if isinstance(im, np.ndarray) else str(im)) for im in images]
+        return self.preprocess_packed(packed)
+
+    def preprocess_packed(self, packed: Sequence[dict]) -> Tuple[torch.Tensor, List[DetDataSample]]:
+        """Items of the config's test pipeline (``inputs``, ``data_samples``, as a dataset
+        yields them) -> normalised padded batch and data samples, as :meth:`preprocess_batch`."""
         data = self.preprocessor(
             dict(
                 inputs=[item['inputs'] for item in packed],
@@ -144,7 +149,12 @@ class OnnxDetector:
         """Detect in several images: one padded batch through the graph (a file exported with
         ``--dynamic-batch``; a batch of one otherwise); a data sample per image, as
         :meth:`predict`."""
-        inputs, samples = self.preprocess_batch(images)
+        return self.detect(*self.preprocess_batch(images))
+
+    def detect(self, inputs: torch.Tensor, samples: List[DetDataSample]) -> List[DetDataSample]:
+        """The graph on a pre-processed batch (:meth:`preprocess_batch` or
+        :meth:`preprocess_packed`): adds ``pred_instances`` in original-image pixels to each
+        data sample and returns them."""
         img_shapes = None
         if self.padded:
             img_shapes = np.array([sample.img_shape[:2] for sample in samples])
