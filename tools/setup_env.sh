@@ -70,7 +70,7 @@ pip install -q "setuptools>=77,<81"
 # the tests run the ONNX export (deploy extra) and mmdet's analysis tools (analysis extra) too
 pip install -q -e "$ROOT[tests,deploy,analysis]"
 
-"$PY" -c "import mmdet_deformdetr, mmcv.ops, mmdet, onnxruntime, onnxscript, seaborn, psutil" \
+"$PY" -c "import mmdet_deformdetr, mmcv.ops, mmdet, onnxruntime, onnxscript, openvino, seaborn, psutil" \
   || { log "the environment at $VENV does not import; see the messages above"; exit 1; }
 "$PY" -m mmdet_deformdetr >&2
 echo "$fingerprint:$ROOT" > "$stamp"

@@ -27,6 +27,7 @@ from .exportable import ExportableDeformDETR, use_reference_attention
 
 OPSET = 18
 INPUT_NAME = 'images'
+SHAPES_NAME = 'img_shapes'
 OUTPUT_NAMES = ('boxes', 'scores', 'labels')
 METADATA_KEY = 'mmdet_deformdetr'
 
@@ -98,9 +99,11 @@ def export_onnx(
         out: the ``.onnx`` file to write (one file, weights inside).
         example_hw: height and width of the example batch that is traced (values do not matter,
             the sizes are symbolic; two-stage models need at least ``num_queries`` tokens).
-        dynamic_batch: a symbolic batch axis too (default: batch 1, the usual deployment of a
-            detector; a symbolic batch makes every shape expression larger, and the export takes
-            about twice as long).
+        dynamic_batch: a symbolic batch axis too, for padded batches of images of different
+            sizes: the graph then takes a second input, ``img_shapes (batch, 2)`` int64, each
+            image's ``(h, w)`` before padding, and builds the padding masks from it (default:
+            batch 1, the usual deployment of a detector; a symbolic batch makes every shape
+            expression larger, and the export takes about twice as long).
         metadata: extra entries for the model's ``metadata_props`` (class names, ...).
 
     Returns:
@@ -115,25 +118,29 @@ def export_onnx(
     start = time.perf_counter()
     use_reference_attention(detector)
     module = ExportableDeformDETR(detector)
-    # a dynamic batch needs an example of 2: torch.export specialises sizes 0 and 1
-    example = torch.zeros(2 if dynamic_batch else 1, 3, *example_hw)
     axes = (0, 2, 3) if dynamic_batch else (2, 3)
     dynamic_shapes = {INPUT_NAME: {axis: torch.export.Dim.DYNAMIC for axis in axes}}
+    input_names = [INPUT_NAME]
+    # a dynamic batch needs an example of 2: torch.export specialises sizes 0 and 1
+    example = (torch.zeros(2 if dynamic_batch else 1, 3, *example_hw),)
+    if dynamic_batch:
+        # a padded batch: each image's (h, w) goes in, the padding masks are built in the graph
+        example += (torch.tensor([example_hw] * 2, dtype=torch.int64),)
+        dynamic_shapes[SHAPES_NAME] = {0: torch.export.Dim.DYNAMIC}
+        input_names.append(SHAPES_NAME)
     with torch.no_grad():
-        exported = torch.export.export(
-            module, (example,), dynamic_shapes=dynamic_shapes, strict=False
-        )
+        exported = torch.export.export(module, example, dynamic_shapes=dynamic_shapes, strict=False)
     min_height, min_width = _input_ranges(exported, axes)
     # optimize=False: onnxscript's optimizer (0.7) fuses consecutive Clip nodes into one that
     # reads a value defined after it (the graph fails onnx.checker and onnxruntime's loader);
     # onnxruntime runs its own graph optimisations when it loads the model anyway.
     torch.onnx.export(
         exported,
-        (example,),
+        example,
         str(out),
         dynamo=True,
         opset_version=OPSET,
-        input_names=[INPUT_NAME],
+        input_names=input_names,
         output_names=list(OUTPUT_NAMES),
         optimize=False,
         external_data=False,
@@ -151,8 +158,13 @@ def export_onnx(
         version=__version__,
         exporter='torch.export + torch.onnx (dynamo)',
         opset=OPSET,
-        input=f'{INPUT_NAME} ({"batch" if dynamic_batch else 1}, 3, height, width) float32, '
-        'normalised, unpadded',
+        input=(
+            f'{INPUT_NAME} (batch, 3, height, width) float32, normalised, padded bottom/right '
+            f'with zeros; {SHAPES_NAME} (batch, 2) int64, each image (h, w) before padding'
+            if dynamic_batch
+            else f'{INPUT_NAME} (1, 3, height, width) float32, normalised, unpadded'
+        ),
+        inputs=input_names,
         dynamic_batch=dynamic_batch,
         outputs=list(OUTPUT_NAMES),
         min_height=min_height,

@@ -1,13 +1,14 @@
-"""Run an exported DeformDETR with onnxruntime on images, as the PyTorch path would.
+"""Run an exported DeformDETR on images (onnxruntime, OpenVINO, ...), as the PyTorch path would.
 
 Pre-processing is the config's own: mmdet's test pipeline (resize, ...) and the model's
-``DetDataPreprocessor`` (mean/std, BGR -> RGB), built from the config, with padding switched off
-because the graph assumes unpadded images. Boxes come back in original-image pixels.
+``DetDataPreprocessor`` (mean/std, BGR -> RGB), built from the config, with its size-divisor
+padding switched off: one image goes in unpadded; a batch of images of different sizes (a file
+exported with ``--dynamic-batch``) is padded to the largest, and each image's size goes in too.
+Boxes come back in original-image pixels.
 """
 
-import json
 from pathlib import Path
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -18,7 +19,8 @@ from mmengine.config import Config
 from mmengine.dataset import Compose
 from mmengine.structures import InstanceData
 
-from .onnx_export import INPUT_NAME, METADATA_KEY, require_onnx
+from .backends import create_session
+from .onnx_export import INPUT_NAME, SHAPES_NAME, read_metadata
 
 
 def _test_pipeline(cfg: Config) -> Compose:
@@ -33,12 +35,16 @@ def _test_pipeline(cfg: Config) -> Compose:
 
 
 class OnnxDetector:
-    """An exported model in an onnxruntime CPU session, with the config's pre-processing.
+    """An exported model in a runtime session, with the config's pre-processing.
 
     Args:
         onnx_path: a file written by ``tools/deployment/export_onnx.py``.
         config: the model's config (path or ``Config``): test pipeline and data preprocessor.
-        num_threads: onnxruntime intra-op threads (None: onnxruntime's default, one per core).
+        num_threads: intra-op / inference threads (None: the runtime's default, one per core).
+        backend: ``'onnxruntime'`` (default), ``'openvino'`` or ``'tensorrt'`` (a GPU), see
+            :mod:`mmdet_deformdetr.deploy.backends`.
+        ov_precision: OpenVINO's inference precision, ``'f32'`` (default) or ``'bf16'``.
+        cache_dir: OpenVINO's compiled-model cache folder (None: none).
     """
 
     def __init__(
@@ -46,24 +52,15 @@ class OnnxDetector:
         onnx_path: Union[str, Path],
         config: Union[str, Path, Config],
         num_threads: Optional[int] = None,
+        backend: str = 'onnxruntime',
+        ov_precision: str = 'f32',
+        cache_dir: Optional[Union[str, Path]] = None,
     ) -> None:
-        require_onnx()
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        if num_threads is not None:
-            options.intra_op_num_threads = num_threads
-        self.session = onnxruntime.InferenceSession(
-            str(onnx_path), options, providers=['CPUExecutionProvider']
-        )
-        custom = self.session.get_modelmeta().custom_metadata_map
-        if METADATA_KEY not in custom:
-            raise ValueError(
-                f'{onnx_path} has no {METADATA_KEY!r} metadata: it was not written '
-                'by tools/deployment/export_onnx.py; export the model with that '
-                'tool'
-            )
-        self.metadata: Dict[str, object] = json.loads(custom[METADATA_KEY])
+        # first: a clear error for a file that tools/deployment/export_onnx.py did not write
+        self.metadata: Dict[str, object] = read_metadata(onnx_path)
+        self.backend = backend
+        self.session = create_session(onnx_path, backend, num_threads, ov_precision, cache_dir)
+        self.padded = SHAPES_NAME in self.session.input_names
         cfg = config if isinstance(config, Config) else Config.fromfile(str(config))
         self.pipeline = _test_pipeline(cfg)
         preprocessor = dict(cfg.model.data_preprocessor)
@@ -77,16 +74,40 @@ class OnnxDetector:
     def preprocess(self, image: Union[str, np.ndarray]) -> Tuple[torch.Tensor, DetDataSample]:
         """One image (path, or BGR array as mmcv reads it) -> ``(1, 3, H, W)`` normalised
         input and its data sample (``img_shape``, ``scale_factor``, ``ori_shape``)."""
-        # mmdet's InferencerLoader reads a path, or takes an array as it is
-        packed = self.pipeline(image if isinstance(image, np.ndarray) else str(image))
-        data = self.preprocessor(
-            dict(inputs=[packed['inputs']], data_samples=[packed['data_samples']]), False
-        )
-        return data['inputs'], data['data_samples'][0]
+        inputs, samples = self.preprocess_batch([image])
+        return inputs, samples[0]
 
-    def run(self, inputs: Union[torch.Tensor, np.ndarray]) -> Tuple[np.ndarray, ...]:
-        """The graph on a normalised batch ``(bs, 3, H, W)``: boxes ``(bs, k, 4)`` in input
-        pixels, scores ``(bs, k)``, labels ``(bs, k)``."""
+    def preprocess_batch(
+        self, images: Sequence[Union[str, np.ndarray]]
+    ) -> Tuple[torch.Tensor, List[DetDataSample]]:
+        """Images -> ``(bs, 3, H, W)`` normalised and padded (bottom/right, the preprocessor's
+        ``pad_value``) to the largest height and width, and their data samples."""
+        # mmdet's InferencerLoader reads a path, or takes an array as it is
+        packed = [self.pipeline(im if isinstance(im, np.ndarray) else str(im)) for im in images]
+        return self.preprocess_packed(packed)
+
+    def preprocess_packed(self, packed: Sequence[dict]) -> Tuple[torch.Tensor, List[DetDataSample]]:
+        """Items of the config's test pipeline (``inputs``, ``data_samples``, as a dataset
+        yields them) -> normalised padded batch and data samples, as :meth:`preprocess_batch`."""
+        data = self.preprocessor(
+            dict(
+                inputs=[item['inputs'] for item in packed],
+                data_samples=[item['data_samples'] for item in packed],
+            ),
+            False,
+        )
+        return data['inputs'], data['data_samples']
+
+    def run(
+        self,
+        inputs: Union[torch.Tensor, np.ndarray],
+        img_shapes: Optional[Union[torch.Tensor, np.ndarray]] = None,
+    ) -> Tuple[np.ndarray, ...]:
+        """The graph on a normalised batch ``(bs, 3, H, W)``: boxes ``(bs, k, 4)`` in pixels of
+        each image, scores ``(bs, k)``, labels ``(bs, k)``.
+
+        ``img_shapes``: ``(bs, 2)``, each image's ``(h, w)`` inside a padded batch (files
+        exported with ``--dynamic-batch``; None: every image fills the input)."""
         array = inputs.numpy() if isinstance(inputs, torch.Tensor) else inputs
         array = np.ascontiguousarray(array, dtype=np.float32)
         if array.ndim != 4 or array.shape[1] != 3:
@@ -104,13 +125,42 @@ class OnnxDetector:
                 f'accepts ({self.metadata["min_height"]}x'
                 f'{self.metadata["min_width"]}): resize the image up'
             )
-        return tuple(self.session.run(None, {INPUT_NAME: array}))
+        feeds = {INPUT_NAME: array}
+        if img_shapes is not None and not self.padded:
+            raise ValueError(
+                'this model was exported without padding masks: export it with '
+                '--dynamic-batch to run padded batches'
+            )
+        if self.padded:
+            if img_shapes is None:
+                img_shapes = np.array([[height, width]] * array.shape[0])
+            shapes = np.asarray(img_shapes, dtype=np.int64).reshape(array.shape[0], 2)
+            if (shapes < 1).any() or (shapes > [height, width]).any():
+                raise ValueError(f'img_shapes {shapes.tolist()} do not fit in {height}x{width}')
+            feeds[SHAPES_NAME] = shapes
+        return self.session.run(feeds)
 
     def predict(self, image: Union[str, np.ndarray]) -> DetDataSample:
         """Detect in one image: a data sample whose ``pred_instances`` (``bboxes`` xyxy in
         original-image pixels, ``scores``, ``labels``) match ``DeformDETR.predict``."""
-        inputs, sample = self.preprocess(image)
-        boxes, scores, labels = (torch.from_numpy(array[0]) for array in self.run(inputs))
-        boxes = boxes / boxes.new_tensor(sample.scale_factor).repeat(2)
-        sample.pred_instances = InstanceData(bboxes=boxes, scores=scores, labels=labels)
-        return sample
+        return self.predict_batch([image])[0]
+
+    def predict_batch(self, images: Sequence[Union[str, np.ndarray]]) -> List[DetDataSample]:
+        """Detect in several images: one padded batch through the graph (a file exported with
+        ``--dynamic-batch``; a batch of one otherwise); a data sample per image, as
+        :meth:`predict`."""
+        return self.detect(*self.preprocess_batch(images))
+
+    def detect(self, inputs: torch.Tensor, samples: List[DetDataSample]) -> List[DetDataSample]:
+        """The graph on a pre-processed batch (:meth:`preprocess_batch` or
+        :meth:`preprocess_packed`): adds ``pred_instances`` in original-image pixels to each
+        data sample and returns them."""
+        img_shapes = None
+        if self.padded:
+            img_shapes = np.array([sample.img_shape[:2] for sample in samples])
+        outputs = self.run(inputs, img_shapes)
+        for row, sample in enumerate(samples):
+            boxes, scores, labels = (torch.from_numpy(array[row]) for array in outputs)
+            boxes = boxes / boxes.new_tensor(sample.scale_factor).repeat(2)
+            sample.pred_instances = InstanceData(bboxes=boxes, scores=scores, labels=labels)
+        return samples

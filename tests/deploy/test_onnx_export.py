@@ -3,8 +3,9 @@ our PyTorch predict on the photographs in tests/data/coco_photos, through mmdet'
 
 One export per variant (cached for the module), each a real run of the tool; the tiny model of
 tests/helpers/tiny_deformdetr_coco.py with two decoder layers (so that refinement refines) and
-weights moved off their zero initialisations. The plain model is exported with a dynamic batch,
-the others for one image (the default).
+weights moved off their zero initialisations. The plain model is exported with a dynamic batch
+(padded batches: images and img_shapes), the others for one image (the default). Each file runs in
+onnxruntime and in OpenVINO (f32), with the same tolerances.
 """
 
 import json
@@ -22,7 +23,7 @@ from mmengine.config import Config
 from mmengine.runner import load_checkpoint
 
 from mmdet_deformdetr.deploy import OPSET, OnnxDetector
-from mmdet_deformdetr.deploy.onnx_export import METADATA_KEY
+from mmdet_deformdetr.deploy.onnx_export import METADATA_KEY, SHAPES_NAME
 from tests.helpers.models import VARIANTS
 from tests.helpers.tools import TINY_CONFIG, VARIANT_OPTIONS, run_tool, save_tiny_checkpoint
 
@@ -101,6 +102,7 @@ def test_graph_is_standard_onnx_with_symbolic_sizes(exported):
     dims = model.graph.input[0].type.tensor_type.shape.dim
     dynamic_batch = exported.variant == 'plain'
     assert [bool(d.dim_param) for d in dims] == [dynamic_batch, False, True, True]  # bs, 3, H, W
+    assert [i.name for i in model.graph.input][1:] == ([SHAPES_NAME] if dynamic_batch else [])
     assert [o.name for o in model.graph.output] == ['boxes', 'scores', 'labels']
     op_types = {node.op_type for node in model.graph.node}
     assert 'GridSample' in op_types  # the deformable attention, as a standard operator
@@ -111,10 +113,12 @@ def test_graph_is_standard_onnx_with_symbolic_sizes(exported):
     assert 'height >= 65, width >= 65' in exported.output
 
 
-def test_onnxruntime_matches_pytorch_predict_on_photos(exported, coco_photos):
+@pytest.mark.parametrize('backend', ['onnxruntime', 'openvino'])
+def test_runtime_matches_pytorch_predict_on_photos(exported, coco_photos, backend):
     """Every photograph at its test-pipeline size (several shapes, one file): same labels,
-    scores within 1e-4, boxes within 0.01 px of DeformDETR.predict (C++ kernel path)."""
-    detector = OnnxDetector(exported.onnx, exported.cfg, num_threads=1)
+    scores within 1e-4, boxes within 0.01 px of DeformDETR.predict (C++ kernel path), in
+    onnxruntime and in OpenVINO (f32 inference precision)."""
+    detector = OnnxDetector(exported.onnx, exported.cfg, num_threads=1, backend=backend)
     dataset = photo_dataset(exported.cfg, coco_photos)
     shapes, score_diffs, box_diffs = set(), [], []
     for index in range(len(dataset)):
@@ -131,8 +135,8 @@ def test_onnxruntime_matches_pytorch_predict_on_photos(exported, coco_photos):
         score_diffs.append(float((have.scores - want.scores).abs().max()))
         box_diffs.append(float((have.bboxes - want.bboxes).abs().max()))
     print(
-        f'{exported.variant}: shapes {sorted(shapes)}, max |score diff| {max(score_diffs):.2e}, '
-        f'max |box diff| {max(box_diffs):.2e} px'
+        f'{backend} {exported.variant}: shapes {sorted(shapes)}, max |score diff| '
+        f'{max(score_diffs):.2e}, max |box diff| {max(box_diffs):.2e} px'
     )
     assert max(score_diffs) <= SCORE_TOL and max(box_diffs) <= BOX_TOL
     assert len(shapes) >= 2, shapes
@@ -157,6 +161,44 @@ def test_batch_axis(tmp_path_factory, coco_photos):
     refine = export_variant('refine', tmp_path_factory)
     with pytest.raises(ValueError, match='one image at a time.*--dynamic-batch'):
         OnnxDetector(refine.onnx, refine.cfg, num_threads=1).run(batch)
+
+
+@pytest.mark.parametrize('backend', ['onnxruntime', 'openvino'])
+def test_padded_batch_of_different_sizes(tmp_path_factory, coco_photos, backend):
+    """The six photographs (four sizes) in one padded batch through the --dynamic-batch file
+    equal DeformDETR.test_step on the same padded batch (same masks, same tolerances as one
+    image); how far the batch moves each image against the image alone is printed, and is the
+    model's, not the graph's (the graph alone equals PyTorch alone, test above)."""
+    plain = export_variant('plain', tmp_path_factory)
+    detector = OnnxDetector(plain.onnx, plain.cfg, num_threads=1, backend=backend)
+    dataset = photo_dataset(plain.cfg, coco_photos)
+    items = [dataset[index] for index in range(len(dataset))]
+    assert len({item['data_samples'].img_shape for item in items}) >= 3
+    batch = dict(
+        inputs=[item['inputs'] for item in items],
+        data_samples=[item['data_samples'] for item in items],
+    )
+    with torch.no_grad():
+        expected = plain.model.test_step(batch)
+        alone = [
+            plain.model.test_step(dict(inputs=[i['inputs']], data_samples=[i['data_samples']]))[0]
+            for i in items
+        ]
+    got = detector.detect(*detector.preprocess_packed(items))
+    assert expected[0].batch_input_shape == tuple(detector.preprocess_packed(items)[0].shape[-2:])
+    moved_box, moved_score = 0.0, 0.0
+    for want, have, single in zip(expected, got, alone):
+        want, have = want.pred_instances, have.pred_instances
+        assert torch.equal(have.labels, want.labels)
+        assert float((have.scores - want.scores).abs().max()) <= SCORE_TOL
+        assert float((have.bboxes - want.bboxes).abs().max()) <= BOX_TOL
+        moved_box = max(moved_box, float((have.bboxes - single.pred_instances.bboxes).abs().max()))
+        moved_score = max(
+            moved_score, float((have.scores - single.pred_instances.scores).abs().max())
+        )
+    print(
+        f'{backend}: padded batch vs alone: max |box| {moved_box:.3g} px, score {moved_score:.3g}'
+    )
 
 
 def test_too_small_input_is_refused(exported):

@@ -1,8 +1,9 @@
-"""onnxruntime (CPU) latency of an exported Deformable DETR against our PyTorch CPU path, in one
-run, as a ratio.
+"""Latency of an exported Deformable DETR in onnxruntime and OpenVINO (CPU) against our PyTorch CPU
+path, in one run, as ratios.
 
     python tools/analysis_tools/benchmark_onnx.py [--config CONFIG] [--onnx model.onnx]
         [--size 800 1216] [--repeat 5] [--warmup 2] [--threads 2] [--with-reference]
+        [--backends onnxruntime openvino] [--ov-precisions f32 bf16]
 
 The model is the config's (default: the R-50 primitive config) with random weights (initialised,
 then moved off the zero initialisations, so every branch computes); unless ``--onnx`` names an
@@ -12,16 +13,21 @@ opset 18; the export is not timed). One normalised ``--size`` image, batch 1, is
 * ``pytorch``: the exported function in eager PyTorch (backbone, transformer, head, top-k), with
   our C++ deformable-attention kernel (``impl='auto'`` on CPU), what ``tools/test.py`` runs;
 * ``onnxruntime``: the ONNX file, CPU execution provider, ``--threads`` intra-op threads;
+* ``openvino f32`` / ``openvino bf16``: the same file compiled by OpenVINO's CPU plugin with
+  ``--threads`` inference threads, latency hint, each ``--ov-precisions`` inference precision;
 * ``pytorch-reference`` (``--with-reference``): eager PyTorch on the ``grid_sample`` path that
   the graph contains.
 
 Runs alternate between the paths (so that load from other processes hits both alike); printed:
-the median of ``--repeat`` timed runs per path after ``--warmup`` untimed ones, the threads, and
-the ratio onnxruntime / pytorch, plus the largest output differences.
+the median of ``--repeat`` timed runs per path after ``--warmup`` untimed ones, the threads, each
+path's ratio to pytorch and its largest output differences to pytorch (boxes, scores matched by
+rank; labels identical or not).
 """
 
 import argparse
+import functools
 import logging
+import os
 import statistics
 import tempfile
 import time
@@ -37,6 +43,7 @@ from mmengine.registry import init_default_scope
 from mmdet_deformdetr import configs_root  # (importing the package registers our modules)
 from mmdet_deformdetr.deploy import OnnxDetector, export_onnx
 from mmdet_deformdetr.deploy.exportable import ExportableDeformDETR
+from mmdet_deformdetr.deploy.verify import cpu_name
 from mmdet_deformdetr.models.layers import MSDeformAttn
 
 PRIMITIVE = configs_root() / 'deformable_detr' / 'deformable-detr_r50_16xb2-50e_coco.py'
@@ -54,6 +61,20 @@ def parse_args() -> argparse.Namespace:
         '--with-reference',
         action='store_true',
         help='also time eager PyTorch on the grid_sample attention',
+    )
+    parser.add_argument(
+        '--backends',
+        nargs='+',
+        default=['onnxruntime', 'openvino'],
+        choices=['onnxruntime', 'openvino'],
+        help='runtimes to time',
+    )
+    parser.add_argument(
+        '--ov-precisions',
+        nargs='+',
+        default=['f32', 'bf16'],
+        choices=['f32', 'bf16'],
+        help="OpenVINO's inference precision hints to time",
     )
     parser.add_argument('--seed', type=int, default=0, help='seed of the random weights')
     return parser.parse_args()
@@ -96,7 +117,13 @@ def main() -> None:
             export_onnx(model, onnx_path)
             print(f'exported in {time.perf_counter() - start:.0f} s (not timed below)')
         cfg = Config.fromfile(args.config)
-        runtime = OnnxDetector(onnx_path, cfg, num_threads=args.threads)
+        runtimes: Dict[str, OnnxDetector] = {}
+        for backend in args.backends:
+            for precision in args.ov_precisions if backend == 'openvino' else ['f32']:
+                label = f'openvino {precision}' if backend == 'openvino' else backend
+                runtimes[label] = OnnxDetector(
+                    onnx_path, cfg, args.threads, backend=backend, ov_precision=precision
+                )
         images = torch.randn(1, 3, *args.size, generator=torch.Generator().manual_seed(0))
         module = ExportableDeformDETR(model)
 
@@ -108,10 +135,9 @@ def main() -> None:
 
             return run
 
-        paths: Dict[str, Callable[[], tuple]] = {
-            'pytorch': eager('auto'),
-            'onnxruntime': lambda: runtime.run(images),
-        }
+        paths: Dict[str, Callable[[], tuple]] = {'pytorch': eager('auto')}
+        for label, runtime in runtimes.items():
+            paths[label] = functools.partial(runtime.run, images)
         if args.with_reference:
             paths['pytorch-reference'] = eager('pytorch')
         times = {name: [] for name in paths}
@@ -129,16 +155,18 @@ def main() -> None:
         f'{args.threads} intra-op threads, median of {args.repeat} after {args.warmup} '
         'warm-up'
     )
+    print(f'CPU: {cpu_name()}, {os.cpu_count()} logical cores')
+    print(f'{"path":<20} {"median":>9} {"/ pytorch":>10}  max |box diff|  max |score diff|  labels')
+    expected = outputs['pytorch']
     for name, median in medians.items():
-        print(f'  {name:<18} {1000 * median:8.0f} ms')
-    print(f'onnxruntime / pytorch = {medians["onnxruntime"] / medians["pytorch"]:.2f}')
-    box_diff = abs(outputs['onnxruntime'][0] - outputs['pytorch'][0]).max()
-    score_diff = abs(outputs['onnxruntime'][1] - outputs['pytorch'][1]).max()
-    same = (outputs['onnxruntime'][2] == outputs['pytorch'][2]).all()
-    print(
-        f'outputs: max |box diff| {box_diff:.2e} px, max |score diff| {score_diff:.2e}, '
-        f'labels identical: {bool(same)}'
-    )
+        row = f'  {name:<18} {1000 * median:6.0f} ms {median / medians["pytorch"]:10.2f}'
+        if name != 'pytorch':
+            got = outputs[name]
+            box_diff = abs(got[0] - expected[0]).max()
+            score_diff = abs(got[1] - expected[1]).max()
+            same = 'identical' if (got[2] == expected[2]).all() else 'differ'
+            row += f'  {box_diff:11.2e} px  {score_diff:16.2e}  {same}'
+        print(row)
 
 
 if __name__ == '__main__':

@@ -1,7 +1,9 @@
-"""Detect objects with an exported ONNX model (onnxruntime, CPU); draw them as tools/infer.py does.
+"""Detect objects with an exported ONNX model (onnxruntime or OpenVINO, CPU); draw them as
+tools/infer.py does.
 
     python tools/deployment/onnx_infer.py IMG_OR_DIR CONFIG MODEL.onnx [--out-dir outputs]
         [--pred-score-thr 0.3] [--palette none] [--threads N] [--save-pred]
+        [--backend onnxruntime|openvino|tensorrt] [--ov-precision f32|bf16] [--ov-cache DIR]
 
 Pre-processing is the config's test pipeline and data preprocessor (no padding: the graph assumes
 unpadded images); drawing is mmdet's ``DetLocalVisualizer`` with the class names stored in the
@@ -23,6 +25,7 @@ from mmengine.config import Config
 import mmdet_deformdetr  # noqa: F401  (registers our modules)
 from mmdet_deformdetr import console
 from mmdet_deformdetr.deploy import OnnxDetector
+from mmdet_deformdetr.deploy.backends import BACKENDS, OV_PRECISIONS
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
@@ -49,8 +52,22 @@ def parse_args() -> argparse.Namespace:
         '--threads',
         type=int,
         default=None,
-        help='onnxruntime intra-op threads (default: one per core)',
+        help='intra-op (onnxruntime) / inference (OpenVINO) threads (default: one per core)',
     )
+    parser.add_argument(
+        '--backend',
+        default='onnxruntime',
+        choices=BACKENDS,
+        help='runtime (tensorrt: onnxruntime-gpu with TensorRT, a GPU; untested here)',
+    )
+    parser.add_argument(
+        '--ov-precision',
+        default='f32',
+        choices=OV_PRECISIONS,
+        help="OpenVINO's inference precision (bf16: faster on CPUs with native bf16, scores "
+        'move; see docs/deployment.md)',
+    )
+    parser.add_argument('--ov-cache', help="OpenVINO's compiled-model cache folder")
     parser.add_argument('--save-pred', action='store_true', help='also write predictions as JSON')
     console.add_verbose_argument(parser)
     return parser.parse_args()
@@ -87,7 +104,14 @@ def main() -> None:
     console.start_tool(args.verbose)
     register_all_modules()
     cfg = Config.fromfile(args.config)
-    detector = OnnxDetector(args.model, cfg, num_threads=args.threads)
+    detector = OnnxDetector(
+        args.model,
+        cfg,
+        num_threads=args.threads,
+        backend=args.backend,
+        ov_precision=args.ov_precision,
+        cache_dir=args.ov_cache,
+    )
     visualizer = build_visualizer(cfg, detector, args.palette)
     out_dir = Path(args.out_dir)
     for image_path in list_images(args.inputs):

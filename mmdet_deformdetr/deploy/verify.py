@@ -1,0 +1,200 @@
+"""Check a deployed file against the PyTorch model it came from, on a COCO-format val split.
+
+Every image of the split goes through the model (``test_step``, what ``tools/test.py`` runs, batch
+1) and through each backend (the exported graph, same test pipeline, batch 1); per path the COCO
+bbox mAP (mmdet's ``CocoMetric``) and per backend the differences to PyTorch: detections matched by
+rank (both lists are the top-k sorted by score), the largest box difference in original-image
+pixels, the largest score difference, the fraction of ranks with the same label, and the median
+latency of the model call (pre-processing excluded: the same for every path).
+"""
+
+import copy
+import logging
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+from mmdet.evaluation import CocoMetric
+from mmdet.structures import DetDataSample
+from mmengine.logging import MMLogger
+
+from .onnx_runtime import OnnxDetector
+
+
+def cpu_name() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere)."""
+    import platform
+
+    try:
+        with open('/proc/cpuinfo') as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or 'unknown CPU'
+
+
+@dataclass
+class Tolerances:
+    """Largest differences a backend may show against PyTorch (the defaults of
+    ``tools/deployment/verify_deploy.py``, docs/deployment.md says why)."""
+
+    bbox_map: float = 0.001
+    box: float = 1.0
+    score: float = 1e-3
+    label_agreement: float = 0.99
+
+
+@dataclass
+class PathReport:
+    """One path's results over the split; the difference fields stay None for PyTorch."""
+
+    name: str
+    bbox_map: float = float('nan')
+    latencies: List[float] = field(default_factory=list)
+    max_box_diff: Optional[float] = None
+    max_score_diff: Optional[float] = None
+    label_agreement: Optional[float] = None
+    failures: List[str] = field(default_factory=list)
+
+    @property
+    def median_latency(self) -> float:
+        return statistics.median(self.latencies) if self.latencies else float('nan')
+
+
+def coco_bbox_map(
+    ann_file: Union[str, Path], dataset_meta: dict, samples: Sequence[DetDataSample]
+) -> float:
+    """COCO bbox mAP of ``samples`` (with ``img_id``, ``ori_shape`` and ``pred_instances``),
+    over exactly the images they cover, with mmdet's ``CocoMetric``."""
+    metric = CocoMetric(ann_file=str(ann_file), metric='bbox')
+    metric.dataset_meta = dataset_meta
+    metric.img_ids = [sample.img_id for sample in samples]
+    for sample in samples:
+        metric.process({}, [sample.to_dict()])
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # not pycocotools' table for every path
+    try:
+        results = metric.evaluate(len(samples))
+    finally:
+        logger.setLevel(level)
+    return float(results['coco/bbox_mAP'])
+
+
+def differences(
+    expected: Sequence[DetDataSample], got: Sequence[DetDataSample]
+) -> Tuple[float, float, float]:
+    """Largest box difference (pixels), largest score difference and label agreement between
+    two runs over the same images, detections matched by rank."""
+    box_diff, score_diff, same, total = 0.0, 0.0, 0, 0
+    for want, have in zip(expected, got):
+        want, have = want.pred_instances, have.pred_instances
+        if len(want) != len(have):
+            raise ValueError(f'{len(have)} detections against {len(want)} from PyTorch')
+        if not len(want):
+            continue
+        box_diff = max(box_diff, float((have.bboxes - want.bboxes).abs().max()))
+        score_diff = max(score_diff, float((have.scores - want.scores).abs().max()))
+        same += int((have.labels == want.labels).sum())
+        total += len(want)
+    return box_diff, score_diff, same / total if total else 1.0
+
+
+def check(report: PathReport, reference: PathReport, tolerances: Tolerances) -> None:
+    """Fill ``report.failures`` with every tolerance that ``report`` exceeds."""
+    map_diff = abs(report.bbox_map - reference.bbox_map)
+    if not map_diff <= tolerances.bbox_map:  # NaN fails too
+        report.failures.append(
+            f'bbox mAP {report.bbox_map:.4f} vs PyTorch {reference.bbox_map:.4f}: '
+            f'|diff| {map_diff:.4f} > {tolerances.bbox_map}'
+        )
+    if not report.max_box_diff <= tolerances.box:
+        report.failures.append(f'max |box diff| {report.max_box_diff:.3g} px > {tolerances.box}')
+    if not report.max_score_diff <= tolerances.score:
+        report.failures.append(f'max |score diff| {report.max_score_diff:.3g} > {tolerances.score}')
+    if not report.label_agreement >= tolerances.label_agreement:
+        report.failures.append(
+            f'label agreement {report.label_agreement:.4f} < {tolerances.label_agreement}'
+        )
+
+
+def run_pytorch(model: torch.nn.Module, items: Iterable[dict]) -> Tuple[list, List[float]]:
+    """``model.test_step`` on each item (batch 1): the predictions and the latencies."""
+    predictions, latencies = [], []
+    model.eval()
+    for item in items:
+        data = dict(inputs=[item['inputs']], data_samples=[copy.deepcopy(item['data_samples'])])
+        start = time.perf_counter()
+        with torch.no_grad():
+            predictions.append(model.test_step(data)[0])
+        latencies.append(time.perf_counter() - start)
+    return predictions, latencies
+
+
+def run_backend(detector: OnnxDetector, items: Iterable[dict]) -> Tuple[list, List[float]]:
+    """The graph on each item (batch 1), pre-processed by the detector outside the timing."""
+    predictions, latencies = [], []
+    for item in items:
+        packed = dict(inputs=item['inputs'], data_samples=copy.deepcopy(item['data_samples']))
+        inputs, samples = detector.preprocess_packed([packed])
+        start = time.perf_counter()
+        predictions.extend(detector.detect(inputs, samples))
+        latencies.append(time.perf_counter() - start)
+    return predictions, latencies
+
+
+def verify_deploy(
+    model: torch.nn.Module,
+    detectors: Dict[str, OnnxDetector],
+    dataset,
+    ann_file: Union[str, Path],
+    tolerances: Tolerances = Tolerances(),
+) -> List[PathReport]:
+    """Run ``dataset`` (an mmdet dataset with the config's test pipeline) through ``model`` and
+    each of ``detectors`` (name -> detector); the PyTorch report first, then one per backend
+    with its ``failures`` (empty: within ``tolerances``)."""
+    items = [dataset[index] for index in range(len(dataset))]
+    reference = PathReport('pytorch')
+    predictions, reference.latencies = run_pytorch(model, items)
+    reference.bbox_map = coco_bbox_map(ann_file, dataset.metainfo, predictions)
+    reports = [reference]
+    for name, detector in detectors.items():
+        report = PathReport(name)
+        got, report.latencies = run_backend(detector, items)
+        report.bbox_map = coco_bbox_map(ann_file, dataset.metainfo, got)
+        report.max_box_diff, report.max_score_diff, report.label_agreement = differences(
+            predictions, got
+        )
+        check(report, reference, tolerances)
+        reports.append(report)
+    return reports
+
+
+def format_reports(reports: Sequence[PathReport]) -> str:
+    """A table: one row per path, then one line per failed tolerance."""
+    lines = [
+        f'{"path":<20} {"bbox mAP":>9} {"max |box diff|":>15} {"max |score diff|":>17} '
+        f'{"labels equal":>13} {"median latency":>15}  verdict'
+    ]
+    for report in reports:
+        if report.max_box_diff is None:
+            diffs = f'{"-":>15} {"-":>17} {"-":>13}'
+            verdict = 'reference'
+        else:
+            diffs = (
+                f'{report.max_box_diff:12.3g} px {report.max_score_diff:17.3g} '
+                f'{100 * report.label_agreement:12.2f}%'
+            )
+            verdict = 'FAIL' if report.failures else 'ok'
+        lines.append(
+            f'{report.name:<20} {report.bbox_map:9.4f} {diffs} '
+            f'{1000 * report.median_latency:12.1f} ms  {verdict}'
+        )
+    for report in reports:
+        lines.extend(f'FAIL {report.name}: {failure}' for failure in report.failures)
+    return '\n'.join(lines)
