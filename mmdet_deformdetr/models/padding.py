@@ -14,7 +14,8 @@ At evaluation :class:`~mmdet_deformdetr.models.detector.DeformDETR` removes all 
 
 - before every convolution with a kernel larger than 1 (and mmcv's deformable convolutions),
   padded positions are set to zero, what the convolution's own padding reads alone; before a
-  max-pool they are set to ``-inf``, what its padding reads alone;
+  max-pool they are set to ``-inf``, what its padding reads alone (and a window of padding only
+  gives 0, not ``-inf``);
 - every ``GroupNorm`` takes its mean and variance over the image's positions only;
 - each level's mask is exact: a map at stride ``s`` holds the input pixel ``(y * s, x * s)`` at
   ``(y, x)``, so the image covers its first ``ceil(h / s)`` rows and ``ceil(w / s)`` columns;
@@ -156,11 +157,12 @@ def masked_group_norm(x: Tensor, padding: Tensor, norm: nn.GroupNorm) -> Tensor:
     batch_size, channels, height, width = x.shape
     dtype = torch.promote_types(x.dtype, torch.float32)
     grouped = x.to(dtype).reshape(batch_size, norm.num_groups, -1, height * width)
-    valid = (~padding).reshape(batch_size, 1, 1, height * width).to(dtype)
-    count = valid.sum(-1, keepdim=True) * grouped.shape[2]
-    mean = (grouped * valid).sum((2, 3), keepdim=True) / count
+    valid = (~padding).reshape(batch_size, 1, 1, height * width)
+    count = valid.sum(-1, keepdim=True).to(dtype) * grouped.shape[2]
+    # where, not a product: whatever the padding holds (even inf or NaN) stays out
+    mean = grouped.where(valid, 0.0).sum((2, 3), keepdim=True) / count
     centred = grouped - mean
-    var = (centred.square() * valid).sum((2, 3), keepdim=True) / count
+    var = centred.square().where(valid, 0.0).sum((2, 3), keepdim=True) / count
     out = (centred * torch.rsqrt(var + norm.eps)).reshape(batch_size, channels, height, width)
     if norm.affine:
         out = out * norm.weight.to(dtype)[:, None, None] + norm.bias.to(dtype)[:, None, None]
@@ -173,6 +175,11 @@ def _fill_padding(
     x = args[0]
     padding = padding_mask(valid_hw, x.shape[-2], x.shape[-1], stride)
     return (x.masked_fill(padding[:, None], fill), *args[1:])
+
+
+def _no_infinite_output(module: nn.Module, args: Tuple[Tensor, ...], output: Tensor) -> Tensor:
+    # a window of padding only pools -inf: zero, so that no later product makes a NaN of it
+    return output.masked_fill(output == float('-inf'), 0.0)
 
 
 def _normalise_image_only(
@@ -203,9 +210,11 @@ def padding_kept_out(
                     hook = partial(_normalise_image_only, valid_hw, stride)
                     handles.append(module.register_forward_hook(hook))
                 else:
-                    fill = float('-inf') if isinstance(module, nn.MaxPool2d) else 0.0
-                    hook = partial(_fill_padding, valid_hw, stride, fill)
+                    pool = isinstance(module, nn.MaxPool2d)
+                    hook = partial(_fill_padding, valid_hw, stride, float('-inf') if pool else 0.0)
                     handles.append(module.register_forward_pre_hook(hook))
+                    if pool:
+                        handles.append(module.register_forward_hook(_no_infinite_output))
         yield
     finally:
         for handle in handles:

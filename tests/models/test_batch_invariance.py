@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from mmdet_deformdetr.models.padding import (
     masked_group_norm,
+    padding_kept_out,
     padding_mask,
     probe_strides,
 )
@@ -139,3 +140,68 @@ def test_masked_group_norm_is_group_norm_of_the_image() -> None:
         torch.testing.assert_close(
             out[index : index + 1, :, :height, :width], expected, rtol=0, atol=1e-12
         )
+
+
+class _MaskedForward(nn.Module):
+    """The masked path as a function of tensors: images and each image's size."""
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, images: Tensor, valid_hw: Tensor) -> Tuple[Tensor, Tensor]:
+        feats = self.detector.extract_feat(images, valid_hw)
+        outputs = self.detector.forward_transformer(feats, None, valid_hw)
+        return self.detector.bbox_head(
+            outputs['hidden_states'], outputs['init_reference'], outputs['inter_references']
+        )
+
+
+@pytest.mark.slow
+def test_masked_path_exports_with_symbolic_sizes() -> None:
+    """torch.export traces the masked path with a symbolic batch, height and width (the
+    image sizes are an input, no value is read back), and the program computes what eager does
+    on another batch of other sizes."""
+    from mmdet_deformdetr.deploy import use_reference_attention
+
+    model = perturb_(build_tiny_model('two_stage'), skip=()).eval()
+    use_reference_attention(model)
+    model.padding_strides()  # the probe stays out of the traced forward
+    module = _MaskedForward(model)
+    dynamic = torch.export.Dim.DYNAMIC
+    with torch.no_grad():
+        exported = torch.export.export(
+            module,
+            (torch.randn(2, 3, 96, 80), torch.tensor([[96, 80], [70, 61]])),
+            dynamic_shapes={
+                'images': {0: dynamic, 2: dynamic, 3: dynamic},
+                'valid_hw': {0: dynamic},
+            },
+            strict=False,
+        )
+        images = torch.randn(3, 3, 88, 104)
+        valid_hw = torch.tensor([[88, 104], [67, 93], [80, 71]])
+        for traced, eager in zip(exported.module()(images, valid_hw), module(images, valid_hw)):
+            torch.testing.assert_close(traced, eager, rtol=0, atol=1e-5)
+
+
+def test_bottleneck_padding_stays_finite() -> None:
+    """Windows of padding only max-pool to 0 (not -inf, which a following 1x1 convolution of
+    mixed-sign weights turns into NaN), and GroupNorm ignores whatever the padding holds."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.MaxPool2d(3, stride=2, padding=1),
+        nn.Conv2d(8, 8, 1),
+        nn.GroupNorm(2, 8),
+        nn.Conv2d(8, 8, 3, padding=1),
+    ).double()
+    strides = {'net.0': 1, 'net.1': 1, 'net.3': 2, 'net.4': 2}
+    images = torch.randn(2, 3, 21, 17, dtype=torch.float64)
+    valid_hw = torch.tensor([[21, 17], [9, 7]])
+    with torch.no_grad(), padding_kept_out(dict(net=net), valid_hw, strides):
+        batch = net(images)
+    assert torch.isfinite(batch).all()
+    with torch.no_grad():
+        alone = net(images[1:, :, :9, :7])
+    torch.testing.assert_close(batch[1:, :, :5, :4], alone, rtol=0, atol=1e-12)
