@@ -11,6 +11,7 @@ from mmdet.structures import OptSampleList, SampleList
 from torch import Tensor
 
 from ..checkpoint.load_hook import convert_checkpoint_pre_hook
+from .padding import level_padding_masks, maskable_modules, padding_kept_out, probe_strides
 
 # set once on the detector and handed down in code (docs/architecture.md, config interface)
 _TRANSFORMER_DERIVED = ('num_queries', 'num_feature_levels', 'with_box_refine', 'as_two_stage')
@@ -53,6 +54,13 @@ class DeformDETR(BaseDetector):
             convolutions and max-pooling are faster (``docs/performance.md``), and
             the transformer's flattening to ``(bs, H*W, C)`` needs no copy. Same weights and
             state-dict keys; the numbers agree to float rounding.
+        batch_invariant_eval: at evaluation (``model.eval()``: test, predict, validation), keep
+            a padded batch's padding out of every image's result, so that an image's
+            predictions do not depend on the images it is batched with
+            (``models/padding.py``). ``False`` computes as the official code and mmdet, where
+            padded positions enter the backbone's border convolutions and the neck's
+            GroupNorm, and two-stage can keep padded tokens as queries. Training is the
+            official computation either way.
         data_preprocessor: mmdet data preprocessor config.
         init_cfg: mmengine initialisation config.
     """
@@ -71,6 +79,7 @@ class DeformDETR(BaseDetector):
         train_cfg: Optional[dict] = None,
         test_cfg: Optional[dict] = None,
         channels_last: bool = False,
+        batch_invariant_eval: bool = True,
         data_preprocessor: Optional[dict] = None,
         init_cfg: Optional[dict] = None,
     ) -> None:
@@ -84,6 +93,9 @@ class DeformDETR(BaseDetector):
         self.with_box_refine = with_box_refine
         self.as_two_stage = as_two_stage
         self.channels_last = channels_last
+        self.batch_invariant_eval = batch_invariant_eval
+        # {module name: stride} and level strides, found on first use (padding_strides)
+        self._padding_strides: Optional[Tuple[Dict[str, int], List[int]]] = None
 
         # the transformer first: it validates embed_dims / num_heads and defines C for the rest
         self.transformer = MODELS.build(
@@ -123,19 +135,33 @@ class DeformDETR(BaseDetector):
         # `load_from`, `resume` and `load_checkpoint` take them as they are (see load_hook.py).
         self.register_load_state_dict_pre_hook(convert_checkpoint_pre_hook)
 
-    def extract_feat(self, batch_inputs: Tensor) -> Tuple[Tensor, ...]:
-        """Args: batch_inputs ``(bs, 3, H, W)``. Returns L maps ``(bs, C, H_l, W_l)`` (in
-        channels-last memory format with ``channels_last``)."""
+    def extract_feat(
+        self, batch_inputs: Tensor, valid_hw: Optional[Tensor] = None
+    ) -> Tuple[Tensor, ...]:
+        """Args: batch_inputs ``(bs, 3, H, W)``; valid_hw ``(bs, 2)`` int64 ``(h, w)`` of each
+        image: padding kept out of the backbone and neck (``models/padding.py``), or None.
+        Returns L maps ``(bs, C, H_l, W_l)`` (in channels-last memory format with
+        ``channels_last``)."""
         if self.channels_last:
             batch_inputs = batch_inputs.contiguous(memory_format=torch.channels_last)
-        return tuple(self.neck(self.backbone(batch_inputs)))
+        strides = self.padding_strides()[0] if valid_hw is not None else {}
+        with padding_kept_out(dict(backbone=self.backbone, neck=self.neck), valid_hw, strides):
+            return tuple(self.neck(self.backbone(batch_inputs)))
 
     def forward_transformer(
-        self, feats: Sequence[Tensor], batch_data_samples: OptSampleList
+        self,
+        feats: Sequence[Tensor],
+        batch_data_samples: OptSampleList,
+        valid_hw: Optional[Tensor] = None,
     ) -> Dict[str, Optional[Tensor]]:
         """Masks and positional embeddings per level, then the transformer (see
-        ``DeformableDetrTransformer.forward`` for the returned dict)."""
-        masks = self.padding_masks(feats, batch_data_samples)
+        ``DeformableDetrTransformer.forward`` for the returned dict). With ``valid_hw``
+        ``(bs, 2)`` the masks are exact (``models/padding.py``) and ``batch_data_samples`` is
+        not read; without, they are the official ones (:meth:`padding_masks`)."""
+        if valid_hw is not None:
+            masks = level_padding_masks(feats, valid_hw, self.padding_strides()[1])
+        else:
+            masks = self.padding_masks(feats, batch_data_samples)
         pos_embeds = [self.positional_encoding(mask) for mask in masks]
         return self.transformer(
             feats,
@@ -143,7 +169,30 @@ class DeformDETR(BaseDetector):
             pos_embeds,
             reg_branches=self.bbox_head.reg_branches,
             cls_branches=self.bbox_head.cls_branches,
+            exclude_padded_proposals=valid_hw is not None,
         )
+
+    def padding_strides(self) -> Tuple[Dict[str, int], List[int]]:
+        """The stride of every maskable module's input (``{name: stride}``) and of every level,
+        found once by :func:`~mmdet_deformdetr.models.padding.probe_strides` (again when the
+        backbone or neck has other maskable modules since, e.g. after fusing). Call it before
+        ``torch.export`` to keep the probe out of the traced forward."""
+        names = {name for name, _ in maskable_modules(self.backbone, 'backbone')}
+        names.update(name for name, _ in maskable_modules(self.neck, 'neck'))
+        if self._padding_strides is None or set(self._padding_strides[0]) != names:
+            self._padding_strides = probe_strides(self.backbone, self.neck)
+        return self._padding_strides
+
+    def valid_sizes(self, batch_data_samples: OptSampleList) -> Optional[Tensor]:
+        """``(bs, 2)`` int64 ``(h, w)`` of each image when padding must be kept out: at
+        evaluation with ``batch_invariant_eval``, for a batch where some image is padded.
+        None otherwise (training, the switch off, or no padding: nothing to mask)."""
+        if self.training or not self.batch_invariant_eval or batch_data_samples is None:
+            return None
+        sizes = [tuple(sample.img_shape[:2]) for sample in batch_data_samples]
+        if all(size == tuple(batch_data_samples[0].batch_input_shape) for size in sizes):
+            return None
+        return torch.tensor(sizes, dtype=torch.long, device=self.transformer.level_embed.device)
 
     @staticmethod
     def padding_masks(feats: Sequence[Tensor], batch_data_samples: OptSampleList) -> List[Tensor]:
@@ -176,7 +225,9 @@ class DeformDETR(BaseDetector):
     def loss(self, batch_inputs: Tensor, batch_data_samples: SampleList) -> Dict[str, Tensor]:
         """Args: batch_inputs ``(bs, 3, H, W)`` normalised images; batch_data_samples with
         ``gt_instances``. Returns the loss dict (``loss_cls``, ``d0.loss_cls``, ...)."""
-        outputs = self.forward_transformer(self.extract_feat(batch_inputs), batch_data_samples)
+        valid_hw = self.valid_sizes(batch_data_samples)
+        feats = self.extract_feat(batch_inputs, valid_hw)
+        outputs = self.forward_transformer(feats, batch_data_samples, valid_hw)
         return self.bbox_head.loss(**outputs, batch_data_samples=batch_data_samples)
 
     def predict(
@@ -184,7 +235,9 @@ class DeformDETR(BaseDetector):
     ) -> SampleList:
         """Adds ``pred_instances`` (``bboxes (k, 4)`` xyxy, ``scores (k,)``, ``labels (k,)``) to
         every data sample; boxes are in original-image pixels when ``rescale``."""
-        outputs = self.forward_transformer(self.extract_feat(batch_inputs), batch_data_samples)
+        valid_hw = self.valid_sizes(batch_data_samples)
+        feats = self.extract_feat(batch_inputs, valid_hw)
+        outputs = self.forward_transformer(feats, batch_data_samples, valid_hw)
         results = self.bbox_head.predict(
             outputs['hidden_states'],
             outputs['init_reference'],
@@ -199,7 +252,9 @@ class DeformDETR(BaseDetector):
     ) -> Tuple[Tensor, Tensor]:
         """Raw head outputs: ``all_cls_scores (D, bs, nq, num_classes)`` logits and
         ``all_bbox_preds (D, bs, nq, 4)`` normalised ``(cx, cy, w, h)``."""
-        outputs = self.forward_transformer(self.extract_feat(batch_inputs), batch_data_samples)
+        valid_hw = self.valid_sizes(batch_data_samples)
+        feats = self.extract_feat(batch_inputs, valid_hw)
+        outputs = self.forward_transformer(feats, batch_data_samples, valid_hw)
         return self.bbox_head(
             outputs['hidden_states'], outputs['init_reference'], outputs['inter_references']
         )

@@ -178,6 +178,7 @@ class DeformableDetrTransformer(BaseModule):
         mlvl_pos_embeds: Sequence[Tensor],
         reg_branches: Optional[Sequence[nn.Module]] = None,
         cls_branches: Optional[Sequence[nn.Module]] = None,
+        exclude_padded_proposals: bool = False,
     ) -> Dict[str, Optional[Tensor]]:
         """Args:
             mlvl_feats: L tensors ``(bs, C, H_l, W_l)``.
@@ -187,6 +188,8 @@ class DeformableDetrTransformer(BaseModule):
                 for refinement (first D) and two-stage (index D).
             cls_branches: the head's classification branches; index D scores two-stage
                 proposals (channel 0 = objectness). Needed for two-stage only.
+            exclude_padded_proposals: two-stage never keeps a padded token as a query (see
+                ``two_stage.proposal_queries``); False is the official selection.
 
         Returns:
             dict with ``hidden_states (D, bs, nq, C)``, ``init_reference (bs, nq, 2|4)``,
@@ -208,7 +211,12 @@ class DeformableDetrTransformer(BaseModule):
             valid_ratios,
         )
         decoder_inputs, enc_outputs = self.pre_decoder(
-            memory, padding_mask, spatial_shapes, reg_branches, cls_branches
+            memory,
+            padding_mask,
+            spatial_shapes,
+            reg_branches,
+            cls_branches,
+            exclude_padded_proposals,
         )
         hidden_states, inter_references = self.decoder(
             **decoder_inputs,
@@ -312,6 +320,7 @@ class DeformableDetrTransformer(BaseModule):
         spatial_shapes: SpatialShapes,
         reg_branches: Optional[Sequence[nn.Module]],
         cls_branches: Optional[Sequence[nn.Module]],
+        exclude_padded_proposals: bool = False,
     ) -> Tuple[Dict[str, Tensor], Dict[str, Optional[Tensor]]]:
         """Make the decoder's queries; two-stage proposals are made here.
 
@@ -320,6 +329,7 @@ class DeformableDetrTransformer(BaseModule):
             padding_mask: ``(bs, N)`` bool, True at padding.
             spatial_shapes: ``(H_l, W_l)`` per level.
             reg_branches, cls_branches: the head's branches (two-stage uses index D).
+            exclude_padded_proposals: no padded token becomes a two-stage query.
 
         Returns:
             decoder inputs ``query (bs, nq, C)``, ``query_pos (bs, nq, C)``,
@@ -351,6 +361,7 @@ class DeformableDetrTransformer(BaseModule):
             self.num_queries,
             self.pos_trans,
             self.pos_trans_norm,
+            padding_mask if exclude_padded_proposals else None,
         )
         return (
             dict(query=query, query_pos=query_pos, reference_points=reference_points),

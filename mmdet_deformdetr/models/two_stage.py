@@ -5,7 +5,7 @@ Functions of tensors and of the modules they need (handed in explicitly), called
 """
 
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -106,6 +106,7 @@ def proposal_queries(
     num_queries: int,
     pos_trans: nn.Module,
     pos_trans_norm: nn.Module,
+    padding_mask: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Keep the ``num_queries`` proposals with the highest objectness as decoder queries.
 
@@ -116,6 +117,10 @@ def proposal_queries(
         num_queries: proposals kept, at most N.
         pos_trans: ``Linear(2C, 2C)`` on the proposals' sine embedding.
         pos_trans_norm: ``LayerNorm(2C)`` after it.
+        padding_mask: ``(bs, N)`` bool, True at padding: those tokens are never kept. None keeps
+            the official selection, where a padded token is an invalid proposal whose constant
+            objectness can outrank the image's own (so that a padded batch spends queries on
+            boxes at the padding corner that the image alone would not have).
 
     Returns:
         query ``(bs, nq, C)`` content, query_pos ``(bs, nq, C)`` positional (both from the
@@ -127,7 +132,10 @@ def proposal_queries(
             f'two-stage keeps num_queries={num_queries} proposals but the feature '
             f'maps hold only {num_tokens} tokens; use larger images or fewer queries'
         )
-    topk_index = enc_outputs_class[..., 0].topk(num_queries, dim=1)[1]
+    objectness = enc_outputs_class[..., 0]
+    if padding_mask is not None:
+        objectness = objectness.masked_fill(padding_mask, float('-inf'))
+    topk_index = objectness.topk(num_queries, dim=1)[1]
     # detached: the decoder refines the proposals, it does not train the proposal regressor
     topk_coords_unact = enc_coords_unact.gather(1, topk_index[..., None].expand(-1, -1, 4)).detach()
     embed_dims = pos_trans.in_features // 2

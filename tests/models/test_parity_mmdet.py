@@ -3,8 +3,10 @@
 
 Both models run in float64 on CPU (mmdet through mmcv's grid_sample fallback, ours through our
 op), on a padded two-image batch, so masks, valid ratios and two-stage proposal masking are
-exercised. Weights are perturbed after mmdet's initialisation so that no branch sits at its
-degenerate zero init (zero attention logits, zero box deltas).
+exercised; ours with ``batch_invariant_eval=False``, the official computation of a padded batch
+(``tests/models/test_batch_invariance.py`` tests the default). Weights are perturbed after
+mmdet's initialisation so that no branch sits at its degenerate zero init (zero attention
+logits, zero box deltas).
 """
 
 import copy
@@ -39,6 +41,8 @@ def build_pair(
     ours_cfg = tiny_model_cfg(
         variant, embed_dims=embed_dims, num_heads=num_heads, num_queries=num_queries
     )
+    # mmdet's computation of a padded batch at eval, which ours replaces by default
+    ours_cfg['batch_invariant_eval'] = False
     torch.manual_seed(0)
     reference = MODELS.build(mmdet_cfg_like(ours_cfg))
     init_weights_quietly(reference)

@@ -1,0 +1,34 @@
+"""tools/analysis_tools/batch_invariance.py on the six photographs through the tiny config's test
+pipeline and data preprocessor, in float64: the official computation of the padded batch moves
+boxes, ours leaves only rounding."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.tools import TINY_CONFIG
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / 'tools' / 'analysis_tools' / 'batch_invariance.py'
+LINE = re.compile(
+    r'^\s+(official|ours)\s+box\s+(\S+) px\s+score\s+(\S+)\s+same best class\s+(\S+) %'
+)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_padded_batch_moves_nothing_with_ours() -> None:
+    cmd = [sys.executable, str(SCRIPT), '--config', str(TINY_CONFIG), '--double']
+    cmd += ['--variants', 'plain', 'two_stage', '--threads', '1']
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=280)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [LINE.match(line).groups() for line in result.stdout.splitlines() if LINE.match(line)]
+    assert [row[0] for row in rows] == ['official', 'ours'] * 2
+    for name, box, score, agreement in rows:
+        if name == 'ours':
+            assert float(box) <= 1e-9 and float(score) <= 1e-9 and float(agreement) == 100
+        else:
+            assert float(box) > 1e-3 and float(score) > 1e-5

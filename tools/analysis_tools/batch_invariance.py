@@ -1,0 +1,148 @@
+"""Does a padded batch change an image's predictions? Each photograph alone against the same
+photograph inside one padded batch of all of them, with the official computation of the padded
+batch (``batch_invariant_eval=False``, what the official code and mmdet do) and with ours.
+
+    python tools/analysis_tools/batch_invariance.py [--config CONFIG]
+        [--variants plain refine two_stage] [--data-root tests/data/coco_photos]
+        [--threads 2] [--double]
+
+The model is the config's (default: the R-50 primitive config) with random weights, initialised
+and moved off their zero initialisations (every parameter but the backbone's, as the other
+benchmarks). The images go through the config's test pipeline and data preprocessor: alone one
+at a time, and together as one batch, which the preprocessor pads to the largest. Compared are the
+last decoder layer's raw outputs, query by query: the largest box difference in pixels of the
+resized image, the largest score (sigmoid) difference, and the share of queries whose best class
+is the same. The batch is timed with both computations, alternating (medians of ``--repeat``),
+to show the cost of the masking; ``--double`` runs everything in float64, which leaves only the
+rounding of the batch (float32 rounding differs between a batch and one image in any case).
+"""
+
+import argparse
+import copy
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import torch
+from mmdet.registry import MODELS
+from mmengine.config import Config
+from mmengine.logging import MMLogger
+from mmengine.registry import init_default_scope
+
+from mmdet_deformdetr import configs_root  # (importing the package registers our modules)
+from mmdet_deformdetr.analysis.data import val_dataset
+
+PRIMITIVE = configs_root() / 'deformable_detr' / 'deformable-detr_r50_16xb2-50e_coco.py'
+PHOTOS = Path(__file__).resolve().parents[2] / 'tests' / 'data' / 'coco_photos'
+VARIANTS = {
+    'plain': dict(with_box_refine=False, as_two_stage=False),
+    'refine': dict(with_box_refine=True, as_two_stage=False),
+    'two_stage': dict(with_box_refine=True, as_two_stage=True),
+}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='an image alone vs inside a padded batch')
+    parser.add_argument('--config', default=str(PRIMITIVE), help='model config')
+    parser.add_argument('--variants', nargs='+', choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument('--data-root', default=str(PHOTOS), help='a COCO-format set')
+    parser.add_argument('--ann-file', default='annotations/instances.json')
+    parser.add_argument('--img-prefix', default='images/')
+    parser.add_argument('--threads', type=int, default=2, help='intra-op threads')
+    parser.add_argument('--double', action='store_true', help='float64 weights and inputs')
+    parser.add_argument('--repeat', type=int, default=1, help='timed batches per computation')
+    parser.add_argument('--seed', type=int, default=0, help='seed of the random weights')
+    return parser.parse_args()
+
+
+def build_model(cfg: Config, variant: str, seed: int) -> torch.nn.Module:
+    model_cfg = copy.deepcopy(cfg.model)
+    model_cfg.update(VARIANTS[variant])
+    model_cfg.backbone.init_cfg = None
+    torch.manual_seed(seed)
+    model = MODELS.build(model_cfg)
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # not mmengine's per-parameter init report
+    model.init_weights()
+    logger.setLevel(level)
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():  # off the zero initialisations (attention logits, box deltas)
+        for name, param in model.named_parameters():
+            if not name.startswith('backbone.'):
+                param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+    return model.eval()
+
+
+def last_layer(model: torch.nn.Module, data: dict, dtype: torch.dtype) -> Tuple[torch.Tensor, ...]:
+    """Last decoder layer: ``scores (bs, nq, classes)`` sigmoid, ``boxes (bs, nq, 4)`` (cx, cy,
+    w, h) in pixels of each resized image."""
+    with torch.no_grad():
+        logits, boxes = model._forward(data['inputs'].to(dtype), data['data_samples'])
+    scale = torch.tensor(
+        [[s.img_shape[1], s.img_shape[0]] * 2 for s in data['data_samples']], dtype=dtype
+    )
+    return logits[-1].sigmoid(), boxes[-1] * scale[:, None]
+
+
+def compare(alone: List[Tuple[torch.Tensor, ...]], batch: Tuple[torch.Tensor, ...]) -> str:
+    scores_b, boxes_b = batch
+    box_diff = max((a[1][0] - boxes_b[i]).abs().max().item() for i, a in enumerate(alone))
+    score_diff = max((a[0][0] - scores_b[i]).abs().max().item() for i, a in enumerate(alone))
+    same = [(a[0][0].argmax(-1) == scores_b[i].argmax(-1)).float() for i, a in enumerate(alone)]
+    agreement = torch.cat(same).mean().item()
+    return (
+        f'box {box_diff:9.3g} px  score {score_diff:9.3g}  same best class {100 * agreement:6.2f} %'
+    )
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    dtype = torch.float64 if args.double else torch.float32
+    cfg = Config.fromfile(args.config)
+    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    dataset = val_dataset(cfg, args.data_root, args.ann_file, args.img_prefix)
+    packed = [dataset[index] for index in range(len(dataset))]
+
+    def collate(items: list) -> dict:
+        return dict(
+            inputs=[item['inputs'] for item in items],
+            data_samples=[copy.deepcopy(item['data_samples']) for item in items],
+        )
+
+    cpu = next(
+        (line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if 'model name' in line),
+        'unknown CPU',
+    )
+    print(
+        f'{Path(args.config).name}, random weights, {len(packed)} images of '
+        f'{args.data_root}, {dtype}, {args.threads} threads, {cpu}'
+    )
+    for variant in args.variants:
+        model = build_model(cfg, variant, args.seed).to(dtype)
+        preprocess = model.data_preprocessor
+        alone = [last_layer(model, preprocess(collate([item]), False), dtype) for item in packed]
+        batch = preprocess(collate(packed), False)
+        model.padding_strides()  # found once per model: not part of the timings
+        shapes = sorted({tuple(s.img_shape[:2]) for s in batch['data_samples']})
+        results: Dict[str, Tuple[torch.Tensor, ...]] = {}
+        times: Dict[str, List[float]] = {'official': [], 'ours': []}
+        for _ in range(args.repeat):  # the two computations alternate
+            for name, switch in (('official', False), ('ours', True)):
+                model.batch_invariant_eval = switch
+                start = time.perf_counter()
+                results[name] = last_layer(model, batch, dtype)
+                times[name].append(time.perf_counter() - start)
+        print(f'{variant}: batch {tuple(batch["inputs"].shape)}, image sizes {shapes}')
+        for name in ('official', 'ours'):
+            print(
+                f'  {name:<9} {compare(alone, results[name])}  '
+                f'batch {statistics.median(times[name]):.2f} s'
+            )
+
+
+if __name__ == '__main__':
+    main()
