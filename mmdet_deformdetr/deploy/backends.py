@@ -133,6 +133,7 @@ def describe(backend: str, ov_precision: str = 'f32') -> str:
     require_backend(backend)
     module = __import__(_PACKAGES[backend])
     version = getattr(module, '__version__', None) or getattr(module, 'get_version', str)()
+    version = version.split('-')[0]  # OpenVINO's build suffix: 2026.4.1-22982-<hash>-releases/...
     label = f'{backend} {version}'.strip()
     return f'{label} {ov_precision}' if backend == 'openvino' else label
 

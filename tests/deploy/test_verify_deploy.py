@@ -44,6 +44,8 @@ def deployed(tmp_path_factory) -> SimpleNamespace:
         "ann_file='annotations/instances_val.json', data_prefix=dict(img='val/'), "
         'metainfo=dict(classes=classes), indices=None))\n'
         f'val_evaluator = dict(ann_file={str(ann_file)!r})\n'
+        'test_dataloader = val_dataloader\n'
+        'test_evaluator = val_evaluator\n'
     )
     checkpoint = save_tiny_checkpoint(folder / 'tiny.pth', config=config)
     other = save_tiny_checkpoint(folder / 'other.pth', perturb=False, config=config)
@@ -108,8 +110,10 @@ def test_corrupted_file_is_refused(deployed, tmp_path):
     assert 'Traceback' not in result.output
 
 
-def test_reports_compare_by_rank():
-    """differences(): boxes and scores by rank, labels counted per rank."""
+def test_differences_match_near_tied_scores_by_position():
+    """differences(): scores by rank; a near-tie that trades ranks is matched by position, not
+    reported as the distance between two objects; a label change and a detection without a
+    partner in the score window count."""
     from mmdet.structures import DetDataSample
     from mmengine.structures import InstanceData
 
@@ -124,7 +128,14 @@ def test_reports_compare_by_rank():
         )
         return result
 
-    want = sample([[0, 0, 10, 10], [5, 5, 8, 9]], [0.9, 0.5], [1, 2])
-    have = sample([[0, 0, 10, 12], [5, 5, 8, 9]], [0.85, 0.5], [1, 3])
-    box, score, agreement = differences([want], [have])
-    assert box == 2.0 and score == pytest.approx(0.05) and agreement == 0.5
+    # ranks 2 and 3 swap (scores 1e-5 apart): the same detections, 0.5 px apart at most
+    want = sample([[0, 0, 10, 10], [50, 50, 60, 60], [5, 5, 8, 9]], [0.9, 0.30001, 0.3], [1, 2, 3])
+    have = sample(
+        [[0, 0, 10, 10.5], [5, 5, 8, 9], [50, 50, 60, 60]], [0.9, 0.30002, 0.3], [1, 3, 2]
+    )
+    box, score, agreement = differences([want], [have], score_window=1e-3)
+    assert box == 0.5 and score == pytest.approx(1e-5, abs=1e-7) and agreement == 1.0
+    # one label changes; one score leaves the window (no partner: an infinite box difference)
+    have = sample([[0, 0, 10, 10], [5, 5, 8, 9], [50, 50, 60, 60]], [0.8, 0.30001, 0.3], [1, 3, 4])
+    box, score, agreement = differences([want], [have], score_window=1e-3)
+    assert box == float('inf') and score == pytest.approx(0.1) and agreement == pytest.approx(1 / 3)

@@ -1,4 +1,4 @@
-"""Check an exported file against PyTorch on a val split: mAP, differences, latency, per backend.
+"""Check an exported file against PyTorch on a test split: mAP, differences, latency, per backend.
 
     python tools/deployment/verify_deploy.py CONFIG CHECKPOINT MODEL.onnx
         [--backends onnxruntime openvino] [--ov-precision f32|bf16]
@@ -6,13 +6,14 @@
         [--tol-map 0.001] [--tol-box 1.0] [--tol-score 1e-3] [--tol-labels 0.99]
         [--cfg-options KEY=VALUE ...]
 
-The split is the config's val set (``val_dataloader.dataset`` and ``val_evaluator.ann_file``),
-or the COCO-format set named by ``--data-root`` / ``--ann-file`` / ``--img-prefix``. Every image
-goes through the model (``test_step``, batch 1) and through each backend; printed per path: COCO
-bbox mAP, and per backend the largest box and score differences to PyTorch (detections matched by
-rank), the fraction of equal labels, the median latency. Exit status 1 when a backend exceeds a
-tolerance (each failure is named), 2 when a file cannot be used. ``--backends tensorrt`` runs the
-file on onnxruntime's TensorRT execution provider (a GPU and onnxruntime-gpu); that path is not
+The split is the config's test set, what ``tools/test.py`` evaluates (``test_dataloader.dataset``
+and ``test_evaluator.ann_file``), or the COCO-format set named by ``--data-root`` / ``--ann-file``
+/ ``--img-prefix``. Every image goes through the model (``test_step``, batch 1) and through each
+backend; printed per path: COCO bbox mAP, and per backend the largest box and score differences
+to PyTorch (detections matched by score, within the score tolerance, and position), the fraction
+of equal labels, the median latency. Exit status 1 when a backend exceeds a tolerance (each
+failure is named), 2 when a file cannot be used. ``--backends tensorrt`` runs the file on
+onnxruntime's TensorRT execution provider (a GPU and onnxruntime-gpu); that path is not
 exercised by this project's tests.
 """
 
@@ -47,7 +48,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         '--ov-precision', default='f32', choices=OV_PRECISIONS, help="OpenVINO's precision hint"
     )
-    parser.add_argument('--data-root', help='COCO-format data root (default: the val set)')
+    parser.add_argument(
+        '--data-root', help="COCO-format data root (default: the config's test set)"
+    )
     parser.add_argument('--ann-file', help='annotation file, relative to --data-root or absolute')
     parser.add_argument('--img-prefix', help='image folder inside --data-root')
     parser.add_argument('--max-images', type=int, help='only the first N images of the split')
@@ -69,8 +72,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def build_split(cfg: Config, args: argparse.Namespace):
-    """The val dataset (test pipeline, no ``indices``) and its annotation file."""
-    dataset_cfg = cfg.val_dataloader.dataset.copy()
+    """The test dataset (test pipeline, no ``indices``) and its annotation file."""
+    dataset_cfg = cfg.test_dataloader.dataset.copy()
     dataset_cfg.pop('indices', None)
     if args.data_root:
         dataset_cfg['data_root'] = args.data_root.rstrip('/') + '/'
@@ -84,7 +87,7 @@ def build_split(cfg: Config, args: argparse.Namespace):
     if args.data_root or args.ann_file:
         ann_file = Path(dataset.ann_file)  # joined with data_root by the dataset
     else:
-        ann_file = Path(cfg.val_evaluator.ann_file)
+        ann_file = Path(cfg.test_evaluator.ann_file)
     return dataset, ann_file
 
 
