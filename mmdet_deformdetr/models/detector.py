@@ -1,6 +1,6 @@
 """``DeformDETR``: backbone -> neck -> DeformableDetrTransformer -> DeformDETRHead."""
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +11,8 @@ from mmdet.structures import OptSampleList, SampleList
 from torch import Tensor
 
 from ..checkpoint.load_hook import convert_checkpoint_pre_hook
+from ..ops.ms_deform_attn import capturing_graph
+from .eval_fusion import EvalFusionCache, run_inference_copy
 
 # set once on the detector and handed down in code (docs/architecture.md, config interface)
 _TRANSFORMER_DERIVED = ('num_queries', 'num_feature_levels', 'with_box_refine', 'as_two_stage')
@@ -53,6 +55,12 @@ class DeformDETR(BaseDetector):
             convolutions and max-pooling are faster (``docs/performance.md``), and
             the transformer's flattening to ``(bs, H*W, C)`` needs no copy. Same weights and
             state-dict keys; the numbers agree to float rounding.
+        eval_fusion: in eval mode without gradients (``test_step``, ``val_step``, ``predict``
+            under ``torch.no_grad``), run an inference copy of the backbone and neck with frozen
+            BatchNorm folded into the convolutions, channels-last on the CPU
+            (``models/eval_fusion.py``). The modules, their state dict and training are
+            untouched; the copy is rebuilt after any change of their weights. False runs the
+            modules themselves (``--cfg-options model.eval_fusion=False``).
         data_preprocessor: mmdet data preprocessor config.
         init_cfg: mmengine initialisation config.
     """
@@ -71,6 +79,7 @@ class DeformDETR(BaseDetector):
         train_cfg: Optional[dict] = None,
         test_cfg: Optional[dict] = None,
         channels_last: bool = False,
+        eval_fusion: bool = True,
         data_preprocessor: Optional[dict] = None,
         init_cfg: Optional[dict] = None,
     ) -> None:
@@ -84,6 +93,8 @@ class DeformDETR(BaseDetector):
         self.with_box_refine = with_box_refine
         self.as_two_stage = as_two_stage
         self.channels_last = channels_last
+        self.eval_fusion = eval_fusion
+        self._eval_fusion_cache = EvalFusionCache()  # a plain attribute: not in the module tree
 
         # the transformer first: it validates embed_dims / num_heads and defines C for the rest
         self.transformer = MODELS.build(
@@ -125,10 +136,35 @@ class DeformDETR(BaseDetector):
 
     def extract_feat(self, batch_inputs: Tensor) -> Tuple[Tensor, ...]:
         """Args: batch_inputs ``(bs, 3, H, W)``. Returns L maps ``(bs, C, H_l, W_l)`` (in
-        channels-last memory format with ``channels_last``)."""
+        channels-last memory format with ``channels_last``, and from the inference copy)."""
+        if self.uses_inference_copy():
+            pair = self._eval_fusion_cache.get(self.backbone, self.neck, owner=self)
+            return run_inference_copy(pair, batch_inputs)
         if self.channels_last:
             batch_inputs = batch_inputs.contiguous(memory_format=torch.channels_last)
         return tuple(self.neck(self.backbone(batch_inputs)))
+
+    def uses_inference_copy(self) -> bool:
+        """Whether ``extract_feat`` runs the fused inference copy now: ``eval_fusion``, eval mode,
+        no gradients, and no graph being traced, exported or compiled (those see the modules)."""
+        return (
+            self.eval_fusion
+            and not self.training
+            and not torch.is_grad_enabled()
+            and not capturing_graph()
+            and not torch.compiler.is_compiling()
+        )
+
+    def val_step(self, data: Union[dict, tuple, list]) -> list:
+        """mmengine's ``val_step`` without gradients (predictions need none), so every caller
+        gets the eval-time fusion."""
+        with torch.no_grad():
+            return super().val_step(data)
+
+    def test_step(self, data: Union[dict, tuple, list]) -> list:
+        """mmengine's ``test_step`` without gradients (see ``val_step``)."""
+        with torch.no_grad():
+            return super().test_step(data)
 
     def forward_transformer(
         self, feats: Sequence[Tensor], batch_data_samples: OptSampleList
