@@ -8,9 +8,9 @@ themselves. The copy has
   ``fuse_conv_bn``; only for mmdet's ``ResNet`` family, whose children are listed in the order
   conv -> norm, which mmcv's pairing by child order relies on: a backbone with a module between a
   convolution and its norm would be fused wrongly, so other backbones are copied unfused);
-* on the CPU, its convolution weights in channels-last memory format, so that oneDNN runs channels-last
-  convolutions and max-pooling without reordering, and the transformer's flattening of every level
-  to ``(bs, H*W, C)`` is a view (no copy).
+* on the CPU, its convolution weights in channels-last memory format, so that oneDNN runs
+  channels-last convolutions and max-pooling without reordering, and the transformer's flattening
+  of every level to ``(bs, H*W, C)`` is a view (no copy).
 
 Every convolution stays an ``nn.Conv2d`` (BatchNorm layers become ``nn.Identity``, as mmcv does),
 so forward hooks registered on the original modules are copied with them. The copy is held
