@@ -177,7 +177,7 @@ def main() -> None:
                 from mmdet_deformdetr.deploy import export_onnx
 
                 onnx_path = str(Path(folder) / 'model.onnx')
-                export_onnx(ours, onnx_path)
+                export_onnx(copy.deepcopy(ours), onnx_path)  # it switches the attention impl
             for backend in args.backends:
                 rows[f'{backend} (ONNX)'] = onnx_row(ours, batch, backend, onnx_path)
         medians, outputs = alternate(rows, args.repeat, args.warmup)
