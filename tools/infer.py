@@ -2,6 +2,7 @@
 
     python tools/infer.py IMG_OR_DIR CONFIG CHECKPOINT [--out-dir DIR] [--device cpu|cuda:0]
                           [--pred-score-thr 0.3] [--batch-size 1] [--save-pred] [--show]
+                          [--precision fp32|bf16|auto]
 
 A thin wrapper over mmdet's ``DetInferencer``: painted images go to ``DIR/vis/`` (mmdet's
 visualizer) and, with ``--save-pred``, the predictions as JSON to ``DIR/preds/``. Class names come
@@ -16,6 +17,12 @@ from mmdet.apis import DetInferencer
 
 from mmdet_deformdetr import console, find_config  # (the import registers our modules)
 from mmdet_deformdetr.checkpoint import check_checkpoint_for_testing
+from mmdet_deformdetr.engine.inference_precision import (
+    add_precision_argument,
+    inference_autocast,
+    log_precision,
+    resolve_precision,
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -42,6 +49,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument('--save-pred', action='store_true', help='also write predictions as JSON')
     parser.add_argument('--show', action='store_true', help='show each image in a window')
+    add_precision_argument(parser)
     console.add_verbose_argument(parser)
     return parser.parse_args()
 
@@ -57,6 +65,9 @@ def main() -> None:
 def infer(args: argparse.Namespace) -> None:
     """Build the inferencer, check the checkpoint, detect and draw."""
     device = args.device or ('cuda:0' if torch.cuda.is_available() else 'cpu')
+    device_type = torch.device(device).type
+    precision, reason = resolve_precision(args.precision, device_type)
+    log_precision(precision, reason)
     with console.config_errors(args.config):  # a config that does not load or build
         inferencer = DetInferencer(
             model=str(find_config(args.config)),
@@ -66,14 +77,15 @@ def infer(args: argparse.Namespace) -> None:
         )
     # heads of another class count would draw random detections: refuse, naming num_classes
     check_checkpoint_for_testing(inferencer.model, args.checkpoint)
-    inferencer(
-        args.inputs,
-        batch_size=args.batch_size,
-        out_dir=args.out_dir,
-        pred_score_thr=args.pred_score_thr,
-        no_save_pred=not args.save_pred,
-        show=args.show,
-    )
+    with inference_autocast(precision, device_type):
+        inferencer(
+            args.inputs,
+            batch_size=args.batch_size,
+            out_dir=args.out_dir,
+            pred_score_thr=args.pred_score_thr,
+            no_save_pred=not args.save_pred,
+            show=args.show,
+        )
     print(f'results written to {args.out_dir}')
 
 

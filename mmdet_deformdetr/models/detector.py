@@ -1,6 +1,6 @@
 """``DeformDETR``: backbone -> neck -> DeformableDetrTransformer -> DeformDETRHead."""
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +11,8 @@ from mmdet.structures import OptSampleList, SampleList
 from torch import Tensor
 
 from ..checkpoint.load_hook import convert_checkpoint_pre_hook
+from ..ops.ms_deform_attn import capturing_graph
+from .eval_fusion import EvalFusionCache
 from .padding import level_padding_masks, maskable_modules, padding_kept_out, probe_strides
 
 # set once on the detector and handed down in code (docs/architecture.md, config interface)
@@ -61,6 +63,12 @@ class DeformDETR(BaseDetector):
             padded positions enter the backbone's border convolutions and the neck's
             GroupNorm, and two-stage can keep padded tokens as queries. Training is the
             official computation either way.
+        eval_fusion: in eval mode without gradients (``test_step``, ``val_step``, ``predict``
+            under ``torch.no_grad``), run an inference copy of the backbone and neck with frozen
+            BatchNorm folded into the convolutions, channels-last on the CPU
+            (``models/eval_fusion.py``). The modules, their state dict and training are
+            untouched; the copy is rebuilt after any change of their weights. False runs the
+            modules themselves (``--cfg-options model.eval_fusion=False``).
         data_preprocessor: mmdet data preprocessor config.
         init_cfg: mmengine initialisation config.
     """
@@ -80,6 +88,7 @@ class DeformDETR(BaseDetector):
         test_cfg: Optional[dict] = None,
         channels_last: bool = False,
         batch_invariant_eval: bool = True,
+        eval_fusion: bool = True,
         data_preprocessor: Optional[dict] = None,
         init_cfg: Optional[dict] = None,
     ) -> None:
@@ -96,6 +105,8 @@ class DeformDETR(BaseDetector):
         self.batch_invariant_eval = batch_invariant_eval
         # {module name: stride} and level strides, found on first use (padding_strides)
         self._padding_strides: Optional[Tuple[Dict[str, int], List[int]]] = None
+        self.eval_fusion = eval_fusion
+        self._eval_fusion_cache = EvalFusionCache()  # a plain attribute: not in the module tree
 
         # the transformer first: it validates embed_dims / num_heads and defines C for the rest
         self.transformer = MODELS.build(
@@ -141,12 +152,40 @@ class DeformDETR(BaseDetector):
         """Args: batch_inputs ``(bs, 3, H, W)``; valid_hw ``(bs, 2)`` int64 ``(h, w)`` of each
         image: padding kept out of the backbone and neck (``models/padding.py``), or None.
         Returns L maps ``(bs, C, H_l, W_l)`` (in channels-last memory format with
-        ``channels_last``)."""
-        if self.channels_last:
+        ``channels_last`` and from the inference copy on the CPU)."""
+        if self.uses_inference_copy():
+            backbone, neck = self._eval_fusion_cache.get(self.backbone, self.neck, owner=self)
+            channels_last = batch_inputs.device.type == 'cpu'
+        else:
+            backbone, neck, channels_last = self.backbone, self.neck, self.channels_last
+        if channels_last:
             batch_inputs = batch_inputs.contiguous(memory_format=torch.channels_last)
+        # the copy keeps the modules' names, so the strides found on the originals apply to it
         strides = self.padding_strides()[0] if valid_hw is not None else {}
-        with padding_kept_out(dict(backbone=self.backbone, neck=self.neck), valid_hw, strides):
-            return tuple(self.neck(self.backbone(batch_inputs)))
+        with padding_kept_out(dict(backbone=backbone, neck=neck), valid_hw, strides):
+            return tuple(neck(backbone(batch_inputs)))
+
+    def uses_inference_copy(self) -> bool:
+        """Whether ``extract_feat`` runs the fused inference copy now: ``eval_fusion``, eval mode,
+        no gradients, and no graph being traced, exported or compiled (those see the modules)."""
+        return (
+            self.eval_fusion
+            and not self.training
+            and not torch.is_grad_enabled()
+            and not capturing_graph()
+            and not torch.compiler.is_compiling()
+        )
+
+    def val_step(self, data: Union[dict, tuple, list]) -> list:
+        """mmengine's ``val_step`` without gradients (predictions need none), so every caller
+        gets the eval-time fusion."""
+        with torch.no_grad():
+            return super().val_step(data)
+
+    def test_step(self, data: Union[dict, tuple, list]) -> list:
+        """mmengine's ``test_step`` without gradients (see ``val_step``)."""
+        with torch.no_grad():
+            return super().test_step(data)
 
     def forward_transformer(
         self,

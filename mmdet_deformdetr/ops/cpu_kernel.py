@@ -241,3 +241,97 @@ class MSDeformAttnCPUFunction(torch.autograd.Function):
             grad_locations if needs[3] else None,
             grad_weights if needs[4] else None,
         )
+
+
+def _require_extension() -> ModuleType:
+    extension = load_cpu_extension()
+    if extension is None:
+        raise RuntimeError(f'the C++ CPU kernel is not available: {_build_error}')
+    return extension
+
+
+# The same kernel as a torch.library operator, for graphs that torch.compile and torch.export
+# capture: dynamo cannot trace into an autograd.Function calling a pybind11 module without a graph
+# break, while a custom op with a fake kernel (output shape from input shapes) and a registered
+# autograd formula is one node of the graph. Eager calls keep MSDeformAttnCPUFunction, whose
+# ``PythonOp`` node the FLOP counter of torch.jit traces recognises (analysis/flops.py).
+@torch.library.custom_op(
+    'mmdet_deformdetr::ms_deform_attn_cpu', mutates_args=(), device_types='cpu'
+)
+def ms_deform_attn_cpu_op(
+    value: Tensor,
+    spatial_shapes: Tensor,
+    level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+) -> Tensor:
+    """Shapes as :func:`mmdet_deformdetr.ops.multi_scale_deformable_attn`; returns
+    ``(bs, num_queries, M * D)``. All on the CPU, float32 or float64, one dtype."""
+    return _require_extension().forward(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+    )
+
+
+@ms_deform_attn_cpu_op.register_fake
+def _ms_deform_attn_cpu_fake(
+    value: Tensor,
+    spatial_shapes: Tensor,
+    level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+) -> Tensor:
+    batch_size, num_queries, num_heads = sampling_locations.shape[:3]
+    return value.new_empty((batch_size, num_queries, num_heads * value.shape[3]))
+
+
+@torch.library.custom_op(
+    'mmdet_deformdetr::ms_deform_attn_cpu_backward', mutates_args=(), device_types='cpu'
+)
+def ms_deform_attn_cpu_backward_op(
+    value: Tensor,
+    spatial_shapes: Tensor,
+    level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+    grad_output: Tensor,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """``grad_output (bs, nq, M * D)`` -> grads of value, sampling locations, attention weights."""
+    grad_value, grad_locations, grad_weights = _require_extension().backward(
+        value,
+        spatial_shapes,
+        level_start_index,
+        sampling_locations,
+        attention_weights,
+        grad_output.contiguous(),
+    )
+    return grad_value, grad_locations, grad_weights
+
+
+@ms_deform_attn_cpu_backward_op.register_fake
+def _ms_deform_attn_cpu_backward_fake(
+    value: Tensor,
+    spatial_shapes: Tensor,
+    level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+    grad_output: Tensor,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    return (
+        torch.empty_like(value),
+        torch.empty_like(sampling_locations),
+        torch.empty_like(attention_weights),
+    )
+
+
+def _setup_context(ctx, inputs: tuple, output: Tensor) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, grad_output: Tensor) -> tuple:
+    grad_value, grad_locations, grad_weights = ms_deform_attn_cpu_backward_op(
+        *ctx.saved_tensors, grad_output
+    )
+    return grad_value, None, None, grad_locations, grad_weights
+
+
+ms_deform_attn_cpu_op.register_autograd(_backward, setup_context=_setup_context)

@@ -32,7 +32,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .cpu_kernel import MSDeformAttnCPUFunction, load_cpu_extension
+from .cpu_kernel import MSDeformAttnCPUFunction, load_cpu_extension, ms_deform_attn_cpu_op
 from .reference import multi_scale_deformable_attn_reference
 from .shapes import SpatialShapes, level_shapes, shapes_tensor
 
@@ -139,7 +139,7 @@ def _check_inputs(
             f'{tuple(attention_weights.shape)}'
         )
     if isinstance(spatial_shapes, Tensor):
-        if torch.jit.is_tracing() or torch.compiler.is_exporting():
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
             return  # the values below would be baked into the graph as constants
         # One host transfer for both tensors (one sync on CUDA; L <= 5 numbers): worth it, as
         # mmcv's kernel would read out of bounds, and ours would read the wrong level, on a bad
@@ -159,7 +159,7 @@ def _check_inputs(
         sizes = [height * width for height, width in spatial_shapes]
         starts = (
             None
-            if torch.jit.is_tracing() or torch.compiler.is_exporting()
+            if torch.jit.is_tracing() or torch.compiler.is_compiling()
             else level_start_index.tolist()
         )
     expected_keys = sum(sizes)
@@ -169,7 +169,7 @@ def _check_inputs(
             f'{level_shapes(spatial_shapes)} need sum(H * W) = {expected_keys}'
         )
     if starts is None:
-        return  # tracing / exporting: the index is data of the graph
+        return  # tracing / exporting / compiling: the index is data of the graph
     expected_starts = [sum(sizes[:i]) for i in range(num_levels)]
     if starts != expected_starts:
         raise ValueError(
@@ -254,6 +254,11 @@ def _run(
             sampling_locations.contiguous(),
             attention_weights.contiguous(),
             _mmcv_im2col_step(value.shape[0], im2col_step),
+        )
+    if impl == 'cpu' and torch.compiler.is_compiling():
+        # torch.compile / torch.export with impl='cpu': the kernel as one torch.library node
+        return ms_deform_attn_cpu_op(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
         )
     if impl == 'cpu' and load_cpu_extension() is not None:
         return MSDeformAttnCPUFunction.apply(

@@ -3,7 +3,7 @@ the test pipeline's resolution.
 
     python tools/analysis_tools/benchmark_fps.py CONFIG [CHECKPOINT] [--device cpu|cuda:0]
         [--num-images 50] [--warmup 5] [--threads N] [--data-root DIR] [--ann-file FILE]
-        [--img-prefix DIR] [--cfg-options ...]
+        [--img-prefix DIR] [--precision fp32|bf16|auto] [--cfg-options ...]
 
 mmdet's ``benchmark.py --task inference`` moves the model to CUDA unconditionally (``.cuda()``),
 so it cannot measure a CPU; this tool can, and names the device it ran on. Timed per image:
@@ -27,6 +27,11 @@ from mmengine.runner import load_checkpoint
 
 import mmdet_deformdetr  # noqa: F401  (registers our modules, safe checkpoint loading)
 from mmdet_deformdetr.analysis.data import val_dataset
+from mmdet_deformdetr.engine.inference_precision import (
+    add_precision_argument,
+    inference_autocast,
+    resolve_precision,
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -45,6 +50,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--data-root', help='override val_dataloader.dataset.data_root')
     parser.add_argument('--ann-file', help='override the val annotation file')
     parser.add_argument('--img-prefix', help='override data_prefix.img of the val set')
+    add_precision_argument(parser)
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction, help='override config settings, KEY=VALUE'
     )
@@ -73,6 +79,7 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise SystemExit(f'--device {args.device}: torch sees no CUDA device; use --device cpu')
+    precision, reason = resolve_precision(args.precision, device.type)
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
@@ -90,7 +97,7 @@ def main() -> None:
 
     latencies = []
     sizes = []
-    with torch.no_grad():
+    with torch.no_grad(), inference_autocast(precision, device.type):
         for index, batch in enumerate(batches):
             if device.type == 'cuda':
                 torch.cuda.synchronize(device)
@@ -103,7 +110,7 @@ def main() -> None:
                 sizes.append(tuple(results[0].img_shape))
     fps = len(latencies) / sum(latencies)
     median = statistics.median(latencies)
-    print(f'{args.config} on {device_name(device)}')
+    print(f'{args.config} on {device_name(device)}, {precision} ({reason})')
     mean_h = statistics.fmean(h for h, _ in sizes)
     mean_w = statistics.fmean(w for _, w in sizes)
     print(

@@ -8,8 +8,9 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ...ops import SpatialShapes
+from ...ops.linear import linear
 from ..geometry import apply_box_delta, scale_by_valid_ratios
-from .activation import build_activation
+from .activation import build_activation, ffn_hidden
 from .single_scale_attn import build_deform_attn
 
 
@@ -115,8 +116,8 @@ class DeformableDecoderLayer(nn.Module):
 
     def forward_ffn(self, query: Tensor) -> Tensor:
         """``norm3(x + dropout(linear2(dropout(act(linear1(x))))))``; ``(bs, nq, C)``."""
-        hidden = self.dropout3(self.activation(self.linear1(query)))
-        return self.norm3(query + self.dropout4(self.linear2(hidden)))
+        hidden = self.dropout3(ffn_hidden(query, self.linear1, self.activation))
+        return self.norm3(query + self.dropout4(linear(hidden, self.linear2)))
 
 
 class DeformableDecoder(nn.Module):

@@ -8,8 +8,9 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ...ops import SpatialShapes
+from ...ops.linear import linear
 from ..geometry import encoder_reference_points
-from .activation import build_activation
+from .activation import build_activation, ffn_hidden
 from .single_scale_attn import build_deform_attn
 
 
@@ -93,8 +94,8 @@ class DeformableEncoderLayer(nn.Module):
 
     def forward_ffn(self, query: Tensor) -> Tensor:
         """``norm2(x + dropout(linear2(dropout(act(linear1(x))))))``; ``(bs, N, C)`` in and out."""
-        hidden = self.dropout2(self.activation(self.linear1(query)))
-        return self.norm2(query + self.dropout3(self.linear2(hidden)))
+        hidden = self.dropout2(ffn_hidden(query, self.linear1, self.activation))
+        return self.norm2(query + self.dropout3(linear(hidden, self.linear2)))
 
 
 class DeformableEncoder(nn.Module):

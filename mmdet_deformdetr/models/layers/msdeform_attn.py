@@ -20,6 +20,7 @@ from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from ...ops import IMPLS, SpatialShapes, multi_scale_deformable_attn, shapes_tensor
+from ...ops.linear import linear
 from ...ops.pointwise import box_locations, padding_is_empty, point_locations, softmax_last_dim
 
 
@@ -158,7 +159,7 @@ class MSDeformAttn(BaseModule):
             sizes = shapes[:, 0] * shapes[:, 1]
             level_start_index = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
 
-        value = self.value_proj(value)
+        value = linear(value, self.value_proj)
         if value_padding_mask is not None and not padding_is_empty(value_padding_mask):
             value = value.masked_fill(value_padding_mask[..., None].to(torch.bool), 0.0)
         value = value.view(bs, num_keys, self.num_heads, self.embed_dims // self.num_heads)
@@ -167,12 +168,12 @@ class MSDeformAttn(BaseModule):
         # bf16, whose 8-bit mantissa would misplace points by up to half a pixel on a 152-wide map.
         precise = torch.promote_types(query.dtype, torch.float32)
         offsets = (
-            self.sampling_offsets(query)
+            linear(query, self.sampling_offsets)
             .to(precise)
             .view(bs, num_queries, self.num_heads, self.num_levels, self.num_points, 2)
         )
         weights = self._normalise_weights(
-            self.attention_weights(query)
+            linear(query, self.attention_weights)
             .to(precise)
             .view(bs, num_queries, self.num_heads, self.num_levels, self.num_points)
         )
@@ -192,7 +193,7 @@ class MSDeformAttn(BaseModule):
             im2col_step=self.im2col_step,
             impl=self.impl,
         )
-        output = self.dropout(self.output_proj(output))
+        output = self.dropout(linear(output, self.output_proj))
         return output if self.batch_first else output.transpose(0, 1)
 
     def _normalise_weights(self, logits: Tensor) -> Tensor:
