@@ -1,7 +1,7 @@
 """Inference paths side by side: mmdet's ``DeformableDETR.predict`` and every fast path of ours.
 
     python tools/analysis_tools/benchmark_inference.py [--threads 2] [--repeat 5] [--warmup 1]
-        [--compile] [--backends onnxruntime [openvino]] [--onnx model.onnx] [--profile]
+        [--compile] [--backends onnxruntime openvino openvino-bf16] [--onnx model.onnx] [--profile]
 
 The R-50 primitive config (``configs/deformable_detr/deformable-detr_r50_16xb2-50e_coco.py``) and
 mmdet's own config of it, with the same random weights (mmdet's initialisation, moved off it so
@@ -51,7 +51,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--warmup', type=int, default=1, help='untimed runs per row first')
     parser.add_argument('--compile', action='store_true', help='add the torch.compile row')
     parser.add_argument(
-        '--backends', nargs='*', default=[], help='ONNX backends to add (onnxruntime, openvino)'
+        '--backends',
+        nargs='*',
+        default=[],
+        choices=['onnxruntime', 'openvino', 'openvino-bf16'],
+        help="ONNX backends to add (openvino-bf16: OpenVINO's bf16 inference precision)",
     )
     parser.add_argument('--onnx', help='reuse this export of the same model (seed 0)')
     parser.add_argument('--profile', action='store_true', help='operator table of ours fused')
@@ -93,8 +97,14 @@ def onnx_row(ours: torch.nn.Module, batch: dict, backend: str, onnx_path: str):
     from mmdet_deformdetr.deploy import OnnxDetector
 
     cfg = Config.fromfile(configs_root() / 'deformable_detr' / PRIMITIVE)
-    extra = {} if backend == 'onnxruntime' else {'backend': backend}
-    runtime = OnnxDetector(onnx_path, cfg, num_threads=torch.get_num_threads(), **extra)
+    backend, _, ov_precision = backend.partition('-')  # 'openvino-bf16': the bf16 hint
+    runtime = OnnxDetector(
+        onnx_path,
+        cfg,
+        num_threads=torch.get_num_threads(),
+        backend=backend,
+        ov_precision=ov_precision or 'f32',
+    )
     images = ours.data_preprocessor(copy.deepcopy(batch), False)['inputs']
 
     def run() -> Detections:

@@ -1,7 +1,7 @@
 """Check an exported file against PyTorch on a test split: mAP, differences, latency, per backend.
 
     python tools/deployment/verify_deploy.py CONFIG CHECKPOINT MODEL.onnx
-        [--backends onnxruntime openvino] [--ov-precision f32|bf16]
+        [--backends onnxruntime openvino] [--ov-precision f32|bf16] [--pytorch-bf16]
         [--data-root DIR --ann-file FILE --img-prefix DIR] [--max-images N] [--threads N]
         [--tol-map 0.001] [--tol-box 1.0] [--tol-score 1e-3] [--tol-labels 0.99]
         [--cfg-options KEY=VALUE ...]
@@ -11,10 +11,11 @@ and ``test_evaluator.ann_file``), or the COCO-format set named by ``--data-root`
 / ``--img-prefix``. Every image goes through the model (``test_step``, batch 1) and through each
 backend; printed per path: COCO bbox mAP, and per backend the largest box and score differences
 to PyTorch (detections matched by score, within the score tolerance, and position), the fraction
-of equal labels, the median latency. Exit status 1 when a backend exceeds a tolerance (each
-failure is named), 2 when a file cannot be used. ``--backends tensorrt`` runs the file on
-onnxruntime's TensorRT execution provider (a GPU and onnxruntime-gpu); that path is not
-exercised by this project's tests.
+of equal labels, the median latency. bfloat16 paths (``--pytorch-bf16``, ``--ov-precision bf16``)
+are judged on mAP only, within 0.005 (``--precision auto``'s bound). Exit status 1 when a path
+exceeds a tolerance (each failure is named), 2 when a file cannot be used. ``--backends tensorrt``
+runs the file on onnxruntime's TensorRT execution provider (a GPU and onnxruntime-gpu); that path
+is not exercised by this project's tests.
 """
 
 import argparse
@@ -47,6 +48,11 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         '--ov-precision', default='f32', choices=OV_PRECISIONS, help="OpenVINO's precision hint"
+    )
+    parser.add_argument(
+        '--pytorch-bf16',
+        action='store_true',
+        help='also PyTorch under bf16 autocast (tools/test.py --precision bf16)',
     )
     parser.add_argument(
         '--data-root', help="COCO-format data root (default: the config's test set)"
@@ -104,20 +110,22 @@ def main() -> int:
     model = MODELS.build(cfg.model)
     load_checkpoint(model, args.checkpoint, map_location='cpu', logger='silent')
     dataset, ann_file = build_split(cfg, args)
-    detectors, labels = {}, {}
+    detectors = {}
     for backend in args.backends:
         try:
-            detectors[backend] = OnnxDetector(
+            detector = OnnxDetector(
                 args.model, cfg, args.threads, backend=backend, ov_precision=args.ov_precision
             )
         except Exception as error:  # the runtimes raise their own types for unreadable files
             print(f'{args.model}: cannot be run by {backend}: {error}', file=sys.stderr)
             return 2
-        labels[backend] = describe(backend, args.ov_precision)
-    tolerances = Tolerances(args.tol_map, args.tol_box, args.tol_score, args.tol_labels)
-    reports = verify_deploy(model, detectors, dataset, ann_file, tolerances)
-    for report in reports[1:]:
-        report.name = labels[report.name]
+        detectors[describe(backend, args.ov_precision)] = detector
+    tolerances = Tolerances(
+        args.tol_map, box=args.tol_box, score=args.tol_score, label_agreement=args.tol_labels
+    )
+    reports = verify_deploy(
+        model, detectors, dataset, ann_file, tolerances, pytorch_bf16=args.pytorch_bf16
+    )
     print(
         f'{len(dataset)} images of {ann_file}; CPU: {cpu_name()}, {os.cpu_count()} logical '
         f'cores, {args.threads or "default"} threads; tolerances: |mAP diff| <= '
