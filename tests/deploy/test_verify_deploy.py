@@ -85,6 +85,17 @@ def test_same_weights_pass_on_both_backends(deployed):
     assert 'all backends within tolerances' in result.output
 
 
+def test_pytorch_bf16_row_is_judged_on_map_only(deployed):
+    result = verify(
+        deployed, deployed.checkpoint, deployed.onnx, '--backends', 'onnxruntime', '--pytorch-bf16'
+    )
+    rows = [line for line in result.output.splitlines() if line.startswith('pytorch bf16 ')]
+    assert len(rows) == 1, result.output[-3000:]
+    # bf16 moves scores beyond the float32 tolerance of 1e-3, which does not fail it
+    assert float(rows[0].split()[5]) > 1e-3 and rows[0].rstrip().endswith('ok'), rows[0]
+    assert result.returncode == 0, result.output[-3000:]
+
+
 def test_other_weights_fail_with_the_differences_named(deployed):
     result = verify(deployed, deployed.other, deployed.onnx, '--backends', 'onnxruntime')
     assert result.returncode == 1, result.output[-3000:]
