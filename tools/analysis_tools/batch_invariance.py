@@ -17,9 +17,10 @@ between the image alone and the batch (two-stage keeps its queries by rank) move
 as a real difference would; so the predictions are also matched as sets: the two-stage queries
 by their proposal boxes (how many of the kept proposals differ, and the largest box and score
 difference of the queries that match), and the top-k detections by label and IoU > 0.99 (how
-many have no partner). The batch is timed with both computations, alternating (medians of ``--repeat``),
-to show the cost of the masking; ``--double`` runs everything in float64, which leaves only the
-rounding of the batch (float32 rounding differs between a batch and one image in any case).
+many have no partner). The batch is timed with each computation, alternating (medians of
+``--repeat``), to show the cost of the masking; ``--double`` runs everything in float64, which
+leaves only the rounding of the batch (float32 rounding differs between a batch and one image in
+any case).
 """
 
 import argparse
@@ -28,7 +29,7 @@ import logging
 import statistics
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 import torch
 from mmdet.registry import MODELS
