@@ -1,9 +1,7 @@
 """The module that is exported: normalised images in, the head's top-k detections out."""
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models.head import topk_detections
@@ -26,42 +24,22 @@ def use_reference_attention(model: nn.Module) -> int:
     return count
 
 
-def padding_masks_from_shapes(
-    feats: Sequence[Tensor], img_shapes: Tensor, input_hw: Tuple
-) -> List[Tensor]:
-    """Where each level's features are padding, from per-image sizes (a graph input).
-
-    The same masks as ``DeformDETR.padding_masks`` builds from data samples (an input-resolution
-    mask, True outside ``img_shape``, downsampled by nearest interpolation), written with tensor
-    ops only, so that the sizes may be symbolic while exporting.
-
-    Args:
-        feats: L maps ``(bs, C, H_l, W_l)``.
-        img_shapes: ``(bs, 2)`` int64, each image's unpadded ``(h, w)`` inside the batch.
-        input_hw: the padded batch's ``(H, W)`` (ints or symbolic sizes).
-
-    Returns:
-        L bool masks ``(bs, H_l, W_l)``, True at padding.
-    """
-    input_h, input_w = input_hw
-    device = img_shapes.device
-    rows = torch.arange(input_h, device=device)[None, :, None] >= img_shapes[:, 0, None, None]
-    cols = torch.arange(input_w, device=device)[None, None, :] >= img_shapes[:, 1, None, None]
-    input_mask = (rows | cols).to(feats[0].dtype)
-    return [
-        F.interpolate(input_mask[None], size=feat.shape[-2:])[0].to(torch.bool) for feat in feats
-    ]
-
-
 class ExportableDeformDETR(nn.Module):
     """A ``DeformDETR`` as a function of tensors, for ``torch.export`` / ONNX.
 
     Two forms: ``images`` alone (every image fills the whole input, no padding mask; a single
     image never needs one), or ``images`` and ``img_shapes``, a padded batch of images of
-    different sizes with each image's size, from which the padding masks are built in the graph
-    (:func:`padding_masks_from_shapes`, as ``DeformDETR.padding_masks`` does). It runs
-    ``extract_feat -> transformer -> bbox_head`` and the head's own post-process
+    different sizes with each image's size. The second runs the detector's own padded-batch path
+    (``extract_feat(images, valid_hw)`` and ``forward_transformer(feats, None, valid_hw)``,
+    ``models/padding.py``): padding kept out of the backbone's convolutions and the neck's
+    GroupNorm, exact level masks, no padded two-stage proposal, so that each image of the batch
+    gets what it gets alone, whatever ``batch_invariant_eval`` says (that switch only chooses
+    the computation of ``DeformDETR.predict``). Both run the head's own post-process
     (:func:`mmdet_deformdetr.models.head.topk_detections`) on the last decoder layer.
+
+    The padded form needs each module's stride (``detector.padding_strides()``, one forward of a
+    zero image, found on first use): ``export_onnx`` finds them before tracing, so that
+    ``torch.export`` does not trace that probe.
 
     Args:
         detector: a built ``DeformDETR`` (eval mode is set here).
@@ -87,20 +65,11 @@ class ExportableDeformDETR(nn.Module):
             ``k = min(max_per_img, nq * classes)``.
         """
         detector = self.detector
-        feats = detector.extract_feat(images)
-        height, width = images.shape[-2:]
+        feats = detector.extract_feat(images, img_shapes)
+        outputs = detector.forward_transformer(feats, None, img_shapes)
         if img_shapes is None:
-            outputs = detector.forward_transformer(feats, None)
-            img_w, img_h = width, height
+            img_h, img_w = images.shape[-2:]
         else:
-            masks = padding_masks_from_shapes(feats, img_shapes, (height, width))
-            outputs = detector.transformer(
-                feats,
-                masks,
-                [detector.positional_encoding(mask) for mask in masks],
-                reg_branches=detector.bbox_head.reg_branches,
-                cls_branches=detector.bbox_head.cls_branches,
-            )
             img_h, img_w = img_shapes[:, 0], img_shapes[:, 1]
         all_cls_scores, all_bbox_preds = detector.bbox_head(
             outputs['hidden_states'], outputs['init_reference'], outputs['inter_references']

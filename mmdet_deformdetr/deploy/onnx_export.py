@@ -101,7 +101,8 @@ def export_onnx(
             the sizes are symbolic; two-stage models need at least ``num_queries`` tokens).
         dynamic_batch: a symbolic batch axis too, for padded batches of images of different
             sizes: the graph then takes a second input, ``img_shapes (batch, 2)`` int64, each
-            image's ``(h, w)`` before padding, and builds the padding masks from it (default:
+            image's ``(h, w)`` before padding, from which it keeps the padding out of each
+            image's result, as the image alone gives (``ExportableDeformDETR``; default:
             batch 1, the usual deployment of a detector; a symbolic batch makes every shape
             expression larger, and the export takes about twice as long).
         metadata: extra entries for the model's ``metadata_props`` (class names, ...).
@@ -124,7 +125,9 @@ def export_onnx(
     # a dynamic batch needs an example of 2: torch.export specialises sizes 0 and 1
     example = (torch.zeros(2 if dynamic_batch else 1, 3, *example_hw),)
     if dynamic_batch:
-        # a padded batch: each image's (h, w) goes in, the padding masks are built in the graph
+        # a padded batch: each image's (h, w) goes in, the padding is kept out in the graph
+        # (the masked path of models/padding.py); its strides are found now, not traced
+        detector.padding_strides()
         example += (torch.tensor([example_hw] * 2, dtype=torch.int64),)
         dynamic_shapes[SHAPES_NAME] = {0: torch.export.Dim.DYNAMIC}
         input_names.append(SHAPES_NAME)
@@ -160,7 +163,8 @@ def export_onnx(
         opset=OPSET,
         input=(
             f'{INPUT_NAME} (batch, 3, height, width) float32, normalised, padded bottom/right '
-            f'with zeros; {SHAPES_NAME} (batch, 2) int64, each image (h, w) before padding'
+            f'with zeros; {SHAPES_NAME} (batch, 2) int64, each image (h, w) before padding; '
+            'each image gives what it gives alone'
             if dynamic_batch
             else f'{INPUT_NAME} (1, 3, height, width) float32, normalised, unpadded'
         ),

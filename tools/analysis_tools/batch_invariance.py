@@ -4,7 +4,7 @@ batch (``batch_invariant_eval=False``, what the official code and mmdet do) and 
 
     python tools/analysis_tools/batch_invariance.py [--config CONFIG]
         [--variants plain refine two_stage] [--data-root tests/data/coco_photos]
-        [--threads 2] [--double]
+        [--threads 2] [--double] [--computations official ours]
 
 The model is the config's (default: the R-50 primitive config) with random weights, initialised
 and moved off their zero initialisations (every parameter but the backbone's, as the other
@@ -12,9 +12,15 @@ benchmarks). The images go through the config's test pipeline and data preproces
 at a time, and together as one batch, which the preprocessor pads to the largest. Compared are the
 last decoder layer's raw outputs, query by query: the largest box difference in pixels of the
 resized image, the largest score (sigmoid) difference, and the share of queries whose best class
-is the same. The batch is timed with both computations, alternating (medians of ``--repeat``),
-to show the cost of the masking; ``--double`` runs everything in float64, which leaves only the
-rounding of the batch (float32 rounding differs between a batch and one image in any case).
+is the same. Compared query by query, two nearly equal objectness scores that swap places
+between the image alone and the batch (two-stage keeps its queries by rank) move a box as much
+as a real difference would; so the predictions are also matched as sets: the two-stage queries
+by their proposal boxes (how many of the kept proposals differ, and the largest box and score
+difference of the queries that match), and the top-k detections by label and IoU > 0.99 (how
+many have no partner). The batch is timed with each computation, alternating (medians of
+``--repeat``), to show the cost of the masking; ``--double`` runs everything in float64, which
+leaves only the rounding of the batch (float32 rounding differs between a batch and one image in
+any case).
 """
 
 import argparse
@@ -23,10 +29,11 @@ import logging
 import statistics
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 import torch
 from mmdet.registry import MODELS
+from mmdet.structures.bbox import bbox_overlaps
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 from mmengine.registry import init_default_scope
@@ -54,6 +61,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--double', action='store_true', help='float64 weights and inputs')
     parser.add_argument('--repeat', type=int, default=1, help='timed batches per computation')
     parser.add_argument('--seed', type=int, default=0, help='seed of the random weights')
+    parser.add_argument(
+        '--computations',
+        nargs='+',
+        choices=('official', 'ours'),
+        default=['official', 'ours'],
+        help='computations of the padded batch to compare with the images alone',
+    )
     return parser.parse_args()
 
 
@@ -76,26 +90,95 @@ def build_model(cfg: Config, variant: str, seed: int) -> torch.nn.Module:
     return model.eval()
 
 
-def last_layer(model: torch.nn.Module, data: dict, dtype: torch.dtype) -> Tuple[torch.Tensor, ...]:
-    """Last decoder layer: ``scores (bs, nq, classes)`` sigmoid, ``boxes (bs, nq, 4)`` (cx, cy,
-    w, h) in pixels of each resized image."""
+#: two proposals (in pixels of the resized image) are the same token's when this close; tokens
+#: of the finest level are 8 px apart
+PROPOSAL_MATCH_PX = 0.5
+#: two detections are the same when their labels are and their boxes overlap this much
+DETECTION_MATCH_IOU = 0.99
+
+
+def run_model(model: torch.nn.Module, data: dict, dtype: torch.dtype) -> Dict[str, object]:
+    """What the model gives for a batch, as the detector's ``predict`` computes it.
+
+    Returns a dict: ``scores (bs, nq, classes)`` sigmoid and ``boxes (bs, nq, 4)`` (cx, cy, w, h)
+    of the last decoder layer, ``proposals (bs, nq, 4)`` the two-stage queries' proposal boxes
+    (None for the others), boxes in pixels of each resized image; ``detections``: per image the
+    top-k post-process (``InstanceData`` with ``bboxes`` xyxy, ``scores``, ``labels``).
+    """
+    samples = data['data_samples']
     with torch.no_grad():
-        logits, boxes = model._forward(data['inputs'].to(dtype), data['data_samples'])
-    scale = torch.tensor(
-        [[s.img_shape[1], s.img_shape[0]] * 2 for s in data['data_samples']], dtype=dtype
+        valid_hw = model.valid_sizes(samples)
+        feats = model.extract_feat(data['inputs'].to(dtype), valid_hw)
+        outputs = model.forward_transformer(feats, samples, valid_hw)
+        logits, boxes = model.bbox_head(
+            outputs['hidden_states'], outputs['init_reference'], outputs['inter_references']
+        )
+    metas = [sample.metainfo for sample in samples]
+    scale = torch.tensor([[m['img_shape'][1], m['img_shape'][0]] * 2 for m in metas], dtype=dtype)
+    return dict(
+        scores=logits[-1].sigmoid(),
+        boxes=boxes[-1] * scale[:, None],
+        proposals=outputs['init_reference'] * scale[:, None] if model.as_two_stage else None,
+        detections=model.bbox_head.predict_by_feat(logits, boxes, metas, rescale=False),
     )
-    return logits[-1].sigmoid(), boxes[-1] * scale[:, None]
 
 
-def compare(alone: List[Tuple[torch.Tensor, ...]], batch: Tuple[torch.Tensor, ...]) -> str:
-    scores_b, boxes_b = batch
-    box_diff = max((a[1][0] - boxes_b[i]).abs().max().item() for i, a in enumerate(alone))
-    score_diff = max((a[0][0] - scores_b[i]).abs().max().item() for i, a in enumerate(alone))
-    same = [(a[0][0].argmax(-1) == scores_b[i].argmax(-1)).float() for i, a in enumerate(alone)]
+def compare(alone: List[Dict[str, object]], batch: Dict[str, object]) -> str:
+    """Query by query: the largest box and score differences, and the share of queries whose
+    best class is the same."""
+    scores_b, boxes_b = batch['scores'], batch['boxes']
+    box_diff = max((a['boxes'][0] - boxes_b[i]).abs().max().item() for i, a in enumerate(alone))
+    score_diff = max((a['scores'][0] - scores_b[i]).abs().max().item() for i, a in enumerate(alone))
+    same = [
+        (a['scores'][0].argmax(-1) == scores_b[i].argmax(-1)).float() for i, a in enumerate(alone)
+    ]
     agreement = torch.cat(same).mean().item()
     return (
         f'box {box_diff:9.3g} px  score {score_diff:9.3g}  same best class {100 * agreement:6.2f} %'
     )
+
+
+def compare_as_sets(alone: List[Dict[str, object]], batch: Dict[str, object]) -> str:
+    """Matched as sets: two-stage queries through their proposals (kept proposals with no
+    partner, then the largest box and score differences over the matched queries) and the top-k
+    detections by label and IoU (detections with no partner)."""
+    parts = []
+    if batch['proposals'] is not None:
+        differing = total = 0
+        box_diff = score_diff = 0.0
+        for index, single in enumerate(alone):
+            # (nq_batch, nq_alone) largest coordinate difference of the proposal boxes
+            distance = (batch['proposals'][index][:, None] - single['proposals'][0][None]).abs()
+            nearest, partner = distance.amax(-1).min(1)
+            matched = nearest <= PROPOSAL_MATCH_PX
+            differing += int((~matched).sum())
+            total += matched.numel()
+            if matched.any():
+                rows, cols = matched.nonzero()[:, 0], partner[matched]
+                box_diff = max(
+                    box_diff,
+                    (batch['boxes'][index][rows] - single['boxes'][0][cols]).abs().max().item(),
+                )
+                score_diff = max(
+                    score_diff,
+                    (batch['scores'][index][rows] - single['scores'][0][cols]).abs().max().item(),
+                )
+        parts.append(
+            f'proposals differing {differing}/{total} ({100 * differing / total:.2f} %), '
+            f'matched queries: box {box_diff:.3g} px, score {score_diff:.3g}'
+        )
+    unmatched = total = 0
+    for index, single in enumerate(alone):
+        mine, theirs = batch['detections'][index], single['detections'][0]
+        overlap = bbox_overlaps(mine.bboxes, theirs.bboxes)
+        same_label = mine.labels[:, None] == theirs.labels[None]
+        partnered = ((overlap > DETECTION_MATCH_IOU) & same_label).any(1)
+        unmatched += int((~partnered).sum())
+        total += partnered.numel()
+    parts.append(
+        f'top-k detections without a partner {unmatched}/{total} ({100 * unmatched / total:.2f} %)'
+    )
+    return '; '.join(parts)
 
 
 def main() -> None:
@@ -124,24 +207,25 @@ def main() -> None:
     for variant in args.variants:
         model = build_model(cfg, variant, args.seed).to(dtype)
         preprocess = model.data_preprocessor
-        alone = [last_layer(model, preprocess(collate([item]), False), dtype) for item in packed]
+        alone = [run_model(model, preprocess(collate([item]), False), dtype) for item in packed]
         batch = preprocess(collate(packed), False)
         model.padding_strides()  # found once per model: not part of the timings
         shapes = sorted({tuple(s.img_shape[:2]) for s in batch['data_samples']})
-        results: Dict[str, Tuple[torch.Tensor, ...]] = {}
-        times: Dict[str, List[float]] = {'official': [], 'ours': []}
-        for _ in range(args.repeat):  # the two computations alternate
-            for name, switch in (('official', False), ('ours', True)):
-                model.batch_invariant_eval = switch
+        results: Dict[str, Dict[str, object]] = {}
+        times: Dict[str, List[float]] = {name: [] for name in args.computations}
+        for _ in range(args.repeat):  # the computations alternate
+            for name in args.computations:
+                model.batch_invariant_eval = name == 'ours'
                 start = time.perf_counter()
-                results[name] = last_layer(model, batch, dtype)
+                results[name] = run_model(model, batch, dtype)
                 times[name].append(time.perf_counter() - start)
         print(f'{variant}: batch {tuple(batch["inputs"].shape)}, image sizes {shapes}')
-        for name in ('official', 'ours'):
+        for name in args.computations:
             print(
                 f'  {name:<9} {compare(alone, results[name])}  '
                 f'batch {statistics.median(times[name]):.2f} s'
             )
+            print(f'  {"":<9} as sets: {compare_as_sets(alone, results[name])}')
 
 
 if __name__ == '__main__':
