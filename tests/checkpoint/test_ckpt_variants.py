@@ -120,6 +120,7 @@ def test_infer_variant_from_official_listing(official_listing):
         assert report.source_format == 'official Deformable-DETR'
 
 
+@pytest.mark.slow  # the message lists the shipped configs that fit: every config is read
 def test_points_suggestion_uses_the_models_own_heads(make_tiny_file):
     """2 heads x 4 levels x K=2 = 16 rows into a K=1 model: K=2 is derived with the MODEL's
     num_heads (2), not an assumed 8."""

@@ -9,6 +9,8 @@ import pytest
 import torch
 from mmengine.config import Config
 
+from tests.helpers.tiers import in_fast_tier_configs, slow_except
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OUR_CONFIG_DIR = REPO_ROOT / 'configs' / 'deformable_detr'
 
@@ -143,7 +145,9 @@ EXPECTED_SETTINGS = {
 }
 
 
-@pytest.mark.parametrize('relative_path', sorted(EXPECTED_SETTINGS))
+@pytest.mark.parametrize(
+    'relative_path', slow_except(sorted(EXPECTED_SETTINGS), in_fast_tier_configs)
+)
 def test_config_settings(load_config, relative_path: str):
     expected = EXPECTED_SETTINGS[relative_path]
     model = load_config(relative_path).model
