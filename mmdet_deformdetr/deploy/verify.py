@@ -28,21 +28,6 @@ from mmengine.logging import MMLogger
 from ..engine.inference_precision import BF16_MAP_TOLERANCE, inference_autocast
 from .onnx_runtime import OnnxDetector
 
-
-def cpu_name() -> str:
-    """The CPU's model name from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere)."""
-    import platform
-
-    try:
-        with open('/proc/cpuinfo') as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or 'unknown CPU'
-
-
 #: the score window that pairs detections of a bfloat16 path with PyTorch's (bfloat16 keeps 8
 #: significant bits: scores move by up to about 1e-2)
 BF16_SCORE_WINDOW = 2e-2

@@ -14,7 +14,6 @@ the median and spread of the per-image latency.
 """
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -27,6 +26,7 @@ from mmengine.runner import load_checkpoint
 
 import mmdet_deformdetr  # noqa: F401  (registers our modules, safe checkpoint loading)
 from mmdet_deformdetr.analysis.data import val_dataset
+from mmdet_deformdetr.analysis.hardware import cpu_name
 from mmdet_deformdetr.engine.inference_precision import (
     add_precision_argument,
     inference_autocast,
@@ -61,15 +61,7 @@ def device_name(device: torch.device) -> str:
     """What the timing ran on, in words."""
     if device.type == 'cuda':
         return f'{torch.cuda.get_device_name(device)} ({device})'
-    model = platform.processor() or 'CPU'
-    try:
-        with open('/proc/cpuinfo') as cpuinfo:
-            model = next(
-                line.split(':', 1)[1].strip() for line in cpuinfo if line.startswith('model name')
-            )
-    except (OSError, StopIteration):
-        pass
-    return f'{model}, {torch.get_num_threads()} torch threads'
+    return f'{cpu_name()}, {torch.get_num_threads()} torch threads'
 
 
 def main() -> None:

@@ -178,14 +178,9 @@ def time_steps(args: argparse.Namespace) -> None:
 
 
 def _cpu_name() -> str:
-    try:
-        with open('/proc/cpuinfo') as file:
-            for line in file:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return 'unknown CPU'
+    from mmdet_deformdetr.analysis.hardware import cpu_name
+
+    return cpu_name()
 
 
 def load_results(path: str) -> Dict[Tuple[int, int, bool], dict]:

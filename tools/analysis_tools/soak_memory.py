@@ -22,7 +22,6 @@ import csv
 import json
 import os
 import os.path as osp
-import platform
 import sys
 import time
 from pathlib import Path
@@ -195,14 +194,9 @@ def plot(samples: List[Dict[str, float]], warmup: int, path: str, result: dict) 
 
 
 def _cpu_name() -> str:
-    try:
-        with open('/proc/cpuinfo') as file:
-            for line in file:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or 'unknown CPU'
+    from mmdet_deformdetr.analysis.hardware import cpu_name
+
+    return cpu_name()
 
 
 def report(result: Dict[str, object]) -> str:

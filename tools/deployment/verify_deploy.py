@@ -31,9 +31,10 @@ from mmengine.runner import load_checkpoint
 
 import mmdet_deformdetr  # noqa: F401  (registers our modules, safe checkpoint loading)
 from mmdet_deformdetr import console
+from mmdet_deformdetr.analysis.hardware import cpu_name
 from mmdet_deformdetr.deploy import OnnxDetector
 from mmdet_deformdetr.deploy.backends import BACKENDS, OV_PRECISIONS, describe
-from mmdet_deformdetr.deploy.verify import Tolerances, cpu_name, format_reports, verify_deploy
+from mmdet_deformdetr.deploy.verify import Tolerances, format_reports, verify_deploy
 
 DEFAULTS = Tolerances()
 
