@@ -25,17 +25,14 @@ any case).
 
 import argparse
 import copy
-import logging
 import statistics
 import time
 from pathlib import Path
 from typing import Dict, List
 
 import torch
-from mmdet.registry import MODELS
 from mmdet.structures.bbox import bbox_overlaps
 from mmengine.config import Config
-from mmengine.logging import MMLogger
 from mmengine.registry import init_default_scope
 
 from mmdet_deformdetr import configs_root  # (importing the package registers our modules)
@@ -72,22 +69,11 @@ def parse_args() -> argparse.Namespace:
 
 
 def build_model(cfg: Config, variant: str, seed: int) -> torch.nn.Module:
+    from mmdet_deformdetr.analysis.random_model import build_random_model
+
     model_cfg = copy.deepcopy(cfg.model)
     model_cfg.update(VARIANTS[variant])
-    model_cfg.backbone.init_cfg = None
-    torch.manual_seed(seed)
-    model = MODELS.build(model_cfg)
-    logger = MMLogger.get_current_instance()
-    level = logger.level
-    logger.setLevel(logging.WARNING)  # not mmengine's per-parameter init report
-    model.init_weights()
-    logger.setLevel(level)
-    generator = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():  # off the zero initialisations (attention logits, box deltas)
-        for name, param in model.named_parameters():
-            if not name.startswith('backbone.'):
-                param.add_(torch.randn(param.shape, generator=generator) * 0.05)
-    return model.eval()
+    return build_random_model(model_cfg, seed)
 
 
 #: two proposals (in pixels of the resized image) are the same token's when this close; tokens

@@ -26,7 +26,6 @@ rank; labels identical or not).
 
 import argparse
 import functools
-import logging
 import os
 import statistics
 import tempfile
@@ -35,15 +34,13 @@ from pathlib import Path
 from typing import Callable, Dict
 
 import torch
-from mmdet.registry import MODELS
 from mmengine.config import Config
-from mmengine.logging import MMLogger
 from mmengine.registry import init_default_scope
 
 from mmdet_deformdetr import configs_root  # (importing the package registers our modules)
+from mmdet_deformdetr.analysis.hardware import cpu_name
 from mmdet_deformdetr.deploy import OnnxDetector, export_onnx
 from mmdet_deformdetr.deploy.exportable import ExportableDeformDETR
-from mmdet_deformdetr.deploy.verify import cpu_name
 from mmdet_deformdetr.models.layers import MSDeformAttn
 
 PRIMITIVE = configs_root() / 'deformable_detr' / 'deformable-detr_r50_16xb2-50e_coco.py'
@@ -81,22 +78,11 @@ def parse_args() -> argparse.Namespace:
 
 
 def build_model(config: str, seed: int) -> torch.nn.Module:
+    from mmdet_deformdetr.analysis.random_model import build_random_model
+
     cfg = Config.fromfile(config)
     init_default_scope(cfg.get('default_scope', 'mmdet'))
-    cfg.model.backbone.init_cfg = None
-    torch.manual_seed(seed)
-    model = MODELS.build(cfg.model)
-    logger = MMLogger.get_current_instance()
-    level = logger.level
-    logger.setLevel(logging.WARNING)  # not mmengine's per-parameter init report
-    model.init_weights()
-    logger.setLevel(level)
-    generator = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():  # off the zero initialisations (attention logits, box deltas)
-        for name, param in model.named_parameters():
-            if not name.startswith('backbone.'):
-                param.add_(torch.randn(param.shape, generator=generator) * 0.05)
-    return model.eval()
+    return build_random_model(cfg.model, seed)
 
 
 def set_impl(model: torch.nn.Module, impl: str) -> None:
