@@ -12,9 +12,12 @@ the tools' defaults, the checkpoint mismatch message and users' scripts go throu
     cfg = Config.fromfile(find_config('deformable_detr/deformable-detr_r50_16xb2-50e_coco.py'))
 """
 
+import contextlib
+import copy
+import functools
 import os
 from pathlib import Path
-from typing import List, Union
+from typing import Any, Callable, Dict, Iterator, List, Tuple, Union
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 # the folder every shipped config tree has; it tells our configs from another project's
@@ -70,3 +73,40 @@ def shipped_config_files() -> List[Path]:
     """Every ``.py`` file under :func:`configs_root`, sorted."""
     root = configs_root()
     return sorted(path for path in root.glob('**/*.py') if '__pycache__' not in path.parts)
+
+
+@contextlib.contextmanager
+def external_config_index_read_once() -> Iterator[None]:
+    """Within this block, mmengine looks each ``package::path`` base up once.
+
+    For every ``mmdet::_base_/...`` base, ``Config.fromfile`` reads mmdet's ``model-index.yml`` and
+    the ~200 ``metafile.yml`` it lists (about 0.2 s), only to find that a base is no experiment
+    and to fall back to the path. Reading many configs in a row (the checkpoint mismatch message
+    scans every shipped config; the tests parse hundreds) then costs mostly YAML parsing. Inside
+    the block each (package, config) lookup is done once: its answer, or the ValueError that sends
+    mmengine to the base path, is remembered and given again (answers as copies). Files that
+    change inside the block are not seen; outside it mmengine is untouched.
+    """
+    from mmengine.config import utils
+
+    lookup: Callable[[str, str], dict] = utils._get_cfg_metainfo
+    answers: Dict[Tuple[str, str], Tuple[Any, Any]] = {}
+
+    @functools.wraps(lookup)
+    def read_once(package_path: str, cfg_path: str) -> dict:
+        key = (package_path, cfg_path)
+        if key not in answers:
+            try:
+                answers[key] = (lookup(package_path, cfg_path), None)
+            except ValueError as error:
+                answers[key] = (None, error)
+        found, error = answers[key]
+        if error is not None:
+            raise ValueError(*error.args)
+        return copy.deepcopy(found)
+
+    utils._get_cfg_metainfo = read_once
+    try:
+        yield
+    finally:
+        utils._get_cfg_metainfo = lookup

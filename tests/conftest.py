@@ -35,6 +35,17 @@ def mmdet_scope() -> None:
     init_default_scope('mmdet')
 
 
+@pytest.fixture(scope='session', autouse=True)
+def mmdet_base_index_read_once() -> Iterator[None]:
+    """mmengine reads mmdet's ~200 metafiles for every `mmdet::_base_` a config inherits; the tests
+    parse configs hundreds of times, so each lookup is done once per session (the answers are
+    mmengine's own: tests/test_packaging.py)."""
+    from mmdet_deformdetr.shipped_configs import external_config_index_read_once
+
+    with external_config_index_read_once():
+        yield
+
+
 @pytest.fixture(autouse=True)
 def single_torch_thread() -> Iterator[None]:
     """One intra-op thread per test, restored afterwards. On a small CPU shared with other jobs,

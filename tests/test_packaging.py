@@ -72,6 +72,41 @@ def test_mmengine_package_prefix_does_not_reach_plugins(tmp_path):
         Config.fromfile(str(config))
 
 
+def test_external_config_index_read_once_gives_mmengine_answers(monkeypatch):
+    """Inside the block each (package, config) lookup reaches mmengine once, and every config
+    parses to what mmengine alone gives; outside it mmengine's own function is back."""
+    import inspect
+
+    from mmengine.config import Config, utils
+    from mmengine.utils import get_installed_path
+
+    from mmdet_deformdetr.shipped_configs import external_config_index_read_once
+
+    genuine = inspect.unwrap(utils._get_cfg_metainfo)  # the suite runs inside such a block too
+    calls = []
+
+    def counted(package_path: str, cfg_path: str) -> dict:
+        calls.append(cfg_path)
+        return genuine(package_path, cfg_path)
+
+    monkeypatch.setattr(utils, '_get_cfg_metainfo', counted)
+    names = [PRIMITIVE, 'deformable_detr/deformable-detr-refine_r50_16xb2-50e_coco.py']
+    alone = [Config.fromfile(str(find_config(name))).to_dict() for name in names]
+    looked_up = sorted(set(calls))
+    assert len(calls) == 2 * len(looked_up)  # both configs look each mmdet base up
+    calls.clear()
+    with external_config_index_read_once():
+        for _ in range(2):
+            assert [Config.fromfile(str(find_config(name))).to_dict() for name in names] == alone
+        assert sorted(calls) == looked_up  # once each
+        with pytest.raises(ValueError, match='Expected configs') as inside:
+            utils._get_cfg_metainfo(get_installed_path('mmdet'), 'no-such-config')
+    assert utils._get_cfg_metainfo is counted
+    with pytest.raises(ValueError) as outside:
+        utils._get_cfg_metainfo(get_installed_path('mmdet'), 'no-such-config')
+    assert str(inside.value) == str(outside.value)
+
+
 def load_yaml(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 

@@ -88,6 +88,17 @@ def test_whole_suite_runs_everything_and_estimates_the_tier(tmp_path):
     assert 'fast tier within this run: 1 tests (not marked slow / dist)' in result.output
 
 
+def test_waiting_is_reported_apart_from_cpu(tmp_path):
+    """A test that sleeps is listed as waiting, not as slow; one that burns CPU is not waiting."""
+    sleeper = 'import time\n\n\ndef test_sleeps():\n    time.sleep(1)\n'
+    (tmp_path / 'test_waits.py').write_text(sleeper)
+    result = run_pytest(tmp_path, '--fast', '--slow-test-cpu', '0.5')
+    assert result.returncode == 0, result.output
+    waited = [line for line in result.output.splitlines() if line.startswith('  waited ')]
+    assert len(waited) == 1 and waited[0].endswith('): test_waits.py::test_sleeps'), waited
+    assert 'mark it slow' not in result.output
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('fast', [True, False], ids=['fast', 'whole-suite'])
 def test_over_budget_is_reported_and_fails_only_when_strict(tmp_path, fast):

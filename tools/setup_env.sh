@@ -73,5 +73,13 @@ pip install -q -e "$ROOT[tests,deploy,analysis]"
 "$PY" -c "import mmdet_deformdetr, mmcv.ops, mmdet, onnxruntime, onnxscript, openvino, seaborn, psutil" \
   || { log "the environment at $VENV does not import; see the messages above"; exit 1; }
 "$PY" -m mmdet_deformdetr >&2
+# our C++ CPU attention kernel, compiled now rather than in a user's first iterations (or a test
+# run's first attention call); once per machine, kernel version and torch version
+log "building the C++ CPU attention kernel (if not built yet)"
+"$PY" -c "
+from mmdet_deformdetr.ops.cpu_kernel import cpu_extension_error, load_cpu_extension
+if load_cpu_extension() is None:
+    raise SystemExit(f'the C++ CPU kernel did not build: {cpu_extension_error()}')
+" || { log "the C++ CPU kernel did not build (a C++ compiler with OpenMP is needed); see above"; exit 1; }
 echo "$fingerprint:$ROOT" > "$stamp"
 log "environment ready in $(( $(date +%s) - start )) s: $VENV"

@@ -11,7 +11,11 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 
-from ..shipped_configs import configs_root, shipped_config_files
+from ..shipped_configs import (
+    configs_root,
+    external_config_index_read_once,
+    shipped_config_files,
+)
 from .override import structure_override
 from .variant import ModelVariant, variant_of_config
 
@@ -45,18 +49,14 @@ def _differences(checkpoint: ModelVariant, model: ModelVariant, names: Iterable[
 def _shipped_variants() -> Tuple[Tuple[str, ModelVariant, Any], ...]:
     """(config path, variant, model config) of every shipped DeformDETR config (found by
     :func:`~mmdet_deformdetr.shipped_configs.configs_root`, in a checkout or an installed wheel),
-    read once per process (mmengine needs about a second per config to resolve its ``mmdet::``
-    bases, so this runs only when a mismatch is reported)."""
-    from mmengine.config import Config
-
+    read once per process and only when a mismatch is reported (mmdet's ``_base_`` index is read
+    once for all of them)."""
     if _configs_root() is None:
         return ()
     found = []
-    for path in shipped_config_files():
-        try:
-            model_cfg = Config.fromfile(str(path)).get('model')
-        except Exception:  # noqa: BLE001  (a broken config must not hide the real error)
-            continue
+    with external_config_index_read_once():
+        model_cfgs = [(path, _model_config(path)) for path in shipped_config_files()]
+    for path, model_cfg in model_cfgs:
         variant = (
             variant_of_config(model_cfg)
             if model_cfg and model_cfg.get('type') == 'DeformDETR'
@@ -65,6 +65,17 @@ def _shipped_variants() -> Tuple[Tuple[str, ModelVariant, Any], ...]:
         if variant is not None:
             found.append((str(path.relative_to(configs_root().parent)), variant, model_cfg))
     return tuple(found)
+
+
+def _model_config(path: Path) -> Optional[Any]:
+    """The ``model`` of a config file; None when it has none or does not parse (a broken config
+    must not hide the mismatch being reported)."""
+    from mmengine.config import Config
+
+    try:
+        return Config.fromfile(str(path)).get('model')
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def _configs_root() -> Optional[Path]:

@@ -9,12 +9,13 @@ Time is measured per test (setup, call and teardown) as CPU seconds of the test 
 those of the subprocesses it ran and waited for: unlike wall time, that does not grow when other
 jobs share the machine. Every run ends with the fast tier's share of it: test count, CPU time and
 the sum of the test durations against the budget (with ``--fast``, also the session's wall time),
-and the tier's tests whose call (the test function, without the fixtures they may share) takes
-over ``--slow-test-cpu`` seconds (3; to be marked ``slow``). Past the budget the report says so
-in one line (``OVER BUDGET``); it fails the run only with ``--strict-tier-budget``, because CPU
-seconds depend on the CPU: a passing suite must not fail on a slower machine. In a whole-suite run
-the tier's time is the sum over the tests the fast tier runs (which may miss fixture setup that a
-slow test paid for first).
+the tier's tests whose call (the test function, without the fixtures they may share) takes
+over ``--slow-test-cpu`` seconds (3; to be marked ``slow``), and those that waited longer than
+that (wall minus CPU time: a sleep, a timeout, processes left behind by an earlier test). Past
+the budget the report says so in one line (``OVER BUDGET``); it fails the run only with
+``--strict-tier-budget``, because CPU seconds depend on the CPU: a passing suite must not fail on a
+slower machine. In a whole-suite run the tier's time is the sum over the tests the fast tier runs
+(which may miss fixture setup that a slow test paid for first).
 """
 
 import os
@@ -189,6 +190,21 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     )
     for seconds, node in slow:
         write(f'  over {limit:g} s CPU in its call, mark it slow: {node} ({seconds:.1f} s)')
+    # wall time without CPU: a sleep, a timeout, or what an earlier test left behind (a data
+    # loader's workers that the garbage collector shuts down in a later test, waiting for each)
+    waits = sorted(
+        (
+            (timing.wall_s - timing.cpu_s, node)
+            for node, timing in timings.items()
+            if timing.wall_s - timing.cpu_s > limit
+        ),
+        reverse=True,
+    )
+    for seconds, node in waits:
+        write(
+            f'  waited {seconds:.1f} s (wall minus CPU; a sleep, a timeout, or processes an '
+            f'earlier test left behind): {node}'
+        )
     if cpu > budget:
         verdict = 'FAILED' if config.getoption('strict_tier_budget') else 'OVER BUDGET'
         write(
