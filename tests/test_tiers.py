@@ -118,4 +118,6 @@ def test_the_repository_conftest_installs_the_tiers():
     assert 'from tests.helpers.tiers import' in conftest
     script = (REPO_ROOT / 'tools' / 'run_tests.sh').read_text()
     assert 'pytest "$@"' in script  # --fast reaches pytest
+    # pytest runs as a child: an exec'd pytest would count the set-up's CPU and time as its own
+    assert 'exec "$VENV/bin/python"' not in script
     assert '--durations=20' in (REPO_ROOT / '.ci' / 'run').read_text()
