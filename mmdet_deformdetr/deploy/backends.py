@@ -17,7 +17,7 @@ by the backend that needs them.
 """
 
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 
@@ -136,11 +136,3 @@ def describe(backend: str, ov_precision: str = 'f32') -> str:
     version = version.split('-')[0]  # OpenVINO's build suffix: 2026.4.1-22982-<hash>-releases/...
     label = f'{backend} {version}'.strip()
     return f'{label} {ov_precision}' if backend == 'openvino' else label
-
-
-def backend_names(values: Sequence[str]) -> Tuple[str, ...]:
-    """Validated, deduplicated backend names in the given order."""
-    for value in values:
-        if value not in BACKENDS:
-            raise ValueError(f'unknown backend {value!r}; choose one of {", ".join(BACKENDS)}')
-    return tuple(dict.fromkeys(values))

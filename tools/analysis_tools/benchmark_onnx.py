@@ -39,7 +39,7 @@ from mmengine.registry import init_default_scope
 
 from mmdet_deformdetr import configs_root  # (importing the package registers our modules)
 from mmdet_deformdetr.analysis.hardware import cpu_name
-from mmdet_deformdetr.deploy import OnnxDetector, export_onnx
+from mmdet_deformdetr.deploy import OV_PRECISIONS, OnnxDetector, export_onnx
 from mmdet_deformdetr.deploy.exportable import ExportableDeformDETR
 from mmdet_deformdetr.models.layers import MSDeformAttn
 
@@ -69,8 +69,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         '--ov-precisions',
         nargs='+',
-        default=['f32', 'bf16'],
-        choices=['f32', 'bf16'],
+        default=list(OV_PRECISIONS),
+        choices=OV_PRECISIONS,
         help="OpenVINO's inference precision hints to time",
     )
     parser.add_argument('--seed', type=int, default=0, help='seed of the random weights')
