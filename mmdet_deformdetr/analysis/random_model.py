@@ -5,7 +5,8 @@ import logging
 import torch
 from mmdet.registry import MODELS
 from mmengine.config import ConfigDict
-from mmengine.logging import MMLogger
+
+from ..console.quiet import mmengine_logger_at
 
 
 def build_random_model(model_cfg: ConfigDict, seed: int) -> torch.nn.Module:
@@ -16,11 +17,8 @@ def build_random_model(model_cfg: ConfigDict, seed: int) -> torch.nn.Module:
     model_cfg.backbone = dict(model_cfg.backbone, init_cfg=None)
     torch.manual_seed(seed)
     model = MODELS.build(model_cfg)
-    logger = MMLogger.get_current_instance()
-    level = logger.level
-    logger.setLevel(logging.WARNING)  # not mmengine's per-parameter init report
-    model.init_weights()
-    logger.setLevel(level)
+    with mmengine_logger_at(logging.WARNING):  # not mmengine's per-parameter init report
+        model.init_weights()
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, param in model.named_parameters():

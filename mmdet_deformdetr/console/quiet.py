@@ -18,13 +18,14 @@ Everything else still shows: a warning not listed here appears as Python shows i
 """
 
 import atexit
+import contextlib
 import io
 import logging
 import re
 import sys
 import warnings
 from dataclasses import dataclass
-from typing import Optional, TextIO, Tuple, Type
+from typing import Iterator, Optional, TextIO, Tuple, Type
 
 
 @dataclass(frozen=True)
@@ -256,3 +257,19 @@ def quiet_screen_of(logger: logging.Logger) -> None:
     for handler in screen_handlers(logger):
         if not any(isinstance(f, QuietRecordFilter) for f in handler.filters):
             handler.addFilter(QuietRecordFilter('mmengine'))
+
+
+@contextlib.contextmanager
+def mmengine_logger_at(level: int) -> Iterator[None]:
+    """MMEngine's current logger at ``level`` inside the block (e.g. ``logging.WARNING``: not
+    mmengine's per-parameter initialisation report, not mmdet's evaluation tables), its own level
+    again afterwards, also when the block raises."""
+    from mmengine.logging import MMLogger
+
+    logger = MMLogger.get_current_instance()
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)

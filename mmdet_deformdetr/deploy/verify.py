@@ -23,8 +23,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import torch
 from mmdet.evaluation import CocoMetric
 from mmdet.structures import DetDataSample
-from mmengine.logging import MMLogger
 
+from ..console.quiet import mmengine_logger_at
 from ..engine.inference_precision import BF16_MAP_TOLERANCE, inference_autocast
 from .onnx_runtime import OnnxDetector
 
@@ -75,14 +75,9 @@ def coco_bbox_map(
     metric.img_ids = [sample.img_id for sample in samples]
     for sample in samples:
         metric.process({}, [sample.to_dict()])
-    logger = MMLogger.get_current_instance()
-    level = logger.level
-    logger.setLevel(logging.WARNING)  # not mmdet's and pycocotools' tables for every path
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            results = metric.evaluate(len(samples))
-    finally:
-        logger.setLevel(level)
+    # not mmdet's and pycocotools' tables for every path
+    with mmengine_logger_at(logging.WARNING), contextlib.redirect_stdout(io.StringIO()):
+        results = metric.evaluate(len(samples))
     return float(results['coco/bbox_mAP'])
 
 

@@ -131,3 +131,15 @@ def test_torch_onnx_registration_notes_dropped():
 def test_every_entry_says_why():
     for item in (*quiet.WARNINGS, *quiet.RECORDS):
         assert len(item.why) > 40, item
+
+
+def test_mmengine_logger_at_restores_the_level_also_after_an_error():
+    from mmengine.logging import MMLogger
+
+    logger = MMLogger.get_current_instance()
+    before = logger.level
+    assert before != logging.ERROR
+    with pytest.raises(RuntimeError), quiet.mmengine_logger_at(logging.ERROR):
+        assert logger.level == logging.ERROR
+        raise RuntimeError('inside')
+    assert logger.level == before
