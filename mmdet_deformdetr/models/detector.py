@@ -211,6 +211,16 @@ class DeformDETR(BaseDetector):
             exclude_padded_proposals=valid_hw is not None,
         )
 
+    def _transformer_outputs(
+        self, batch_inputs: Tensor, batch_data_samples: OptSampleList
+    ) -> Dict[str, Optional[Tensor]]:
+        """:meth:`extract_feat` then :meth:`forward_transformer`, both given each image's size
+        when the batch's padding must be kept out (:meth:`valid_sizes`): what ``loss``,
+        ``predict`` and ``_forward`` share."""
+        valid_hw = self.valid_sizes(batch_data_samples)
+        feats = self.extract_feat(batch_inputs, valid_hw)
+        return self.forward_transformer(feats, batch_data_samples, valid_hw)
+
     def padding_strides(self) -> Tuple[Dict[str, int], List[int]]:
         """The stride of every maskable module's input (``{name: stride}``) and of every level,
         found once by :func:`~mmdet_deformdetr.models.padding.probe_strides` (again when the
@@ -264,9 +274,7 @@ class DeformDETR(BaseDetector):
     def loss(self, batch_inputs: Tensor, batch_data_samples: SampleList) -> Dict[str, Tensor]:
         """Args: batch_inputs ``(bs, 3, H, W)`` normalised images; batch_data_samples with
         ``gt_instances``. Returns the loss dict (``loss_cls``, ``d0.loss_cls``, ...)."""
-        valid_hw = self.valid_sizes(batch_data_samples)
-        feats = self.extract_feat(batch_inputs, valid_hw)
-        outputs = self.forward_transformer(feats, batch_data_samples, valid_hw)
+        outputs = self._transformer_outputs(batch_inputs, batch_data_samples)
         return self.bbox_head.loss(**outputs, batch_data_samples=batch_data_samples)
 
     def predict(
@@ -274,9 +282,7 @@ class DeformDETR(BaseDetector):
     ) -> SampleList:
         """Adds ``pred_instances`` (``bboxes (k, 4)`` xyxy, ``scores (k,)``, ``labels (k,)``) to
         every data sample; boxes are in original-image pixels when ``rescale``."""
-        valid_hw = self.valid_sizes(batch_data_samples)
-        feats = self.extract_feat(batch_inputs, valid_hw)
-        outputs = self.forward_transformer(feats, batch_data_samples, valid_hw)
+        outputs = self._transformer_outputs(batch_inputs, batch_data_samples)
         results = self.bbox_head.predict(
             outputs['hidden_states'],
             outputs['init_reference'],
@@ -291,9 +297,7 @@ class DeformDETR(BaseDetector):
     ) -> Tuple[Tensor, Tensor]:
         """Raw head outputs: ``all_cls_scores (D, bs, nq, num_classes)`` logits and
         ``all_bbox_preds (D, bs, nq, 4)`` normalised ``(cx, cy, w, h)``."""
-        valid_hw = self.valid_sizes(batch_data_samples)
-        feats = self.extract_feat(batch_inputs, valid_hw)
-        outputs = self.forward_transformer(feats, batch_data_samples, valid_hw)
+        outputs = self._transformer_outputs(batch_inputs, batch_data_samples)
         return self.bbox_head(
             outputs['hidden_states'], outputs['init_reference'], outputs['inter_references']
         )
