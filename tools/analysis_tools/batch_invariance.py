@@ -36,7 +36,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 from mmdet_deformdetr import configs_root  # (importing the package registers our modules)
-from mmdet_deformdetr.analysis.data import val_dataset
+from mmdet_deformdetr.analysis.data import eval_dataset
 
 PRIMITIVE = configs_root() / 'deformable_detr' / 'deformable-detr_r50_16xb2-50e_coco.py'
 PHOTOS = Path(__file__).resolve().parents[2] / 'tests' / 'data' / 'coco_photos'
@@ -173,7 +173,7 @@ def main() -> None:
     dtype = torch.float64 if args.double else torch.float32
     cfg = Config.fromfile(args.config)
     init_default_scope(cfg.get('default_scope', 'mmdet'))
-    dataset = val_dataset(cfg, args.data_root, args.ann_file, args.img_prefix)
+    dataset = eval_dataset(cfg, args.data_root, args.ann_file, args.img_prefix)
     packed = [dataset[index] for index in range(len(dataset))]
 
     def collate(items: list) -> dict:

@@ -25,7 +25,7 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
 
 import mmdet_deformdetr  # noqa: F401  (registers our modules, safe checkpoint loading)
-from mmdet_deformdetr.analysis.data import val_dataset
+from mmdet_deformdetr.analysis.data import eval_dataset
 from mmdet_deformdetr.analysis.hardware import cpu_name
 from mmdet_deformdetr.engine.inference_precision import (
     add_precision_argument,
@@ -76,7 +76,7 @@ def main() -> None:
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     init_default_scope(cfg.get('default_scope', 'mmdet'))
-    dataset = val_dataset(cfg, args.data_root, args.ann_file, args.img_prefix)
+    dataset = eval_dataset(cfg, args.data_root, args.ann_file, args.img_prefix)
     total = args.warmup + args.num_images
 
     cfg.model.backbone.init_cfg = None

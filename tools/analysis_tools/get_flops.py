@@ -35,7 +35,7 @@ from mmengine.registry import init_default_scope
 from torch import nn
 
 import mmdet_deformdetr  # noqa: F401  (registers our modules)
-from mmdet_deformdetr.analysis.data import val_dataset
+from mmdet_deformdetr.analysis.data import eval_dataset
 from mmdet_deformdetr.analysis.flops import MACS_PER_SAMPLE, deform_attn_handles
 from mmdet_deformdetr.models.layers import MSDeformAttn
 
@@ -131,7 +131,7 @@ def main() -> None:
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     init_default_scope(cfg.get('default_scope', 'mmdet'))
-    dataset = val_dataset(cfg, args.data_root, args.ann_file, args.img_prefix)
+    dataset = eval_dataset(cfg, args.data_root, args.ann_file, args.img_prefix)
     num_images = min(args.num_images, len(dataset))
 
     cfg.model.backbone.init_cfg = None  # random weights: no download, same counts

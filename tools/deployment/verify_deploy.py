@@ -24,13 +24,14 @@ import sys
 from pathlib import Path
 
 import torch
-from mmdet.registry import DATASETS, MODELS
+from mmdet.registry import MODELS
 from mmengine.config import Config, DictAction
 from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
 
 import mmdet_deformdetr  # noqa: F401  (registers our modules, safe checkpoint loading)
 from mmdet_deformdetr import console
+from mmdet_deformdetr.analysis.data import eval_dataset
 from mmdet_deformdetr.analysis.hardware import cpu_name
 from mmdet_deformdetr.deploy import OnnxDetector
 from mmdet_deformdetr.deploy.backends import BACKENDS, OV_PRECISIONS, describe
@@ -79,18 +80,16 @@ def parse_args() -> argparse.Namespace:
 
 
 def build_split(cfg: Config, args: argparse.Namespace):
-    """The test dataset (test pipeline, no ``indices``) and its annotation file."""
-    dataset_cfg = cfg.test_dataloader.dataset.copy()
-    dataset_cfg.pop('indices', None)
-    if args.data_root:
-        dataset_cfg['data_root'] = args.data_root.rstrip('/') + '/'
-    if args.ann_file:
-        dataset_cfg['ann_file'] = args.ann_file
-    if args.img_prefix:
-        dataset_cfg['data_prefix'] = dict(img=args.img_prefix.rstrip('/') + '/')
-    if args.max_images:
-        dataset_cfg['indices'] = args.max_images
-    dataset = DATASETS.build(dataset_cfg)
+    """The test dataset (test pipeline; every image, or the first ``--max-images``) and its
+    annotation file."""
+    dataset = eval_dataset(
+        cfg,
+        args.data_root and args.data_root.rstrip('/') + '/',
+        args.ann_file,
+        args.img_prefix and args.img_prefix.rstrip('/') + '/',
+        split='test',
+        max_images=args.max_images,
+    )
     if args.data_root or args.ann_file:
         ann_file = Path(dataset.ann_file)  # joined with data_root by the dataset
     else:
